@@ -1,0 +1,5 @@
+import sys
+
+from rayrlhf.cli import main
+
+sys.exit(main())

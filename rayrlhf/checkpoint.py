@@ -1,0 +1,113 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a folder ``<run>/checkpoints/step-00000042`` holding:
+
+    model.safetensors      weights of the trained model (safetensors; shared tensors handled)
+    optimizer.pt           optimizer + scheduler state (tensors and numbers only; loaded with
+                           ``weights_only=True``, so no arbitrary pickle is ever executed)
+    rng-rank{r}.pt         each worker's torch / python / numpy RNG state
+    state.json             counters: step, epoch, data position, metrics so far
+
+It is written under a temporary name and renamed when complete, so a crash leaves the previous
+checkpoint intact. Retention deletes old checkpoints only after the new one is in place.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+from rayrlhf.utils.fs import atomic_dir, read_json
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    root = checkpoint_dir(run_dir)
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if _NAME.match(n) and os.path.exists(os.path.join(root, n, "state.json")))
+    return [os.path.join(root, n) for n in names]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(_listify(random.getstate())),
+        "numpy": _numpy_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
+
+
+def _numpy_state():
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
+def _listify(x):
+    return [_listify(v) if isinstance(v, tuple) else v for v in x]
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) if isinstance(v, list) else v for v in x)
+
+
+def save_checkpoint(run_dir: str, step: int, model, optim_state: dict, state: dict, rng_states: list[dict],
+                    keep: int = 2, extra_files: dict | None = None) -> str:
+    """Write a checkpoint for ``step`` atomically, then apply retention (newest ``keep`` kept).
+
+    ``rng_states`` holds one entry per worker rank. ``extra_files`` maps a file name to a
+    ``(model, ...)`` saver callable ``f(path)`` for further models (a critic, say).
+    """
+    from safetensors.torch import save_model
+
+    from rayrlhf.utils.fs import atomic_write_json
+
+    final = os.path.join(checkpoint_dir(run_dir), f"step-{step:08d}")
+    with atomic_dir(final) as tmp:
+        save_model(model, os.path.join(tmp, "model.safetensors"))
+        torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
+        for rank, rs in enumerate(rng_states):
+            torch.save(rs, os.path.join(tmp, f"rng-rank{rank}.pt"))
+        for name, saver in (extra_files or {}).items():
+            saver(os.path.join(tmp, name))
+        atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
+    _retain(run_dir, keep)
+    return final
+
+
+def _retain(run_dir: str, keep: int) -> None:
+    found = list_checkpoints(run_dir)
+    for old in found[: max(0, len(found) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: str, model, rank: int) -> tuple[dict, dict, dict | None]:
+    """Load weights into ``model``; return (state, optimizer state, this rank's RNG state)."""
+    from safetensors.torch import load_model
+
+    load_model(model, os.path.join(path, "model.safetensors"))
+    optim_state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    rng_path = os.path.join(path, f"rng-rank{rank}.pt")
+    rng = torch.load(rng_path, weights_only=True) if os.path.exists(rng_path) else None
+    return read_json(os.path.join(path, "state.json")), optim_state, rng

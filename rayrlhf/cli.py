@@ -1,0 +1,89 @@
+"""The `rayrlhf` command.
+
+    rayrlhf pipeline --config jobs/toyworld_quickstart.yaml      # stages in order, restartable
+    rayrlhf sft --config jobs/toyworld_sft.yaml train.lr=1e-4    # one stage, dotted overrides
+    rayrlhf rm --config jobs/toyworld_rm_helpfulness.yaml --resume
+    rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
+    rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rayrlhf.config.loader import ConfigError
+
+
+def _stage_parser(sub, name: str, help_text: str):
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--resume", action="store_true", help="continue the run in the same run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayrlhf", description="RLHF on Ray: SFT, reward models, RL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
+    _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
+    p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("toyworld", help="write the toyworld task's data, tokenizer and tiny base model")
+    p.add_argument("--config", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("overrides", nargs="*")
+    sub.add_parser("data", help="data tools: rayrlhf data validate FILE ...", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        from rayrlhf.data.cli import main as data_main
+
+        return data_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from rayrlhf.utils.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        from rayrlhf.data.validate import DataValidationError
+
+        if isinstance(e, DataValidationError):
+            print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args) -> int:
+    from rayrlhf.config import load_config
+
+    if args.command in ("sft", "rm"):
+        from rayrlhf.driver.train_stage import STAGES, print_summary, run_train_stage
+
+        cfg = load_config(STAGES[args.command], args.config, args.overrides)
+        print_summary(args.command, run_train_stage(args.command, cfg, resume=args.resume))
+        return 0
+    if args.command == "pipeline":
+        from rayrlhf.driver.pipeline import run_pipeline
+
+        run_pipeline(args.config, args.overrides)
+        return 0
+    if args.command == "toyworld":
+        from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
+
+        overrides = args.overrides + ([f"out={args.out}"] if args.out else [])
+        run_toyworld(load_config(ToyworldConfig, args.config, overrides))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Typed configuration: dataclass trees loaded from YAML with dotted overrides."""
+from rayrlhf.config.loader import ConfigError, load_config, save_config, to_dict
+from rayrlhf.config.schema import (
+    DataSection,
+    ModelSection,
+    RewardSection,
+    RMConfig,
+    RunSection,
+    ScalingSection,
+    SFTConfig,
+    TrainSection,
+)
+
+__all__ = [
+    "ConfigError", "load_config", "save_config", "to_dict",
+    "DataSection", "ModelSection", "RewardSection", "RMConfig", "RunSection",
+    "ScalingSection", "SFTConfig", "TrainSection",
+]

@@ -1,0 +1,216 @@
+"""YAML + dotted overrides -> typed dataclass trees, with errors that say what to change.
+
+    cfg = load_config(SFTConfig, "jobs/toyworld_sft.yaml", ["train.lr=1e-4"])
+
+Every problem in a file is collected and reported at once (``ConfigError``), each with its
+dotted path: unknown keys (with the closest valid name), wrong types, failed ``validate()``
+checks of each section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        head = f"invalid configuration{f' in {source}' if source else ''} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"
+        super().__init__("\n".join([head] + [f"  - {p}" for p in problems]))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"override {text!r}: the key {key!r} is not a dotted path like train.lr"])
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers written the Python way are numbers.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError([f"override {text!r}: {part!r} is a value, not a section"])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ConfigError([f"config file not found: {path}"])
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], source=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source=path)
+    return data
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | None = None, data: dict | None = None):
+    """Build ``cls`` from a YAML file (or a dict) plus dotted overrides, then validate it."""
+    raw = dict(data or {})
+    if path:
+        raw = read_yaml(path)
+    raw = apply_overrides(raw, list(overrides or []))
+    problems: list[str] = []
+    cfg = from_dict(cls, raw, "", problems)
+    if not problems:
+        problems.extend(validate_tree(cfg, ""))
+    if problems:
+        raise ConfigError(problems, source=path)
+    return cfg
+
+
+def from_dict(cls: type, data: Any, path: str, problems: list[str]):
+    """Convert ``data`` into an instance of dataclass ``cls``; append problems, never raise."""
+    where = path or "(top level)"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where}: expected a mapping of {cls.__name__} fields, got {_describe(data)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{dotted}: unknown key{hint} (valid keys: {', '.join(fields)})")
+            continue
+        kwargs[key] = _convert(hints[key], value, dotted, problems)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for name in missing:
+        problems.append(f"{path + '.' if path else ''}{name}: required, but not set")
+    if missing:
+        return None
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]):
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list[str] = []
+            out = _convert(option, value, path, trial)
+            if not trial:
+                return out
+        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        problems.append(f"{path}: expected {names}, got {_describe(value)}")
+        return None
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            problems.append(f"{path}: must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path, problems)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list, got {_describe(value)}")
+            return []
+        (item_tp, *_) = get_args(tp) or (Any,)
+        return [_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {_describe(value)}")
+            return {}
+        _, val_tp = get_args(tp) or (str, Any)
+        return {str(k): _convert(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            problems.append(f"{path}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected a number, got {_describe(value)}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {_describe(value)}")
+        return value
+    return value
+
+
+def validate_tree(obj: Any, path: str) -> list[str]:
+    """Run every section's ``validate()`` (returns a list of messages), depth first."""
+    problems: list[str] = []
+    if not dataclasses.is_dataclass(obj):
+        return problems
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        dotted = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(child):
+            problems.extend(validate_tree(child, dotted))
+        elif isinstance(child, list):
+            for i, item in enumerate(child):
+                problems.extend(validate_tree(item, f"{dotted}[{i}]"))
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        problems.extend(f"{path + '.' if path else ''}{msg}" for msg in check())
+    return problems
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str) -> None:
+    from rayrlhf.utils.fs import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__}"
+    return f"{value!r} ({type(value).__name__})"

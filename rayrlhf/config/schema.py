@@ -1,0 +1,189 @@
+"""The typed configuration tree of every stage. One docstring per field.
+
+Batch sizes are named by scope: ``global_batch_size`` is summed over all workers and
+micro-batches (one optimizer step); ``per_worker_micro_batch_size`` is what one worker puts
+through the model at once. Gradient accumulation is derived from the two.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from rayrlhf.data.schema import DEFAULT_MARGIN_VALUES, MARGIN_LEVELS
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    name: str = ""
+    """Run folder name under output_dir; empty means the stage's name. Reusing a name with
+    --resume continues that run."""
+    seed: int = 0
+    """Seed for model init, data order and sampling; with the same seed a run repeats exactly."""
+
+    def validate(self) -> list[str]:
+        return [] if self.output_dir else ["output_dir: must not be empty"]
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = ""
+    """A Hugging Face model name or a local folder with config.json and weights."""
+    tokenizer: Optional[str] = None
+    """Tokenizer name or folder; defaults to name_or_path."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped inside the checkpoint. Off by default: it executes code
+    from the model folder."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype for training and for the exported weights."""
+    chat_template: Optional[str] = None
+    """A Jinja chat template to use when the tokenizer has none (or to replace its own)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about 30% more compute)."""
+
+    def validate(self) -> list[str]:
+        if not self.name_or_path:
+            return ["name_or_path: required: a Hugging Face model name or a local model folder"]
+        return []
+
+
+@dataclass
+class DataSection:
+    train: list[str] = field(default_factory=list)
+    """Training sources: JSONL/Parquet files, folders of them, or hub dataset names."""
+    eval: list[str] = field(default_factory=list)
+    """Held-out sources; if empty, eval_fraction of train is held out (by a seeded split)."""
+    format: str = "auto"
+    """Row format (auto, explicit, implicit, hh-rlhf, rm-static, stack-exchange-paired,
+    ranked for preferences; messages, prompt-completion for SFT)."""
+    split: str = "train"
+    """Split to read from hub datasets."""
+    eval_fraction: float = 0.05
+    """Share of train held out for evaluation when no eval sources are given."""
+    max_prompt_tokens: int = 256
+    """Rows whose rendered prompt is longer are reported as problems before training."""
+    max_response_tokens: int = 256
+    """Rows whose response is longer are reported as problems before training."""
+    limit: Optional[int] = None
+    """Read at most this many rows per source (quick experiments)."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.train:
+            out.append("train: required: at least one file, folder or dataset name")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            out.append(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        for key in ("max_prompt_tokens", "max_response_tokens"):
+            if getattr(self, key) <= 0:
+                out.append(f"{key}: must be positive")
+        return out
+
+
+@dataclass
+class TrainSection:
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    """Decay after warm-up."""
+    warmup_ratio: float = 0.03
+    """Share of optimizer steps with a linear warm-up."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of lr (cosine and linear)."""
+    global_batch_size: int = 32
+    """Examples (pairs for reward models) per optimizer step, over all workers."""
+    per_worker_micro_batch_size: int = 8
+    """Examples one worker forwards at once; global_batch_size must be a multiple of
+    per_worker_micro_batch_size * num_workers."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 turns it off."""
+    eval_every: int = 0
+    """Evaluate every N optimizer steps (0: at the end of each epoch only)."""
+    log_every: int = 10
+    """Write a metrics line every N optimizer steps."""
+    checkpoint_every: int = 0
+    """Checkpoint every N optimizer steps (0: at the end of each epoch only)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep (the newest complete ones; at least 1)."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.lr <= 0:
+            out.append(f"lr: must be positive, got {self.lr}")
+        if self.epochs <= 0:
+            out.append(f"epochs: must be positive, got {self.epochs}")
+        if self.global_batch_size <= 0 or self.per_worker_micro_batch_size <= 0:
+            out.append("global_batch_size and per_worker_micro_batch_size must be positive")
+        if self.keep_checkpoints < 1:
+            out.append("keep_checkpoints: must be at least 1 (the last good checkpoint is always kept)")
+        if not 0 <= self.warmup_ratio < 1:
+            out.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        return out
+
+
+@dataclass
+class ScalingSection:
+    num_workers: int = 1
+    """Data-parallel training workers (Ray Train, torch DDP)."""
+    use_gpu: bool = False
+    """One GPU per worker with NCCL; on CPU, gloo."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; also its torch thread count (rounded, at least 1)."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.num_workers < 1:
+            out.append(f"num_workers: must be at least 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            out.append("cpus_per_worker: must be positive")
+        return out
+
+
+@dataclass
+class RewardSection:
+    name: str = "reward"
+    """Name of this reward model (helpfulness, safety, ...): used in metric keys."""
+    margin: Literal["none", "label", "value"] = "label"
+    """Llama 2 margin loss: none; label (margin from the margin label via margin_values);
+    value (a numeric margin field in the data)."""
+    margin_values: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGIN_VALUES))
+    """Margin per label (Llama 2 Table 27, "margin small"); "margin large" is 3, 2, 1, 0."""
+    margin_scale: float = 1.0
+    """Multiplies every margin."""
+    reward_l2: float = 0.0
+    """Penalty on the squared reward (keeps scores centred; 0 turns it off)."""
+
+    def validate(self) -> list[str]:
+        unknown = [k for k in self.margin_values if k not in MARGIN_LEVELS]
+        if unknown:
+            return [f"margin_values: unknown level(s) {unknown}; levels are {list(MARGIN_LEVELS)}"]
+        return []
+
+
+@dataclass
+class SFTConfig:
+    """`rayrlhf sft`: supervised fine-tuning on demonstrations."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+@dataclass
+class RMConfig:
+    """`rayrlhf rm`: a scalar reward model on preference pairs."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    run: RunSection = field(default_factory=RunSection)

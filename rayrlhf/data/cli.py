@@ -1,0 +1,74 @@
+"""``rayrlhf data validate FILE [FILE...]``: check data files before a run spends time on them.
+
+    rayrlhf data validate prefs.jsonl --kind preference --tokenizer ./tok --max-prompt-tokens 512
+
+Prints one line per problem to stderr (``file:line: field: reason``) and one summary line per
+source to stdout; exits 1 if there was any problem, else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rayrlhf.data.formats import FORMATS, KINDS
+from rayrlhf.data.validate import validate_source
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayrlhf data", description="Data tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    formats = sorted({name for kind in FORMATS.values() for name in kind})
+    validate = commands.add_parser(
+        "validate",
+        help="check data files and report every problem",
+        description="Read each source as preference, SFT or prompt records and report every problem.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE",
+                          help="a .jsonl/.json/.parquet file, a folder of them, a saved dataset, or a hub name")
+    validate.add_argument("--kind", choices=("auto",) + KINDS, default="auto",
+                          help="what the records are for; auto guesses from the columns")
+    validate.add_argument("--format", default="auto", choices=["auto"] + formats,
+                          help="the row format; auto detects it from the first row")
+    validate.add_argument("--tokenizer", help="tokenizer folder or name, for the token limits")
+    validate.add_argument("--max-prompt-tokens", type=int, help="report prompts longer than this")
+    validate.add_argument("--max-response-tokens", type=int, help="report responses longer than this")
+    validate.add_argument("--split", default="train", help="split of a hub dataset or saved DatasetDict")
+    validate.add_argument("--limit", type=int, help="read at most this many rows of each source")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``rayrlhf data <command>``; ``argv`` is what follows ``rayrlhf data``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    limits = args.max_prompt_tokens is not None or args.max_response_tokens is not None
+    if limits and not args.tokenizer:
+        parser.error("--max-prompt-tokens / --max-response-tokens need --tokenizer")
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    failed = False
+    for source in args.files:
+        try:
+            result, problems = validate_source(
+                source, args.kind, args.format, tokenizer, args.max_prompt_tokens,
+                args.max_response_tokens, args.split, args.limit,
+            )
+        except (OSError, ValueError) as e:
+            print(f"{source}: cannot read: {e}", file=sys.stderr)
+            failed = True
+            continue
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{source}: {result.n_rows} rows read as {result.format}, "
+              f"{len(result.records)} records, {len(problems)} problems")
+        if result.dropped:
+            print(f"{source}: left out " + ", ".join(f"{n} {why}" for why, n in sorted(result.dropped.items())))
+        failed = failed or bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

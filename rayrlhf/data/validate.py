@@ -1,0 +1,184 @@
+"""Semantic checks on records, and the one call that reads, checks and fails loudly.
+
+``read_records`` reports rows it cannot parse; ``validate_records`` reports records that parse
+but would train badly: empty text, a comparison of a response with itself, unknown roles, and
+prompts or responses longer than the token budget.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+from rayrlhf.data.formats import ReadResult, read_records
+from rayrlhf.data.problems import Problem
+from rayrlhf.data.schema import MARGIN_LEVELS, ROLES, PreferenceRecord, PromptRecord, SFTRecord
+
+__all__ = ["DataValidationError", "Problem", "load_validated", "validate_records", "validate_source"]
+
+log = logging.getLogger(__name__)
+
+_RECORD_TYPES = {"preference": PreferenceRecord, "sft": SFTRecord, "prompt": PromptRecord}
+_SHOWN = 50
+
+
+class DataValidationError(ValueError):
+    """A data source has problems; ``problems`` lists them all, the message the first 50."""
+
+    def __init__(self, problems: list[Problem], source: str = "data"):
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems[:_SHOWN]]
+        if len(self.problems) > _SHOWN:
+            lines.append(f"... and {len(self.problems) - _SHOWN} more")
+        count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
+        super().__init__(f"{count} in {source}:\n" + "\n".join(lines))
+
+
+def validate_records(
+    records: list,
+    kind: str,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+) -> list[Problem]:
+    """Problems of records that parse but should not be trained on.
+
+    Token limits need ``tokenizer``: the prompt is counted as rendered with the chat template
+    and generation prompt, a response with its EOS, as ``rayrlhf.data.tokenize`` encodes them.
+    """
+    if (max_prompt_tokens is not None or max_response_tokens is not None) and tokenizer is None:
+        raise ValueError("max_prompt_tokens / max_response_tokens need a tokenizer to count tokens")
+    expected = _RECORD_TYPES[kind]
+    problems = []
+    for i, record in enumerate(records):
+        src = record.source
+        file, line = (src.file, src.line) if src is not None else ("<records>", i + 1)
+
+        def report(field: str, reason: str) -> None:
+            problems.append(Problem(file, line, field, reason))
+
+        if not isinstance(record, expected):
+            report("<record>", f"expected a {expected.__name__} for kind {kind!r}, found {type(record).__name__}")
+            continue
+        _check_prompt(record.prompt, report)
+        for field in _response_fields(record):
+            _check_text(getattr(record, field), field, report)
+        if isinstance(record, PreferenceRecord):
+            _check_comparison(record, report)
+        if tokenizer is not None:
+            _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, report)
+    return problems
+
+
+def _response_fields(record) -> tuple[str, ...]:
+    if isinstance(record, PreferenceRecord):
+        return ("chosen", "rejected")
+    if isinstance(record, SFTRecord):
+        return ("response",)
+    return ()
+
+
+def _check_text(value, field: str, report) -> bool:
+    if not isinstance(value, str):
+        report(field, f"expected a string, found {type(value).__name__}")
+        return False
+    if not value.strip():
+        report(field, "empty or whitespace only; expected the text of the assistant's reply")
+        return False
+    return True
+
+
+def _check_prompt(prompt, report) -> None:
+    if not isinstance(prompt, list) or not prompt:
+        report("prompt", "empty; expected a list of at least one message")
+        return
+    for j, message in enumerate(prompt):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            report(f"prompt[{j}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            continue
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            report(f"prompt[{j}].content", f"empty {role} message; expected text")
+
+
+def _check_comparison(record: PreferenceRecord, report) -> None:
+    if isinstance(record.chosen, str) and isinstance(record.rejected, str):
+        if record.chosen.strip() and record.chosen.strip() == record.rejected.strip():
+            report("rejected", "identical to chosen; a comparison needs two different responses")
+    if record.margin_label is not None and record.margin_label not in MARGIN_LEVELS:
+        report("margin_label", f"unknown label {record.margin_label!r}; expected one of {', '.join(MARGIN_LEVELS)}")
+    if record.margin is not None and not math.isfinite(record.margin):
+        report("margin", f"{record.margin} is not a finite number")
+
+
+def _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, report) -> None:
+    from rayrlhf.data.tokenize import encode_response, render_prompt
+
+    if max_prompt_tokens is not None and isinstance(record.prompt, list) and record.prompt:
+        n = len(render_prompt(tokenizer, record.prompt))
+        if n > max_prompt_tokens:
+            report("prompt", f"{n} tokens with the chat template, more than max_prompt_tokens={max_prompt_tokens}; "
+                   "shorten it or raise the limit")
+    if max_response_tokens is None:
+        return
+    for field in _response_fields(record):
+        text = getattr(record, field)
+        if isinstance(text, str):
+            n = len(encode_response(tokenizer, text))
+            if n > max_response_tokens:
+                report(field, f"{n} tokens with EOS, more than max_response_tokens={max_response_tokens}; "
+                       "it would be truncated in training")
+
+
+def validate_source(
+    source: str,
+    kind: str,
+    format: str = "auto",
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+    split: str = "train",
+    limit: int | None = None,
+) -> tuple[ReadResult, list[Problem]]:
+    """Read ``source`` and check its records: (what was read, every problem in line order)."""
+    result = read_records(source, kind, format=format, split=split, limit=limit)
+    problems = list(result.problems)
+    if result.kind in _RECORD_TYPES:
+        problems += validate_records(result.records, result.kind, tokenizer, max_prompt_tokens, max_response_tokens)
+    problems.sort(key=lambda p: (p.file, p.line))
+    return result, problems
+
+
+def load_validated(
+    source: str,
+    kind: str,
+    format: str = "auto",
+    split: str = "train",
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+    limit: int | None = None,
+    drop_invalid: bool = False,
+) -> list:
+    """The records of ``source``, or DataValidationError listing every problem.
+
+    With ``drop_invalid``, records from rows with problems are left out (and counted in a
+    warning) instead: for large public sets with a few known-bad rows (hh-rlhf has identical and
+    empty replies).
+    """
+    result, problems = validate_source(
+        source, kind, format, tokenizer, max_prompt_tokens, max_response_tokens, split, limit
+    )
+    if not result.records and not problems:
+        problems = [Problem(str(source), 0, "<source>", "no rows; expected at least one record")]
+    if problems and not drop_invalid:
+        raise DataValidationError(problems, str(source))
+    if problems:
+        bad = {(p.file, p.line) for p in problems}
+        kept = [r for r in result.records if (r.source.file, r.source.line) not in bad]
+        if not kept:
+            raise DataValidationError(problems, str(source))
+        log.warning("%s: dropped %d records from %d rows with problems", source,
+                    len(result.records) - len(kept), len(bad))
+        return kept
+    return result.records

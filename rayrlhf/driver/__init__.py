@@ -1,0 +1,1 @@
+"""The loops that coordinate a run: stages, the pipeline of stages."""

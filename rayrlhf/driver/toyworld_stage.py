@@ -1,0 +1,90 @@
+"""`rayrlhf toyworld`: write the bundled task's data, a tokenizer and a tiny base model.
+
+The base model is randomly initialised and saved as an ordinary HF folder; every later stage
+loads it with ``from_pretrained`` exactly as it would load a real checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from rayrlhf.models.tiny import TinyModelSpec
+from rayrlhf.utils.fs import atomic_dir, atomic_write_json
+
+
+@dataclass
+class TinyModelSection:
+    hidden_size: int = 128
+    """Width of the tiny Llama (head_dim = hidden_size / num_heads must be >= 32 for vLLM CPU)."""
+    num_layers: int = 2
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads."""
+    intermediate_size: int = 384
+    """MLP width."""
+    max_position_embeddings: int = 256
+    """Longest sequence the model can take."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding and the LM head."""
+
+
+@dataclass
+class ToyworldConfig:
+    """`rayrlhf toyworld`: the synthetic task's data, tokenizer and tiny base model."""
+
+    out: str = "runs/toyworld"
+    """Folder to write (data/, tokenizer/, base_model/, manifest.json)."""
+    seed: int = 0
+    """Seed of the world, the annotators and the model init."""
+    n_sft: int = 3000
+    """SFT demonstrations (train + eval)."""
+    n_pref: int = 4000
+    """Preference pairs per type (helpfulness, safety)."""
+    n_prompts: int = 1000
+    """Training prompts for rejection sampling and PPO."""
+    n_eval_prompts: int = 200
+    """Held-out prompts, disjoint from the training prompts."""
+    eval_fraction: float = 0.1
+    """Share of SFT and preference rows written to the *_eval files."""
+    vocab_size: int = 512
+    """Size of the byte-level BPE vocabulary trained on the task's text."""
+    model: TinyModelSection = field(default_factory=TinyModelSection)
+    """The tiny base model."""
+
+
+def _texts(path: str):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            for key in ("messages", "prompt", "chosen", "rejected"):
+                value = row.get(key)
+                if isinstance(value, list):
+                    for m in value:
+                        yield m["content"]
+                elif isinstance(value, str):
+                    yield value
+
+
+def run_toyworld(cfg: ToyworldConfig) -> dict:
+    from rayrlhf.models import build_tiny_llama, train_tiny_tokenizer
+    from rayrlhf.tasks.toyworld import write_toyworld
+
+    out = os.path.abspath(cfg.out)
+    with atomic_dir(out) as tmp:
+        files = write_toyworld(os.path.join(tmp, "data"), seed=cfg.seed, n_sft=cfg.n_sft, n_pref=cfg.n_pref,
+                               n_prompts=cfg.n_prompts, n_eval_prompts=cfg.n_eval_prompts,
+                               eval_fraction=cfg.eval_fraction)
+        corpus = [t for key in ("sft_train", "pref_helpfulness_train", "pref_safety_train")
+                  for t in _texts(files[key])]
+        tok = train_tiny_tokenizer(corpus, vocab_size=cfg.vocab_size, out_dir=os.path.join(tmp, "tokenizer"))
+        spec = TinyModelSpec(num_kv_heads=cfg.model.num_heads, **asdict(cfg.model))
+        model = build_tiny_llama(tok, spec, seed=cfg.seed, out_dir=os.path.join(tmp, "base_model"))
+        n_params = sum(p.numel() for p in model.parameters())
+        info = {"files": {k: os.path.join(out, os.path.relpath(v, tmp)) for k, v in files.items()},
+                "tokenizer": os.path.join(out, "tokenizer"), "base_model": os.path.join(out, "base_model"),
+                "base_model_parameters": n_params, "vocab_size": len(tok)}
+        atomic_write_json(os.path.join(tmp, "toyworld.json"), info)
+    print(f"[toyworld] wrote {out}: {len(info['files'])} data files, vocab {len(tok)}, "
+          f"base model {n_params / 1e6:.2f}M parameters", flush=True)
+    return info

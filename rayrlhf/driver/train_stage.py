@@ -1,0 +1,161 @@
+"""Driver side of the supervised stages (`rayrlhf sft`, `rayrlhf rm`).
+
+Order of work, cheapest first: resolve the run folder, read and validate every data source
+(all problems reported at once, before any Ray actor starts), tokenize, then hand the encoded
+examples to a Ray Train ``TorchTrainer`` whose workers run ``rayrlhf.trainer.loop.train``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+from rayrlhf.config import RMConfig, SFTConfig, save_config
+from rayrlhf.data.validate import DataValidationError, validate_source
+from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
+
+STAGES = {"sft": SFTConfig, "rm": RMConfig}
+KIND = {"sft": "sft", "rm": "preference"}
+
+
+def run_dir_of(stage: str, cfg) -> str:
+    return os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or stage))
+
+
+def make_task(stage: str, cfg):
+    if stage == "sft":
+        from rayrlhf.trainer.sft import SFTTask
+
+        return SFTTask(cfg)
+    from rayrlhf.trainer.rm import RMTask
+
+    return RMTask(cfg)
+
+
+def held_out(record, seed: int, fraction: float) -> bool:
+    """A stable split by prompt, so no prompt sits on both sides of it."""
+    key = json.dumps(record.prompt, sort_keys=True).encode("utf-8")
+    h = int.from_bytes(hashlib.sha256(str(seed).encode() + b"/" + key).digest()[:8], "big")
+    return (h % 1_000_000) < fraction * 1_000_000
+
+
+def read_data(stage: str, cfg, tokenizer) -> tuple[list, list, dict]:
+    """Read and validate train and eval sources; raise one error listing every problem."""
+    d = cfg.data
+    kind = KIND[stage]
+    problems, report = [], {"sources": {}}
+    parts = {"train": [], "eval": []}
+    for split, sources in (("train", d.train), ("eval", d.eval)):
+        for source in sources:
+            result, found = validate_source(
+                source, kind, format=d.format, split=d.split, tokenizer=tokenizer,
+                max_prompt_tokens=d.max_prompt_tokens, max_response_tokens=d.max_response_tokens, limit=d.limit,
+            )
+            problems.extend(found)
+            parts[split].extend(result.records)
+            report["sources"][source] = {"format": result.format, "rows": result.n_rows,
+                                         "records": len(result.records), "problems": len(found),
+                                         "dropped": dict(result.dropped)}
+    if problems:
+        raise DataValidationError(problems)
+    train, evals = parts["train"], parts["eval"]
+    if not evals and d.eval_fraction > 0:
+        evals = [r for r in train if held_out(r, cfg.run.seed, d.eval_fraction)]
+        train = [r for r in train if not held_out(r, cfg.run.seed, d.eval_fraction)]
+        report["eval_split"] = f"{len(evals)} of {len(evals) + len(train)} records held out by prompt"
+    report.update(train_records=len(train), eval_records=len(evals))
+    return train, evals, report
+
+
+def prepare(stage: str, cfg, resume: bool) -> dict:
+    """Everything that happens before Ray: returns what the workers need."""
+    run_dir = run_dir_of(stage, cfg)
+    from rayrlhf import checkpoint as ckpt
+
+    if os.path.isdir(run_dir):
+        for c in ckpt.list_checkpoints(run_dir) + [os.path.join(run_dir, "export")]:
+            recover_dir(c)
+        if not resume and (ckpt.latest_checkpoint(run_dir) or os.path.exists(os.path.join(run_dir, "summary.json"))):
+            raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, "
+                             "or set run.name to start a new one")
+    task = make_task(stage, cfg)
+    train_recs, eval_recs, report = read_data(stage, cfg, task.tokenizer)
+    max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1
+    if stage == "sft":
+        from rayrlhf.trainer.sft import encode_sft_records
+
+        train_ex, t_stats = encode_sft_records(train_recs, task.tokenizer, max_len)
+        eval_ex, _ = encode_sft_records(eval_recs, task.tokenizer, max_len)
+    else:
+        from rayrlhf.trainer.rm import encode_pair_records, length_baseline
+
+        train_ex, t_stats = encode_pair_records(train_recs, task.tokenizer, max_len, cfg.reward)
+        eval_ex, _ = encode_pair_records(eval_recs, task.tokenizer, max_len, cfg.reward)
+        report["eval_length_baseline_accuracy"] = length_baseline(eval_recs)
+    report["encoding"] = t_stats
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
+    return {"run_dir": run_dir, "train": train_ex, "eval": eval_ex, "report": report}
+
+
+def _worker_loop(config: dict) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from rayrlhf.config import load_config
+    from rayrlhf.trainer.loop import WorkerInfo, train
+    from rayrlhf.utils.quiet import quiet_libraries
+
+    quiet_libraries()
+    stage = config["stage"]
+    cfg = load_config(STAGES[stage], data=config["cfg"])
+    torch.set_num_threads(max(1, int(round(cfg.scaling.cpus_per_worker))))
+    ctx = ray.train.get_context()
+    info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    train_ex, eval_ex = ray.get(config["train"]), ray.get(config["eval"])
+    summary = train(make_task(stage, cfg), cfg, train_ex, eval_ex, config["run_dir"], info,
+                    resume=config["resume"], wrap_model=ray.train.torch.prepare_model)
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+
+
+def run_train_stage(stage: str, cfg, resume: bool = False) -> dict:
+    """Validate, tokenize, train on Ray Train, export; returns the run's summary."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayrlhf.config import to_dict
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    prep = prepare(stage, cfg, resume)
+    run_dir = prep["run_dir"]
+    ensure_ray()
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"stage": stage, "cfg": to_dict(cfg), "run_dir": run_dir, "resume": resume,
+                           "train": ray.put(prep["train"]), "eval": ray.put(prep["eval"])},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=f"{stage}-{os.path.basename(run_dir)}",
+                             storage_path=os.path.join(run_dir, "ray_train"),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    trainer.fit()
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    summary["data"] = prep["report"]
+    if "eval_length_baseline_accuracy" in prep["report"]:
+        summary["eval/length_baseline_accuracy"] = prep["report"]["eval_length_baseline_accuracy"]
+    atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary
+
+
+def print_summary(stage: str, summary: dict, out=sys.stdout) -> None:
+    keys = [k for k in summary if k.startswith("eval/")]
+    print(f"[{stage}] " + ", ".join(f"{k}={summary[k]:.4g}" for k in sorted(keys)
+                                    if isinstance(summary[k], (int, float))), file=out, flush=True)

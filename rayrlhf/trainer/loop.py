@@ -1,0 +1,204 @@
+"""The data-parallel training loop every supervised stage shares (SFT, reward models, ...).
+
+It runs in each Ray Train worker (``train_loop_per_worker``) and, unchanged, in one plain
+process (``world_size == 1``, no process group), the way Ray Train's quick start runs the
+same function both ways. A *task* supplies what differs between stages: how examples become
+a batch, the loss, the evaluation sums and the export.
+
+Determinism: the order of examples is a seeded permutation per epoch, and a global batch is
+split across ranks by position (``batch[rank::world]``), so the data position is just the
+optimizer step. Losses are normalised by the *global* batch's count (tokens or pairs), so the
+sum over ranks equals the full-batch loss whatever the number of workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rayrlhf import checkpoint as ckpt
+from rayrlhf.metrics import MetricsLogger
+from rayrlhf.trainer.optim import build_optimizer, build_scheduler
+from rayrlhf.utils.fs import atomic_write_json
+
+
+@dataclass
+class WorkerInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1 and dist.is_available() and dist.is_initialized()
+
+    def all_reduce(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum a dict of numbers over ranks (same keys on every rank)."""
+        if not self.distributed or not values:
+            return dict(values)
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
+
+    def gather(self, obj):
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> np.ndarray:
+    """Example indices of optimizer step ``step`` (a trailing partial batch is skipped)."""
+    per_epoch = n // global_batch
+    epoch, pos = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[pos * global_batch:(pos + 1) * global_batch]
+
+
+def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, info: WorkerInfo,
+          resume: bool = False, wrap_model=None) -> dict:
+    """Train ``task`` on the examples; rank 0 writes metrics, checkpoints, export, summary."""
+    t_cfg, seed = cfg.train, cfg.run.seed
+    torch.manual_seed(seed)
+    model = task.build_model()
+    world, G = info.world, t_cfg.global_batch_size
+    mb = t_cfg.per_worker_micro_batch_size
+    if G % (mb * world):
+        raise ValueError(f"train.global_batch_size ({G}) must be a multiple of per_worker_micro_batch_size "
+                         f"x num_workers ({mb} x {world})")
+    steps_per_epoch = len(train_examples) // G
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_examples)} training examples are fewer than one global batch ({G})")
+    total_steps = max(1, int(math.ceil(t_cfg.epochs * steps_per_epoch)))
+
+    optimizer = build_optimizer(model, t_cfg.lr, t_cfg.weight_decay, t_cfg.betas)
+    scheduler = build_scheduler(optimizer, total_steps, t_cfg.warmup_ratio, t_cfg.lr_schedule, t_cfg.min_lr_ratio)
+    start_step, best = 0, {}
+    found = ckpt.latest_checkpoint(run_dir) if resume else None
+    if found:
+        state, optim_state, rng = ckpt.load_checkpoint(found, model, info.rank)
+        optimizer.load_state_dict(optim_state["optimizer"])
+        scheduler.load_state_dict(optim_state["scheduler"])
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        start_step, best = state["step"], state.get("summary", {})
+    model = wrap_model(model) if wrap_model else model
+
+    logger = MetricsLogger(run_dir, resume_step=start_step if found else None) if info.rank == 0 else None
+    if logger and found:
+        print(f"resumed from {found} at step {start_step}/{total_steps}", flush=True)
+    eval_every = t_cfg.eval_every or steps_per_epoch
+    ckpt_every = t_cfg.checkpoint_every or steps_per_epoch
+    log_every = max(1, t_cfg.log_every)
+    acc: dict[str, float] = {}
+    t_last = time.perf_counter()
+    model.train()
+    for step in range(start_step, total_steps):
+        batch_idx = global_batch_indices(len(train_examples), step, G, seed)
+        global_examples = [train_examples[i] for i in batch_idx]
+        normalizer = task.normalizer(global_examples)
+        mine = global_examples[info.rank::world]
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        micro = [mine[i:i + mb] for i in range(0, len(mine), mb)]
+        for j, chunk in enumerate(micro):
+            batch = _to(task.collate(chunk), info.device)
+            sync = j == len(micro) - 1
+            ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
+            with ctx:
+                loss, stats = task.loss(model, batch, normalizer)
+                # DDP averages gradients over ranks; each rank's loss is already a share of
+                # the global sum, so scale by world to recover the full-batch gradient.
+                (loss * world).backward()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.max_grad_norm or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        sums = info.all_reduce(sums)
+        for k, v in sums.items():
+            acc[k] = acc.get(k, 0.0) + v
+        done = step + 1
+        metrics = {}
+        if done % log_every == 0 or done % ckpt_every == 0 or done == total_steps:
+            now = time.perf_counter()
+            metrics.update(task.train_metrics(acc))
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                            "train/epoch": done / steps_per_epoch,
+                            "timing/step": (now - t_last) / log_every})
+            acc, t_last = {}, now
+        if done % eval_every == 0 or done == total_steps:
+            metrics.update(evaluate(task, model, eval_examples, info, mb))
+            model.train()
+        if logger and metrics:
+            logger.log(done, metrics)
+        if metrics:
+            best = _summary_update(best, metrics)
+        if done % ckpt_every == 0 or done == total_steps:
+            _save(run_dir, done, model, optimizer, scheduler, info, best, t_cfg.keep_checkpoints)
+    summary = dict(best, steps=total_steps, examples_train=len(train_examples), examples_eval=len(eval_examples))
+    if info.rank == 0:
+        task.export(model, os.path.join(run_dir, "export"), summary)
+        atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+        logger.close()
+    info.barrier()
+    return summary
+
+
+def evaluate(task, model, examples: list, info: WorkerInfo, mb: int) -> dict:
+    if not examples:
+        return {}
+    model.eval()
+    mine = examples[info.rank::info.world]
+    sums: dict[str, float] = {k: 0.0 for k in task.eval_keys()}
+    with torch.no_grad():
+        for i in range(0, len(mine), mb):
+            for k, v in task.eval_sums(model, _to(task.collate(mine[i:i + mb]), info.device)).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return task.eval_metrics(info.all_reduce(sums))
+
+
+def _save(run_dir, step, model, optimizer, scheduler, info: WorkerInfo, summary, keep):
+    rngs = info.gather(ckpt.rng_state())
+    if info.rank == 0:
+        from rayrlhf.models import unwrap
+
+        ckpt.save_checkpoint(
+            run_dir, step, unwrap(model),
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            {"summary": summary}, rngs, keep=keep,
+        )
+    info.barrier()
+
+
+def _summary_update(summary: dict, metrics: dict) -> dict:
+    """Keep the latest value of every eval/ and train/ metric."""
+    out = dict(summary)
+    out.update({k: v for k, v in metrics.items() if k.startswith(("eval/", "train/"))})
+    return out
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
