@@ -72,28 +72,31 @@ def _tuplify(x):
     return tuple(_tuplify(v) if isinstance(v, list) else v for v in x)
 
 
-def save_checkpoint(run_dir: str, step: int, model, optim_state: dict, state: dict, rng_states: list[dict],
-                    keep: int = 2, extra_files: dict | None = None) -> str:
-    """Write a checkpoint for ``step`` atomically, then apply retention (newest ``keep`` kept).
-
-    ``rng_states`` holds one entry per worker rank. ``extra_files`` maps a file name to a
-    ``(model, ...)`` saver callable ``f(path)`` for further models (a critic, say).
-    """
-    from safetensors.torch import save_model
-
+def write_checkpoint(run_dir: str, step: int, fill, state: dict, keep: int = 2) -> str:
+    """Create ``step-N`` atomically: ``fill(tmp_folder)`` writes the files, then ``state.json``
+    marks it complete; retention runs only after the rename (newest ``keep`` kept)."""
     from rayrlhf.utils.fs import atomic_write_json
 
     final = os.path.join(checkpoint_dir(run_dir), f"step-{step:08d}")
     with atomic_dir(final) as tmp:
+        fill(tmp)
+        atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
+    _retain(run_dir, keep)
+    return final
+
+
+def save_checkpoint(run_dir: str, step: int, model, optim_state: dict, state: dict, rng_states: list[dict],
+                    keep: int = 2) -> str:
+    """A training stage's checkpoint; ``rng_states`` holds one entry per worker rank."""
+    from safetensors.torch import save_model
+
+    def fill(tmp):
         save_model(model, os.path.join(tmp, "model.safetensors"))
         torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
         for rank, rs in enumerate(rng_states):
             torch.save(rs, os.path.join(tmp, f"rng-rank{rank}.pt"))
-        for name, saver in (extra_files or {}).items():
-            saver(os.path.join(tmp, name))
-        atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
-    _retain(run_dir, keep)
-    return final
+
+    return write_checkpoint(run_dir, step, fill, state, keep)
 
 
 def _retain(run_dir: str, keep: int) -> None:

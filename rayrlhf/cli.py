@@ -3,6 +3,7 @@
     rayrlhf pipeline --config jobs/toyworld_quickstart.yaml      # stages in order, restartable
     rayrlhf sft --config jobs/toyworld_sft.yaml train.lr=1e-4    # one stage, dotted overrides
     rayrlhf rm --config jobs/toyworld_rm_helpfulness.yaml --resume
+    rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
 """
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
     _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
+    _stage_parser(sub, "ppo", "PPO with a critic, GAE and a KL penalty, on Ray actors")
     p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*")
@@ -70,6 +72,14 @@ def _dispatch(args) -> int:
 
         cfg = load_config(STAGES[args.command], args.config, args.overrides)
         print_summary(args.command, run_train_stage(args.command, cfg, resume=args.resume))
+        return 0
+    if args.command == "ppo":
+        from rayrlhf.config.ppo import PPOConfig
+        from rayrlhf.driver.ppo_stage import run_ppo
+        from rayrlhf.driver.train_stage import print_summary
+
+        cfg = load_config(PPOConfig, args.config, args.overrides)
+        print_summary("ppo", run_ppo(cfg, resume=args.resume))
         return 0
     if args.command == "pipeline":
         from rayrlhf.driver.pipeline import run_pipeline

@@ -21,18 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check data files and report every problem",
-        description="Read each source as preference, SFT or prompt records and report every problem.",
+        description="Read each source as preference, SFT or prompt records; report every problem.",
     )
-    validate.add_argument("files", nargs="+", metavar="FILE",
-                          help="a .jsonl/.json/.parquet file, a folder of them, a saved dataset, or a hub name")
+    validate.add_argument(
+        "files", nargs="+", metavar="FILE",
+        help="a .jsonl/.json/.parquet file, a folder of them, a saved dataset, or a hub name",
+    )
     validate.add_argument("--kind", choices=("auto",) + KINDS, default="auto",
                           help="what the records are for; auto guesses from the columns")
     validate.add_argument("--format", default="auto", choices=["auto"] + formats,
                           help="the row format; auto detects it from the first row")
     validate.add_argument("--tokenizer", help="tokenizer folder or name, for the token limits")
     validate.add_argument("--max-prompt-tokens", type=int, help="report prompts longer than this")
-    validate.add_argument("--max-response-tokens", type=int, help="report responses longer than this")
-    validate.add_argument("--split", default="train", help="split of a hub dataset or saved DatasetDict")
+    validate.add_argument("--max-response-tokens", type=int,
+                          help="report responses longer than this")
+    validate.add_argument("--split", default="train",
+                          help="split of a hub dataset or saved DatasetDict")
     validate.add_argument("--limit", type=int, help="read at most this many rows of each source")
     return parser
 
@@ -46,9 +50,9 @@ def main(argv: list[str]) -> int:
         parser.error("--max-prompt-tokens / --max-response-tokens need --tokenizer")
     tokenizer = None
     if args.tokenizer:
-        from transformers import AutoTokenizer
+        from rayrlhf.models.tokenizer import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer)
     failed = False
     for source in args.files:
         try:
@@ -65,7 +69,8 @@ def main(argv: list[str]) -> int:
         print(f"{source}: {result.n_rows} rows read as {result.format}, "
               f"{len(result.records)} records, {len(problems)} problems")
         if result.dropped:
-            print(f"{source}: left out " + ", ".join(f"{n} {why}" for why, n in sorted(result.dropped.items())))
+            left_out = ", ".join(f"{n} {why}" for why, n in sorted(result.dropped.items()))
+            print(f"{source}: left out {left_out}")
         failed = failed or bool(problems)
     return 1 if failed else 0
 

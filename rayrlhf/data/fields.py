@@ -39,12 +39,13 @@ def messages(value: object, field: str) -> list[Message]:
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            raise RowError(
-                where, f"expected a message object with 'role' and 'content', found {describe(message)}"
-            )
+            found = describe(message)
+            raise RowError(where, f"expected a message with 'role' and 'content', found {found}")
         role, content = message.get("role"), message.get("content")
         if role is None:
-            hint = " (ShareGPT-style 'from'/'value' keys must be renamed)" if "from" in message else ""
+            hint = ""
+            if "from" in message:
+                hint = " (ShareGPT-style 'from'/'value' keys must be renamed)"
             raise RowError(f"{where}.role", f"missing; expected one of {_ROLE_LIST}{hint}")
         if role not in ROLES:
             raise RowError(f"{where}.role", f"unknown role {role!r}; expected one of {_ROLE_LIST}")
@@ -61,9 +62,8 @@ def check_prompt(prompt: list[Message], field: str) -> list[Message]:
     if not prompt:
         raise RowError(field, "no prompt: expected at least one user message before the response")
     if prompt[-1]["role"] != "user":
-        raise RowError(
-            field, f"the prompt must end with a user message, found a {prompt[-1]['role']!r} message last"
-        )
+        last = prompt[-1]["role"]
+        raise RowError(field, f"the prompt must end with a user message, found {last!r} last")
     return prompt
 
 
@@ -81,9 +81,9 @@ def response(value: object, field: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise RowError(
-            field, f"expected a string or a single assistant message in a list, found {describe(value)}"
-        )
+        found = describe(value)
+        expected = "a string or a list of one assistant message"
+        raise RowError(field, f"expected {expected}, found {found}")
     turns = messages(value, field)
     if len(turns) != 1:
         raise RowError(
@@ -124,4 +124,5 @@ def margin(value: object) -> tuple[str | None, float | None]:
         if key in _UNSURE:
             return "negligibly better", None
     levels = ", ".join(repr(m) for m in MARGIN_LEVELS)
-    raise RowError("margin", f"unknown margin {describe(value)}; expected one of {levels}, or a number")
+    found = describe(value)
+    raise RowError("margin", f"unknown margin {found}; expected one of {levels}, or a number")

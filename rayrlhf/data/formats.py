@@ -7,7 +7,7 @@ line and the field, and carrying on with the next row.
 Preference formats (``kind="preference"``):
     explicit               prompt, chosen, rejected (TRL; strings or messages)
     implicit               chosen, rejected: two conversations that differ in the last reply (TRL)
-    hh-rlhf                chosen, rejected: "\\n\\nHuman: ...\\n\\nAssistant: ..." (Anthropic/hh-rlhf)
+    hh-rlhf                chosen, rejected: two "\\n\\nHuman: ...\\n\\nAssistant: ..." transcripts
     rm-static              prompt transcript, chosen, rejected replies (Dahoas/rm-static)
     stack-exchange-paired  question, response_j (better), response_k (lvwerra/stack-exchange-paired)
     ranked                 prompt, responses best first or ``scores`` (InstructGPT's K-way rankings)
@@ -121,9 +121,11 @@ def _ranked(row: dict, ctx: _Context) -> list:
     prompt = fields.prompt(row["prompt"], "prompt")
     responses = row["responses"]
     if not isinstance(responses, list):
-        raise RowError("responses", f"expected a list of response strings, best first, found {describe(responses)}")
+        found = describe(responses)
+        raise RowError("responses", f"expected a list of responses, best first, found {found}")
     if len(responses) < 2:
-        raise RowError("responses", f"found {len(responses)} response(s); a ranking needs at least 2")
+        found = len(responses)
+        raise RowError("responses", f"found {found} response(s); a ranking needs at least 2")
     for i, r in enumerate(responses):
         fields.text(r, f"responses[{i}]")
     k = len(responses)
@@ -131,7 +133,8 @@ def _ranked(row: dict, ctx: _Context) -> list:
     order = list(range(k))
     if scores is not None:
         if not isinstance(scores, list) or len(scores) != k:
-            raise RowError("scores", f"expected a list of {k} numbers (one per response), found {describe(scores)}")
+            found = describe(scores)
+            raise RowError("scores", f"expected a list of {k} numbers, one per response, found {found}")
         for i, s in enumerate(scores):
             if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s:
                 raise RowError(f"scores[{i}]", f"expected a number, found {describe(s)}")
@@ -168,7 +171,8 @@ def _sft_pair(response_column: str) -> Callable:
 
 
 def _prompt(row: dict, ctx: _Context) -> list:
-    return [PromptRecord(fields.prompt(row["prompt"], "prompt"), ctx.source, _meta(row, ("prompt",)))]
+    prompt = fields.prompt(row["prompt"], "prompt")
+    return [PromptRecord(prompt, ctx.source, _meta(row, ("prompt",)))]
 
 
 def _prompt_messages(row: dict, ctx: _Context) -> list:
@@ -263,9 +267,18 @@ def detect_format(kind: str, row: dict) -> str:
     elif kind == "prompt":
         found = "prompt" if "prompt" in cols else "messages" if "messages" in cols else None
     if found is None:
-        expected = "; ".join(f"{name} ({', '.join(f.columns)})" for name, f in FORMATS[kind].items())
-        raise ValueError(f"cannot tell the {kind} format from the columns {sorted(cols)}; expected one of: {expected}")
+        known = "; ".join(f"{name} ({', '.join(f.columns)})" for name, f in FORMATS[kind].items())
+        raise ValueError(
+            f"cannot tell the {kind} format from the columns {sorted(cols)}; "
+            f"expected one of: {known}"
+        )
     return found
+
+
+def _check_format(kind: str, format: str) -> None:
+    if format != "auto" and format not in FORMATS[kind]:
+        known = ", ".join(FORMATS[kind])
+        raise ValueError(f"unknown {kind} format {format!r}; expected one of {known}")
 
 
 def read_records(
@@ -286,8 +299,8 @@ def read_records(
     """
     if kind not in KINDS + ("auto",):
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)} or auto")
-    if kind != "auto" and format != "auto" and format not in FORMATS[kind]:
-        raise ValueError(f"unknown {kind} format {format!r}; expected one of {', '.join(FORMATS[kind])}")
+    if kind != "auto":
+        _check_format(kind, format)
     rows = open_rows(source, split)
     if limit is not None:
         rows = islice(rows, limit)
@@ -296,34 +309,34 @@ def read_records(
         head.append(row)
         if isinstance(row.value, dict):
             break
-    first = head[-1].value if head and isinstance(head[-1].value, dict) else None
-    result = ReadResult()
+    result = ReadResult(
+        kind="unknown" if kind == "auto" else kind, format="unknown" if format == "auto" else format
+    )
     spec = None
-    if first is not None:
+    if head and isinstance(head[-1].value, dict):
+        first = head[-1].value
         result.kind = detect_kind(first) if kind == "auto" else kind
-        if format != "auto" and format not in FORMATS[result.kind]:
-            raise ValueError(f"unknown {result.kind} format {format!r}; expected one of {', '.join(FORMATS[result.kind])}")
+        _check_format(result.kind, format)
         result.format = detect_format(result.kind, first) if format == "auto" else format
         spec = FORMATS[result.kind][result.format]
     for group, row in enumerate(chain(head, rows)):
         result.n_rows += 1
-        if row.problem is not None:
-            result.problems.append(row.problem)
-            continue
-        if not isinstance(row.value, dict):
-            wanted = f" with fields {', '.join(spec.columns)}" if spec else ""
-            reason = f"expected an object{wanted}, found {describe(row.value)}"
-            result.problems.append(Problem(row.file, row.line, ROW, reason))
-            continue
         try:
-            missing = [c for c in spec.columns if row.value.get(c) is None]
-            if missing:
-                raise RowError(
-                    missing[0],
-                    f"missing or null; format {result.format!r} needs the fields {', '.join(spec.columns)}",
-                )
+            if row.problem is not None:
+                raise RowError(row.problem.field, row.problem.reason)
             ctx = _Context(Source(row.file, row.line), group, result.dropped)
-            result.records.extend(spec.parse(row.value, ctx))
+            result.records.extend(_parse_row(row.value, spec, result.format, ctx))
         except RowError as e:
             result.problems.append(Problem(row.file, row.line, e.field, e.reason))
     return result
+
+
+def _parse_row(value: object, spec: _Format | None, format: str, ctx: _Context) -> list:
+    if not isinstance(value, dict) or spec is None:
+        wanted = f" with fields {', '.join(spec.columns)}" if spec else ""
+        raise RowError(ROW, f"expected an object{wanted}, found {describe(value)}")
+    missing = [c for c in spec.columns if value.get(c) is None]
+    if missing:
+        needed = ", ".join(spec.columns)
+        raise RowError(missing[0], f"missing or null; format {format!r} needs the fields {needed}")
+    return spec.parse(value, ctx)

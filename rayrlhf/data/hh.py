@@ -37,7 +37,8 @@ def parse_transcript(text: str, field: str) -> list[Message]:
             "expected the transcript to start with '\\n\\nHuman:'",
         )
     if len(parts) == 1:
-        raise RowError(field, "no 'Human:' or 'Assistant:' turns; expected '\\n\\nHuman: ...\\n\\nAssistant: ...'")
+        expected = "'\\n\\nHuman: ...\\n\\nAssistant: ...'"
+        raise RowError(field, f"no 'Human:' or 'Assistant:' turns; expected {expected}")
     return [
         {"role": _ROLE[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)
     ]

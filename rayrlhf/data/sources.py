@@ -61,7 +61,8 @@ def data_files(folder: Path) -> list[Path]:
 
 def _check_suffix(path: Path) -> None:
     if path.suffix not in DATA_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected {', '.join(DATA_SUFFIXES)}")
+        known = ", ".join(DATA_SUFFIXES)
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected {known}")
 
 
 def _file_rows(path: Path) -> Iterator[Row]:
@@ -86,14 +87,14 @@ def _json_rows(path: Path) -> Iterator[Row]:
             try:
                 decoded = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
-                bad = raw[e.start:e.end]
-                reason = f"invalid UTF-8: bytes {bad!r} at byte {e.start + 1} of the line; expected UTF-8 text"
+                bad, at = raw[e.start:e.end], e.start + 1
+                reason = f"invalid UTF-8: bytes {bad!r} at byte {at} of the line; expected UTF-8"
                 yield Row(name, line, problem=Problem(name, line, ROW, reason))
                 continue
             try:
                 value = json.loads(decoded)
             except json.JSONDecodeError as e:
-                reason = f"broken JSON: {e.msg} at column {e.colno}; expected one JSON object per line"
+                reason = f"broken JSON: {e.msg} at column {e.colno}; expected an object per line"
                 yield Row(name, line, problem=Problem(name, line, ROW, reason))
                 continue
             yield Row(name, line, value)

@@ -81,7 +81,10 @@ def _count(stats: dict | None, key: str) -> None:
 def encode_sft(tokenizer, record: SFTRecord, max_len: int, stats: dict | None = None) -> dict:
     """``{"input_ids", "loss_mask"}``: lists of ``<= max_len`` ints, mask 1 on response + EOS."""
     prompt, (response,) = fit(
-        render_prompt(tokenizer, record.prompt), [encode_response(tokenizer, record.response)], max_len, stats
+        render_prompt(tokenizer, record.prompt),
+        [encode_response(tokenizer, record.response)],
+        max_len,
+        stats,
     )
     return {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}
 

@@ -13,7 +13,13 @@ from rayrlhf.data.formats import ReadResult, read_records
 from rayrlhf.data.problems import Problem
 from rayrlhf.data.schema import MARGIN_LEVELS, ROLES, PreferenceRecord, PromptRecord, SFTRecord
 
-__all__ = ["DataValidationError", "Problem", "load_validated", "validate_records", "validate_source"]
+__all__ = [
+    "DataValidationError",
+    "Problem",
+    "load_validated",
+    "validate_records",
+    "validate_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,8 @@ def validate_records(
             problems.append(Problem(file, line, field, reason))
 
         if not isinstance(record, expected):
-            report("<record>", f"expected a {expected.__name__} for kind {kind!r}, found {type(record).__name__}")
+            found = type(record).__name__
+            report("<record>", f"expected a {expected.__name__} for kind {kind!r}, found {found}")
             continue
         _check_prompt(record.prompt, report)
         for field in _response_fields(record):
@@ -94,7 +101,8 @@ def _check_prompt(prompt, report) -> None:
     for j, message in enumerate(prompt):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
-            report(f"prompt[{j}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            known = ", ".join(ROLES)
+            report(f"prompt[{j}].role", f"unknown role {role!r}; expected one of {known}")
             continue
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
@@ -106,7 +114,8 @@ def _check_comparison(record: PreferenceRecord, report) -> None:
         if record.chosen.strip() and record.chosen.strip() == record.rejected.strip():
             report("rejected", "identical to chosen; a comparison needs two different responses")
     if record.margin_label is not None and record.margin_label not in MARGIN_LEVELS:
-        report("margin_label", f"unknown label {record.margin_label!r}; expected one of {', '.join(MARGIN_LEVELS)}")
+        known = ", ".join(MARGIN_LEVELS)
+        report("margin_label", f"unknown label {record.margin_label!r}; expected one of {known}")
     if record.margin is not None and not math.isfinite(record.margin):
         report("margin", f"{record.margin} is not a finite number")
 
@@ -117,8 +126,8 @@ def _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, re
     if max_prompt_tokens is not None and isinstance(record.prompt, list) and record.prompt:
         n = len(render_prompt(tokenizer, record.prompt))
         if n > max_prompt_tokens:
-            report("prompt", f"{n} tokens with the chat template, more than max_prompt_tokens={max_prompt_tokens}; "
-                   "shorten it or raise the limit")
+            report("prompt", f"{n} tokens with the chat template, more than "
+                   f"max_prompt_tokens={max_prompt_tokens}; shorten it or raise the limit")
     if max_response_tokens is None:
         return
     for field in _response_fields(record):
@@ -126,8 +135,8 @@ def _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, re
         if isinstance(text, str):
             n = len(encode_response(tokenizer, text))
             if n > max_response_tokens:
-                report(field, f"{n} tokens with EOS, more than max_response_tokens={max_response_tokens}; "
-                       "it would be truncated in training")
+                report(field, f"{n} tokens with EOS, more than max_response_tokens="
+                       f"{max_response_tokens}; it would be truncated in training")
 
 
 def validate_source(
@@ -144,7 +153,9 @@ def validate_source(
     result = read_records(source, kind, format=format, split=split, limit=limit)
     problems = list(result.problems)
     if result.kind in _RECORD_TYPES:
-        problems += validate_records(result.records, result.kind, tokenizer, max_prompt_tokens, max_response_tokens)
+        problems += validate_records(
+            result.records, result.kind, tokenizer, max_prompt_tokens, max_response_tokens
+        )
     problems.sort(key=lambda p: (p.file, p.line))
     return result, problems
 
@@ -153,10 +164,10 @@ def load_validated(
     source: str,
     kind: str,
     format: str = "auto",
-    split: str = "train",
     tokenizer=None,
     max_prompt_tokens: int | None = None,
     max_response_tokens: int | None = None,
+    split: str = "train",
     limit: int | None = None,
     drop_invalid: bool = False,
 ) -> list:

@@ -26,7 +26,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "sft", "rm"] = "sft"
+    kind: Literal["toyworld", "sft", "rm", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -97,6 +97,10 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
     run.update(output_dir=run_dir, name=spec.name)
     run.setdefault("seed", seed)
     data["run"] = run
+    if spec.kind == "ppo":
+        from rayrlhf.config.ppo import PPOConfig
+
+        return load_config(PPOConfig, data=data)
     return load_config(STAGES[spec.kind], data=data)
 
 
@@ -141,7 +145,12 @@ def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) 
             from rayrlhf.driver.train_stage import print_summary, run_train_stage
 
             ensure_ray(num_cpus=cfg.ray.num_cpus)
-            summary = run_train_stage(spec.kind, stage_cfg, resume=os.path.isdir(folder))
+            if spec.kind == "ppo":
+                from rayrlhf.driver.ppo_stage import run_ppo
+
+                summary = run_ppo(stage_cfg, resume=os.path.isdir(folder))
+            else:
+                summary = run_train_stage(spec.kind, stage_cfg, resume=os.path.isdir(folder))
             print_summary(spec.name, summary, out=out)
         summary = dict(summary, kind=spec.kind, seconds=round(time.perf_counter() - t0, 1))
         atomic_write_json(marker, summary)
@@ -166,4 +175,9 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   f"(vs gold order {s.get('eval/gold_accuracy', float('nan')):.1%}, "
                   f"length baseline {s.get('eval/length_baseline_accuracy', float('nan')):.1%}); "
                   f"per margin level: {levels}", file=out)
+        elif kind == "ppo":
+            gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
+                              f"{s[k]:.3f}" for k in sorted(s) if k.startswith("eval/gold") or k == "eval/reward")
+            print(f"{name:>12}: held-out {gains}; KL {s.get('eval/kl', s.get('kl/per_response', float('nan')))}",
+                  file=out)
     out.flush()

@@ -34,7 +34,8 @@ def test_problems_go_to_stderr_and_exit_1(write_jsonl, tokenizer_dir, capsys):
 
 def test_clean_files_exit_0(write_jsonl, capsys):
     prefs = write_jsonl("prefs.jsonl", [{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go.", "margin": "better"}])
-    sft = write_jsonl("sft.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}])
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    sft = write_jsonl("sft.jsonl", [{"messages": convo}])
     ranked = write_jsonl("ranked.jsonl", [{"prompt": "Hi", "responses": ["a", "b", "c"], "scores": [2, 1, 1]}])
     assert main(["validate", prefs, sft, ranked]) == 0
     out, err = capsys.readouterr()

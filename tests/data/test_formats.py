@@ -127,7 +127,8 @@ def test_explicit_rejects_multi_message_or_non_assistant_responses(write_jsonl):
 def test_implicit_prompt_is_the_shared_prefix(write_jsonl):
     convo = [user("Hi"), assistant("Hello!"), user("What color is the sky?")]
     rows = [
-        {"chosen": convo + [assistant("Blue.")], "rejected": convo + [assistant("Green.")], "score_chosen": 8.0, "score_rejected": 2.0},
+        {"chosen": convo + [assistant("Blue.")], "rejected": convo + [assistant("Green.")],
+         "score_chosen": 8.0, "score_rejected": 2.0},
         {"chosen": convo + [assistant("Blue.")], "rejected": [user("Hey")] + convo[1:] + [assistant("Green.")]},
         {"chosen": convo + [assistant("Blue.")], "rejected": convo},
     ]
@@ -141,11 +142,13 @@ def test_implicit_prompt_is_the_shared_prefix(write_jsonl):
 
 def test_prompt_column_next_to_full_conversations_is_read_as_implicit(write_jsonl):
     # HuggingFaceH4/ultrafeedback_binarized: prompt, chosen and rejected hold the whole conversation
-    row = {"prompt": "Hi?", "prompt_id": "a1", "chosen": [user("Hi?"), assistant("Hello.")], "rejected": [user("Hi?"), assistant("Bye.")]}
+    row = {"prompt": "Hi?", "prompt_id": "a1",
+           "chosen": [user("Hi?"), assistant("Hello.")], "rejected": [user("Hi?"), assistant("Bye.")]}
     result = read_records(write_jsonl("h4.jsonl", [row]), "preference")
     assert result.format == "implicit"
     (r,) = result.records
-    assert (r.prompt, r.chosen, r.rejected, r.meta) == ([user("Hi?")], "Hello.", "Bye.", {"prompt": "Hi?", "prompt_id": "a1"})
+    assert (r.prompt, r.chosen, r.rejected) == ([user("Hi?")], "Hello.", "Bye.")
+    assert r.meta == {"prompt": "Hi?", "prompt_id": "a1"}
 
 
 def test_ranked_k3_gives_three_pairs_best_first(write_jsonl):
@@ -210,7 +213,8 @@ def test_unknown_margin_is_a_problem(write_jsonl, margin):
 
 
 def test_sft_formats(write_jsonl):
-    convo = [{"role": "system", "content": "Be kind."}, user("Hi"), assistant("Hello!"), user("Capital of France?"), assistant("Paris.")]
+    system = {"role": "system", "content": "Be kind."}
+    convo = [system, user("Hi"), assistant("Hello!"), user("Capital of France?"), assistant("Paris.")]
     cases = [
         ({"messages": convo, "source": "capybara"}, "messages", convo[:4], "Paris.", {"source": "capybara"}),
         ({"prompt": "TL;DR:", "completion": " A cat sat."}, "prompt-completion", [user("TL;DR:")], " A cat sat.", {}),
@@ -249,7 +253,7 @@ def test_prompt_formats(write_jsonl):
     assert [r.prompt for r in result.records] == [convo, convo]
     bad = read_records(write_jsonl("bad.jsonl", [{"prompt": [user("Hi"), assistant("Hello")]}]), "prompt")
     assert [(p.field, p.reason) for p in bad.problems] == [
-        ("prompt", "the prompt must end with a user message, found a 'assistant' message last")
+        ("prompt", "the prompt must end with a user message, found 'assistant' last")
     ]
 
 

@@ -2,7 +2,13 @@
 import pytest
 
 from rayrlhf.data.schema import PreferenceRecord, PromptRecord, Source, SFTRecord
-from rayrlhf.data.validate import DataValidationError, Problem, load_validated, validate_records, validate_source
+from rayrlhf.data.validate import (
+    DataValidationError,
+    Problem,
+    load_validated,
+    validate_records,
+    validate_source,
+)
 
 LONG = "The cat sat on the mat and looked at the dog. " * 8
 LIMITS = {"max_prompt_tokens": 60, "max_response_tokens": 60}
@@ -21,7 +27,8 @@ MALFORMED = [
     ({"prompt": LONG, "chosen": "Hello.", "rejected": "Go."}, "prompt"),
     ([1, 2, 3], "<row>"),
     ({"prompt": {"role": "user", "content": "Hi"}, "chosen": "Hello.", "rejected": "Go."}, "prompt"),
-    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "user", "content": "Hello."}], "rejected": "Go."}, "chosen[0].role"),
+    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "user", "content": "Hello."}],
+      "rejected": "Go."}, "chosen[0].role"),
     ({"prompt": [{"role": "user"}], "chosen": "Hello.", "rejected": "Go."}, "prompt[0].content"),
     (None, None),
     ({"prompt": "Hi", "chosen": None, "rejected": "Go."}, "chosen"),
@@ -52,10 +59,10 @@ def test_each_malformed_row_gives_exactly_one_problem(malformed, tokenizer):
 def test_reasons_say_what_was_found_and_what_is_expected(malformed, tokenizer):
     _, problems = validate_source(malformed, "preference", tokenizer=tokenizer, **LIMITS)
     by_line = {p.line: str(p) for p in problems}
-    assert by_line[2] == f"{malformed}:2: <row>: broken JSON: Expecting ',' delimiter at column 36; expected one JSON object per line"
-    assert by_line[3] == f"{malformed}:3: <row>: invalid UTF-8: bytes b'\\xe9' at byte 16 of the line; expected UTF-8 text"
+    assert by_line[2] == f"{malformed}:2: <row>: broken JSON: Expecting ',' delimiter at column 36; expected an object per line"
+    assert by_line[3] == f"{malformed}:3: <row>: invalid UTF-8: bytes b'\\xe9' at byte 16 of the line; expected UTF-8"
     assert by_line[4].endswith("chosen: missing or null; format 'explicit' needs the fields prompt, chosen, rejected")
-    assert by_line[5].endswith("rejected: expected a string or a single assistant message in a list, found number 42")
+    assert by_line[5].endswith("rejected: expected a string or a list of one assistant message, found number 42")
     assert by_line[6].endswith("chosen: empty or whitespace only; expected the text of the assistant's reply")
     assert by_line[7].endswith("rejected: identical to chosen; a comparison needs two different responses")
     assert by_line[8].endswith("prompt[0].role: unknown role 'bot'; expected one of system, user, assistant")
@@ -169,7 +176,8 @@ def test_load_validated_shows_the_first_50(write_jsonl):
         load_validated(path, "sft")
     lines = str(info.value).splitlines()
     assert lines[0] == f"60 problems in {path}:"
-    assert lines[1] == str(Problem(path, 1, "<row>", "broken JSON: Expecting property name enclosed in double quotes at column 2; expected one JSON object per line"))
+    reason = "broken JSON: Expecting property name enclosed in double quotes at column 2; expected an object per line"
+    assert lines[1] == str(Problem(path, 1, "<row>", reason))
     assert len(lines) == 1 + 50 + 1
     assert lines[-1] == "... and 10 more"
 

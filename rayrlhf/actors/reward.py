@@ -1,0 +1,90 @@
+"""Reward sources: reward-model actors and rule-based functions, one interface.
+
+``score(prompts, responses, meta) -> list[float]`` where prompts are chat-message lists and
+responses are texts, so a reward model with its own tokenizer (a different family than the
+policy's) scores exactly what it was trained on: its chat template, the response, EOS.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from rayrlhf.data.tokenize import encode_response, render_prompt
+
+
+class RewardModelWorker:
+    """A trained scalar reward model (an `rayrlhf rm` export or any HF sequence classifier)."""
+
+    def __init__(self, name: str, model_path: str, normalize: bool = True, trust_remote_code: bool = False,
+                 dtype: str = "float32", micro_batch: int = 64, max_len: int = 1024, num_threads: int = 1):
+        from rayrlhf.models import load_scalar_model, load_tokenizer
+        from rayrlhf.utils.quiet import quiet_libraries
+
+        quiet_libraries()
+        torch.set_num_threads(max(1, num_threads))
+        self.name, self.micro_batch, self.max_len = name, micro_batch, max_len
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.model = load_scalar_model(model_path, dtype, trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
+        self.model.eval().requires_grad_(False)
+        # Scores are standardised with the held-out statistics the rm stage recorded, so
+        # several reward models combine on one scale (and Llama 2's threshold applies).
+        self.mean, self.std = 0.0, 1.0
+        info = os.path.join(model_path, "rayrlhf.json")
+        if normalize and os.path.exists(info):
+            with open(info, encoding="utf-8") as f:
+                meta = json.load(f)
+            if meta.get("score_mean") is not None and meta.get("score_std"):
+                self.mean, self.std = float(meta["score_mean"]), float(meta["score_std"])
+
+    def __repr__(self) -> str:
+        return f"RewardModelWorker({self.name})"
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict]], responses: list[str], meta: list[dict] | None = None) -> list[float]:
+        from rayrlhf.data.tokenize import pad_right
+
+        rows = []
+        for p, r in zip(prompts, responses):
+            ids = render_prompt(self.tokenizer, p) + encode_response(self.tokenizer, r)
+            rows.append(ids[-self.max_len:])
+        out = []
+        pad = self.tokenizer.pad_token_id
+        for i in range(0, len(rows), self.micro_batch):
+            chunk = rows[i:i + self.micro_batch]
+            ids = pad_right(chunk, pad)
+            mask = pad_right([[1] * len(r) for r in chunk], 0)
+            r = self.model(input_ids=ids, attention_mask=mask).logits.float().squeeze(-1)
+            out.extend(((r - self.mean) / self.std).tolist())
+        return out
+
+    def ping(self) -> str:
+        return self.name
+
+
+class FunctionReward:
+    """A rule-based reward: an importable callable ``f(prompt: str, response: str) -> float``.
+
+    The prompt passed is the text of the last user message. Runs on the driver (cheap rules) or
+    wrapped in an actor like any other source.
+    """
+
+    def __init__(self, name: str, path: str):
+        from rayrlhf.tasks import resolve
+
+        self.name, self.path = name, path
+        self.fn = resolve(path)
+
+    def __repr__(self) -> str:
+        return f"FunctionReward({self.name}={self.path})"
+
+    def score(self, prompts: list[list[dict]], responses: list[str], meta: list[dict] | None = None) -> list[float]:
+        return [float(self.fn(last_user_text(p), r)) for p, r in zip(prompts, responses)]
+
+
+def last_user_text(messages: list[dict]) -> str:
+    for m in reversed(messages):
+        if m["role"] == "user":
+            return m["content"]
+    return messages[-1]["content"] if messages else ""

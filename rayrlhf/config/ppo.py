@@ -1,0 +1,203 @@
+"""Configuration of `rayrlhf ppo`: the policy, its critic and reference, reward sources, the
+rollout fleet and PPO's hyper-parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from rayrlhf.config.resources import ResourcesSection
+from rayrlhf.config.schema import ModelSection, RunSection
+from rayrlhf.rollout.config import RolloutSection
+
+
+@dataclass
+class PromptDataSection:
+    train: list[str] = field(default_factory=list)
+    """Prompt sources (any prompt or preference format; only the prompts are used)."""
+    eval: list[str] = field(default_factory=list)
+    """Held-out prompts for the before/after evaluation."""
+    format: str = "auto"
+    """Row format; auto detects it."""
+    split: str = "train"
+    """Split of hub datasets."""
+    max_prompt_tokens: int = 256
+    """Longer prompts are reported as problems before anything starts."""
+    eval_limit: Optional[int] = None
+    """Evaluate on at most this many held-out prompts."""
+
+    def validate(self) -> list[str]:
+        return [] if self.train else ["train: required: at least one prompt source"]
+
+
+@dataclass
+class RewardSourceSection:
+    name: str = ""
+    """Name of the source: its metric key reward/<name> and its key in the combination."""
+    model: str = ""
+    """Folder of a reward model (an `rayrlhf rm` export or any HF sequence classifier)."""
+    function: str = ""
+    """Or a rule-based reward: "module.path:callable", called as f(prompt, response) -> float."""
+    normalize: bool = True
+    """Standardise a reward model's scores with the held-out mean and std its rm stage recorded."""
+
+    def validate(self) -> list[str]:
+        out = [] if self.name else ["name: required"]
+        if bool(self.model) == bool(self.function):
+            out.append("set exactly one of model (a reward-model folder) or function (module:callable)")
+        return out
+
+
+@dataclass
+class CombineSection:
+    method: Literal["linear", "llama2_gate"] = "linear"
+    """linear: the weighted sum of sources; llama2_gate: the safety score where the prompt is
+    unsafe or the safety score is below threshold, else helpfulness (Llama 2, section 3.2.3)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Weight per source for linear; an empty mapping weights every source 1."""
+    helpful_key: str = "helpfulness"
+    """Source used as helpfulness by llama2_gate."""
+    safety_key: str = "safety"
+    """Source used as safety by llama2_gate."""
+    threshold: float = 0.15
+    """llama2_gate: safety scores below this take over (on the sources' scale)."""
+    unsafe_field: str = "unsafe"
+    """Prompt metadata field that tags a prompt as unsafe."""
+    transform: Optional[Literal["inverse_sigmoid"]] = None
+    """Applied to the combined score (Llama 2 whitens logit(R_c))."""
+    whiten: bool = False
+    """Whiten the combined scores over each batch."""
+
+
+@dataclass
+class PPOSection:
+    total_steps: int = 100
+    """PPO iterations: generate, score, update, sync."""
+    prompts_per_step: int = 32
+    """Prompts per iteration over all rollout workers (each sampled rollout.n_samples times)."""
+    ppo_epochs: int = 1
+    """Passes over each iteration's samples."""
+    global_mini_batch_size: int = 32
+    """Samples per optimizer step, over all trainer workers."""
+    forward_micro_batch_size: int = 64
+    """Rows per forward pass when computing logprobs and values."""
+    actor_lr: float = 1e-6
+    """Policy learning rate (AdamW)."""
+    critic_lr: float = 1e-5
+    """Critic learning rate (AdamW)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping of both models; 0 turns it off."""
+    clip_eps: float = 0.2
+    """PPO ratio clip (Schulman et al. 2017, eq. 7)."""
+    clip_eps_high: Optional[float] = None
+    """Upper clip if different from clip_eps (asymmetric clipping)."""
+    dual_clip: Optional[float] = None
+    """Dual-clip bound for negative advantages (Ye et al. 2020); null turns it off."""
+    value_clip: Optional[float] = 0.2
+    """Clip of the value update around the old values; null turns it off."""
+    gamma: float = 1.0
+    """Discount."""
+    lam: float = 0.95
+    """GAE lambda (Schulman et al. 2016)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over each iteration's response tokens."""
+    entropy_coef: float = 0.0
+    """Entropy bonus on the policy loss."""
+    kl_coef: float = 0.05
+    """KL penalty coefficient (initial value for the adaptive controller)."""
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """fixed, or adaptive toward kl_target (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Adaptive controller: target KL per response (summed over tokens)."""
+    kl_horizon: int = 10000
+    """Adaptive controller: horizon in samples."""
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
+    """Per-token KL estimator (Schulman 2020)."""
+    kl_in: Literal["reward", "loss"] = "reward"
+    """Put the KL penalty into the per-token reward (InstructGPT) or into the loss (GRPO)."""
+    critic_warmup_steps: int = 0
+    """Iterations that update only the critic, so values are sensible before the policy moves."""
+    max_staleness: int = 0
+    """Asynchronous rollouts: a sample generated by policy version v is used at version u only
+    if u - v <= max_staleness; 0 is the synchronous algorithm, bit for bit."""
+    importance_cap: float = 2.0
+    """Off-policy correction: each token's advantage is weighted by
+    min(pi_old / pi_behaviour, importance_cap) (truncated importance sampling)."""
+    sync_every: int = 1
+    """Send weights to the rollout workers every N updates."""
+    verify_sync: bool = True
+    """After each sync, compare each worker's weights checksum and probe logprobs with the trainer's."""
+    probe_atol: float = 1e-3
+    """Largest probe-logprob difference accepted between rollout worker and trainer."""
+    eval_every: int = 10
+    """Evaluate on the held-out prompts every N iterations (and before the first, and at the end):
+    one sample per prompt at the rollout temperature, with the same seed each time."""
+    checkpoint_every: int = 10
+    """Checkpoint every N iterations (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept; the newest complete one is never deleted."""
+    call_timeout_s: float = 600.0
+    """An actor call that takes longer fails with the actor and phase named."""
+    max_bad_steps: int = 3
+    """Consecutive iterations with a non-finite reward or loss before the run stops."""
+    max_worker_restarts: int = 3
+    """Times a dead rollout worker is replaced before the run gives up."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.total_steps < 1 or self.prompts_per_step < 1:
+            out.append("total_steps and prompts_per_step must be at least 1")
+        if self.max_staleness < 0:
+            out.append("max_staleness: must be >= 0")
+        if self.clip_eps <= 0:
+            out.append("clip_eps: must be positive")
+        if self.importance_cap < 1:
+            out.append("importance_cap: must be >= 1")
+        return out
+
+
+@dataclass
+class PPOConfig:
+    """`rayrlhf ppo`: PPO with a critic, GAE and a KL penalty to the reference policy."""
+
+    policy: ModelSection = field(default_factory=ModelSection)
+    """The starting policy, usually an SFT export."""
+    critic: ModelSection = field(default_factory=ModelSection)
+    """Critic initialisation (a reward-model or SFT export); empty name_or_path uses the policy's."""
+    reference: ModelSection = field(default_factory=ModelSection)
+    """The frozen reference for the KL term; empty name_or_path uses the policy's."""
+    data: PromptDataSection = field(default_factory=PromptDataSection)
+    rewards: list[RewardSourceSection] = field(default_factory=list)
+    """Reward sources (reward models and functions) combined by `combine`."""
+    gold: dict[str, str] = field(default_factory=dict)
+    """Gold reward functions ("module:callable") reported as gold/<name>, never trained on
+    (toyworld's exact helpfulness and safety)."""
+    combine: CombineSection = field(default_factory=CombineSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def validate(self) -> list[str]:
+        out = []
+        if not self.rewards:
+            out.append("rewards: at least one reward source is required")
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            out.append(f"rewards: names must be unique, got {names}")
+        if self.combine.method == "llama2_gate":
+            for key in (self.combine.helpful_key, self.combine.safety_key):
+                if key not in names:
+                    out.append(f"combine.{'helpful_key' if key == self.combine.helpful_key else 'safety_key'}: "
+                               f"{key!r} is not a reward source (sources: {names})")
+        for k in self.combine.weights:
+            if k not in names:
+                out.append(f"combine.weights: {k!r} is not a reward source (sources: {names})")
+        trainers = self.resources.trainer.num_workers
+        if self.ppo.global_mini_batch_size % trainers:
+            out.append(f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size}) must be a multiple of "
+                       f"resources.trainer.num_workers ({trainers})")
+        total = self.ppo.prompts_per_step * self.rollout.n_samples
+        if total % self.ppo.global_mini_batch_size:
+            out.append(f"prompts_per_step x rollout.n_samples ({total}) must be a multiple of "
+                       f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size})")
+        return out

@@ -1,0 +1,197 @@
+"""How many workers each role runs, what each worker reserves, and which roles share bundles.
+
+    resources:
+      trainer:  {num_workers: 2, gpus_per_worker: 1}
+      critic:   {colocate_with: trainer}          # shares the trainer's bundles (fractions)
+      rollout:  {num_workers: 4, gpus_per_worker: 1, node_type: rollout_node}
+      reference: {gpus_per_worker: 0.25, colocate_with: trainer}
+      rewards:
+        helpfulness: {num_workers: 2, gpus_per_worker: 0.5}
+        safety:      {gpus_per_worker: 0.5}
+
+Role names used by ``colocate_with`` and by the placement plan: ``trainer``, ``critic``,
+``rollout``, ``reference`` and ``reward/<name>`` for each entry of ``rewards``.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal, Optional
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+FIXED_ROLES = ("trainer", "critic", "rollout", "reference")
+REWARD_PREFIX = "reward/"
+
+
+@dataclass
+class RoleResources:
+    num_workers: int = 1
+    """Actors of this role (trainer: data-parallel ranks; rollout: engines; rewards: replicas)."""
+    gpus_per_worker: float = 0.0
+    """GPUs each actor reserves; fractions below 1 share a GPU, above 1 must be whole."""
+    cpus_per_worker: float = 1.0
+    """CPUs each actor reserves (fractions allowed)."""
+    colocate_with: Optional[str] = None
+    """Another role whose placement group this role joins: worker i goes onto that role's
+    bundle i (modulo its bundle count), so both must ask for fractions of the same GPUs."""
+    node_type: Optional[str] = None
+    """A custom resource that marks the nodes this role may use (a cluster-launcher node
+    type, e.g. rollout_node); each bundle asks for 0.001 of it."""
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement strategy of this role's placement group (a colocated role uses its
+    host's)."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 1:
+            out.append(f"num_workers: must be a whole number of at least 1, got {self.num_workers!r}")
+        if self.gpus_per_worker < 0:
+            out.append(f"gpus_per_worker: must be 0 or more, got {self.gpus_per_worker}")
+        elif self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            out.append(f"gpus_per_worker: above 1 it must be whole (Ray cannot split several GPUs), "
+                       f"got {self.gpus_per_worker}; use {math.ceil(self.gpus_per_worker)} or a fraction below 1")
+        if self.cpus_per_worker < 0:
+            out.append(f"cpus_per_worker: must be 0 or more, got {self.cpus_per_worker}")
+        if self.cpus_per_worker <= 0 and self.gpus_per_worker <= 0:
+            out.append("cpus_per_worker and gpus_per_worker are both 0: a worker must reserve some "
+                       "CPU or GPU (e.g. cpus_per_worker: 0.1)")
+        if self.strategy not in STRATEGIES:
+            out.append(f"strategy: must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.node_type is not None and not self.node_type.strip():
+            out.append("node_type: must be a custom resource name or null, got an empty string")
+        return out
+
+
+def _critic_default() -> RoleResources:
+    return RoleResources(cpus_per_worker=0.5, colocate_with="trainer")
+
+
+@dataclass
+class ResourcesSection:
+    trainer: RoleResources = field(default_factory=RoleResources)
+    """Policy trainer: num_workers ranks forming one torch.distributed group."""
+    critic: RoleResources = field(default_factory=_critic_default)
+    """Value model; shares the trainer's bundles unless colocate_with is null."""
+    rollout: RoleResources = field(default_factory=RoleResources)
+    """Rollout workers, one vLLM engine each."""
+    reference: RoleResources = field(default_factory=lambda: RoleResources(cpus_per_worker=0.5))
+    """The frozen initial policy (reference logprobs)."""
+    rewards: dict[str, RoleResources] = field(default_factory=dict)
+    """One entry per reward model, keyed by its name (helpfulness, safety, ...); the role is
+    called reward/<name>."""
+
+    def roles(self) -> dict[str, RoleResources]:
+        """Every role by name, in plan order: trainer, critic, rollout, reference, reward/*."""
+        out = {name: getattr(self, name) for name in FIXED_ROLES}
+        out.update({REWARD_PREFIX + name: r for name, r in self.rewards.items()})
+        return out
+
+    def validate(self) -> list[str]:
+        out = []
+        for name, role in self.rewards.items():
+            if not name or "/" in name or name != name.strip():
+                out.append(f"rewards.{name}: a reward model name must be non-empty, without '/' or spaces")
+            out.extend(f"rewards.{name}.{msg}" for msg in role.validate())
+        roles = self.roles()
+        for name, role in roles.items():
+            if role.colocate_with is not None:
+                out.extend(_check_colocation(name, role, roles))
+        return out
+
+
+def config_path(role: str) -> str:
+    """``trainer`` -> ``resources.trainer``; ``reward/safety`` -> ``resources.rewards.safety``."""
+    if role.startswith(REWARD_PREFIX):
+        return f"resources.rewards.{role[len(REWARD_PREFIX):]}"
+    return f"resources.{role}"
+
+
+def colocation_host(role: str, roles: dict[str, RoleResources]) -> str:
+    """The role that owns the placement group ``role`` joins (itself when not colocated)."""
+    seen = [role]
+    while roles[seen[-1]].colocate_with is not None:
+        nxt = roles[seen[-1]].colocate_with
+        if nxt not in roles or nxt in seen:
+            raise ValueError(f"colocation of {role} does not resolve: {' -> '.join(seen + [nxt])}")
+        seen.append(nxt)
+    return seen[-1]
+
+
+def gpu_capacity(host: RoleResources) -> float:
+    """GPUs one bundle of a shared group may hold: the host worker's whole GPUs, at least 1."""
+    return max(1.0, float(math.ceil(host.gpus_per_worker)))
+
+
+def _check_colocation(name: str, role: RoleResources, roles: dict[str, RoleResources]) -> list[str]:
+    key = f"{config_path(name)[len('resources.'):]}.colocate_with"
+    target = role.colocate_with
+    if target == name:
+        return [f"{key}: a role cannot colocate with itself; set it to another role or null"]
+    if target not in roles:
+        close = difflib.get_close_matches(target, list(roles), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return [f"{key}: unknown role {target!r}; {hint}roles are {', '.join(roles)}"]
+    chain = [name]
+    while roles[chain[-1]].colocate_with is not None:
+        nxt = roles[chain[-1]].colocate_with
+        if nxt not in roles:
+            return []
+        if nxt in chain:
+            cycle = " -> ".join(chain[chain.index(nxt):] + [nxt])
+            return [f"{key}: colocation cycle {cycle}; one role of the cycle must have colocate_with: null"]
+        chain.append(nxt)
+    host_name = chain[-1]
+    host = roles[host_name]
+    out = []
+    if role.node_type not in (None, host.node_type):
+        out.append(f"{key}: {name} runs on {host_name}'s bundles, which ask for node_type "
+                   f"{host.node_type!r}, not {role.node_type!r}; set {config_path(name)}.node_type "
+                   f"to null or to the same value as {config_path(host_name)}.node_type")
+    if role.strategy != "PACK" and role.strategy != host.strategy:
+        out.append(f"{key}: {name} joins {host_name}'s placement group, whose strategy is "
+                   f"{host.strategy}; remove {config_path(name)}.strategy or set it on {config_path(host_name)}")
+    if host_name != chain[1] or roles[host_name] is role:
+        return out
+    out.extend(_check_gpu_fit(name, host_name, roles))
+    return out
+
+
+def _check_gpu_fit(guest_name: str, host_name: str, roles: dict[str, RoleResources]) -> list[str]:
+    """GPU sum on the fullest bundle of the host's group, reported once per guest."""
+    host = roles[host_name]
+    guests = [n for n, r in roles.items() if n != host_name and _host_or_none(n, roles) == host_name]
+    per_bundle = [host.gpus_per_worker] * host.num_workers
+    for g in guests:
+        for i in range(roles[g].num_workers):
+            per_bundle[i % host.num_workers] += roles[g].gpus_per_worker
+    fullest = max(per_bundle)
+    cap = gpu_capacity(host)
+    if fullest <= cap + 1e-9 or guest_name != guests[-1]:
+        return []
+    parts = [f"{host_name} {_num(host.gpus_per_worker)}"] + [
+        f"{g} {_num(roles[g].gpus_per_worker)} x {-(-roles[g].num_workers // host.num_workers)}"
+        for g in guests if roles[g].gpus_per_worker > 0
+    ]
+    names = ", ".join([config_path(host_name)] + [config_path(g) for g in guests])
+    return [f"{guest_name[len(REWARD_PREFIX):] if False else ''}colocate_with: a bundle of {host_name}'s "
+            f"placement group would hold {_num(fullest)} GPUs ({' + '.join(parts)}), but colocated "
+            f"workers share the host worker's {_num(cap)} GPU{'s' if cap != 1 else ''}: lower "
+            f"gpus_per_worker of {names} so they sum to at most {_num(cap)} (e.g. 0.5 each for two "
+            f"roles), or set colocate_with: null to give a role its own placement group"]
+
+
+def _host_or_none(name: str, roles: dict[str, RoleResources]) -> str | None:
+    try:
+        return colocation_host(name, roles)
+    except ValueError:
+        return None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.4f}".rstrip("0")
+
+
+__all__ = [f.name for f in fields(ResourcesSection)] and [
+    "RoleResources", "ResourcesSection", "STRATEGIES", "config_path", "colocation_host", "gpu_capacity",
+]

@@ -1,0 +1,342 @@
+"""`rayrlhf ppo`: the PPO loop as a dataflow of named, timed phases.
+
+    generate -> reward -> reference / logprobs / values -> advantages -> update -> sync
+
+Actors do the model work (``rayrlhf.actors``); this driver only moves batches between them and
+computes advantages with the pure functions of ``rayrlhf.algo``. Asynchronous mode keeps up to
+``max_staleness`` further iterations of generation in flight while the trainer updates.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rayrlhf import checkpoint as ckpt
+from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.algo.kl import make_kl_controller
+from rayrlhf.algo.rewards import combine_rewards
+from rayrlhf.driver.fleet import get
+from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+from rayrlhf.metrics import MetricsLogger
+from rayrlhf.utils.fs import atomic_write_json, read_json
+
+
+class BadStepError(RuntimeError):
+    """Too many consecutive iterations with a non-finite reward or loss."""
+
+
+class Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[f"timing/{name}"] = timer.times.get(f"timing/{name}", 0.0) + time.perf_counter() - self.t0
+                return False
+
+        return _T()
+
+
+class PPODriver:
+    def __init__(self, cfg, run_dir: str, roles, prompts: list, eval_prompts: list, tokenizer):
+        self.cfg, self.run_dir, self.roles = cfg, run_dir, roles
+        self.p = cfg.ppo
+        self.prompts, self.eval_prompts, self.tokenizer = prompts, eval_prompts, tokenizer
+        self.prompt_ids = [self._render(r.prompt) for r in prompts]
+        self.eval_ids = [self._render(r.prompt) for r in eval_prompts]
+        self.kl_ctl = make_kl_controller(
+            self.p.kl_controller, **({"kl_coef": self.p.kl_coef} if self.p.kl_controller == "fixed" else
+                                     {"init_kl_coef": self.p.kl_coef, "target": self.p.kl_target,
+                                      "horizon": self.p.kl_horizon}))
+        self.fleet = roles.fleet
+        self.version = 0
+        self.step = 0
+        self.bad_steps = 0
+        self.pending: collections.deque = collections.deque()
+        self.next_gen_step = 0
+        self.counters = {"async/dropped_samples": 0, "rollout/prompts_used": 0}
+        self.gold = {name: _resolve(path) for name, path in roles.gold.items()}
+        self.timeout = self.p.call_timeout_s
+
+    def _render(self, messages):
+        from rayrlhf.data.tokenize import render_prompt
+
+        return render_prompt(self.tokenizer, messages)
+
+    # -- data position ---------------------------------------------------------------------------
+    def prompt_rows(self, step: int) -> list[int]:
+        """Prompts of iteration ``step``: consecutive slices of a seeded order per epoch."""
+        n, per = len(self.prompts), self.p.prompts_per_step
+        rows = []
+        for k in range(step * per, (step + 1) * per):
+            epoch, pos = divmod(k, n)
+            rows.append(int(np.random.default_rng([self.cfg.run.seed, epoch]).permutation(n)[pos]))
+        return rows
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        from rayrlhf.utils.progress import progress
+
+        start = self._restore() if resume else 0
+        if start == 0:
+            self._sync(initial=True)
+        logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
+                               echo=not sys.stderr.isatty())
+        summary = read_json(os.path.join(self.run_dir, "summary.json")) if resume and start else {}
+        if start == 0:
+            before = self.evaluate()
+            summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
+            logger.log(0, before)
+        self.step = start
+        self.next_gen_step = start
+        bar = progress(total=self.p.total_steps, initial=start, desc="ppo")
+        try:
+            for step in range(start, self.p.total_steps):
+                metrics = self.train_step(step)
+                done = step + 1
+                if done % self.p.eval_every == 0 or done == self.p.total_steps:
+                    metrics.update(self.evaluate())
+                logger.log(done, metrics)
+                summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
+                bar.update(1, metrics)
+                self.step = done
+                if done % self.p.checkpoint_every == 0 or done == self.p.total_steps:
+                    self._checkpoint(done, summary)
+        finally:
+            bar.close()
+            logger.close()
+        self.roles.policy.call("export", os.path.join(self.run_dir, "export"),
+                               {"stage": "ppo", "steps": self.p.total_steps}, ranks=[0])
+        summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
+        for key in [k for k in summary if k.startswith("eval/")]:
+            name = key.split("/", 1)[1]
+            if f"before/{name}" in summary:
+                summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
+        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        return summary
+
+    def train_step(self, step: int) -> dict:
+        t = Timer()
+        t0 = time.perf_counter()
+        with t("generate"):
+            samples, job_version, gen_metrics = self._next_samples(step)
+        staleness = self.version - job_version
+        rows = [s.prompt_index for s in samples]
+        batch = build_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+                            self.tokenizer.pad_token_id)
+        prompts = [self.prompts[r].prompt for r in rows]
+        meta = [self.prompts[r].meta for r in rows]
+        texts = [s.text for s in samples]
+        with t("reward"):
+            scores, reward_metrics = self.score(prompts, texts, meta)
+        metrics = {**gen_metrics, **reward_metrics}
+        bad = [i for i, v in enumerate(scores.tolist()) if not math.isfinite(v)]
+        if bad:
+            return self._bad_step(step, f"non-finite reward for samples {bad[:10]} (prompt rows "
+                                        f"{[rows[i] for i in bad[:10]]})", metrics, t)
+        with t("reference"):
+            ref_lp = self._forward(self.roles.reference, batch, "reference")
+        with t("logprobs"):
+            old_lp = self._forward(self.roles.policy, batch, "policy")
+        with t("values"):
+            values = self._forward(self.roles.critic, batch, "critic")
+        with t("advantages"):
+            behaviour = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"]) if staleness > 0 else None
+            adv = compute_advantages(scores, old_lp, ref_lp, values, batch["response_mask"], behaviour,
+                                     self.kl_ctl.value, self.p.kl_estimator, self.p.kl_in, self.p.gamma, self.p.lam,
+                                     self.p.whiten_advantages, self.p.importance_cap)
+        batch.update(old_logprobs=old_lp, ref_logprobs=ref_lp, values=values,
+                     advantages=adv["advantages"], returns=adv["returns"])
+        with t("update"):
+            upd = self._update(batch, step)
+        if not all(math.isfinite(v) for v in upd.values()):
+            return self._bad_step(step, f"non-finite loss {upd}", metrics, t)
+        self.bad_steps = 0
+        self.version += 1
+        self.kl_ctl.update(float(adv["kl_per_response"].mean()), len(samples))
+        if self.version % self.p.sync_every == 0:
+            with t("sync"):
+                metrics.update(self._sync())
+        lengths = [len(s.response_ids) for s in samples]
+        metrics.update(adv["stats"])
+        metrics.update(upd)
+        metrics.update({
+            "rollout/samples": len(samples), "rollout/response_length": float(np.mean(lengths)),
+            "rollout/truncated_fraction": float(np.mean([s.finish_reason == "length" for s in samples])),
+            "async/staleness_mean": float(staleness), "async/staleness_max": float(staleness),
+            "async/queue_depth": float(len(self.pending)), "policy/version": float(self.version),
+            **self.counters,
+        })
+        metrics.update(t.times)
+        metrics["timing/step"] = time.perf_counter() - t0
+        if metrics.get("timing/step"):
+            metrics["sync/share_of_step"] = metrics.get("timing/sync", 0.0) / metrics["timing/step"]
+        return metrics
+
+    def _bad_step(self, step: int, why: str, metrics: dict, t: Timer) -> dict:
+        self.bad_steps += 1
+        print(f"[rayrlhf] step {step + 1}: skipped the update: {why}", flush=True)
+        if self.bad_steps >= self.p.max_bad_steps:
+            raise BadStepError(f"{self.bad_steps} consecutive iterations had a non-finite reward or loss "
+                               f"(last at step {step + 1}: {why}); stopping (ppo.max_bad_steps)")
+        metrics.update(t.times)
+        metrics["train/skipped"] = 1.0
+        return metrics
+
+    # -- phases --------------------------------------------------------------------------------------
+    def _next_samples(self, step: int):
+        depth = 1 + self.p.max_staleness
+        while len(self.pending) < depth and self.next_gen_step < self.p.total_steps:
+            rows = self.prompt_rows(self.next_gen_step)
+            self.pending.append(self.fleet.submit(self.next_gen_step, rows, [self.prompt_ids[r] for r in rows]))
+            self.next_gen_step += 1
+        job = self.pending.popleft()
+        assert job.step == step, (job.step, step)
+        samples, metrics = self.fleet.collect(job)
+        if self.version - job.version > self.p.max_staleness:
+            # Too old to use: drop and regenerate the same prompts (same seeds) now.
+            self.counters["async/dropped_samples"] += len(samples)
+            fresh = self.fleet.submit(step, job.prompt_rows, job.prompt_ids)
+            samples, metrics = self.fleet.collect(fresh)
+            job = fresh
+        for s in samples:
+            s.prompt_index = job.prompt_rows[s.prompt_index]
+        self.counters["rollout/prompts_used"] += len(job.prompt_rows)
+        return samples, job.version, metrics
+
+    def score(self, prompts, texts, meta) -> tuple[torch.Tensor, dict]:
+        """Every reward source's raw scores, then their combination (a pure function)."""
+        raw = self.roles.score_all(prompts, texts, meta, self.timeout)
+        c = self.cfg.combine
+        unsafe = torch.tensor([bool(m.get(c.unsafe_field, False)) for m in meta])
+        combined = combine_rewards(
+            raw, method=c.method, weights=c.weights or {k: 1.0 for k in raw}, helpful_key=c.helpful_key,
+            safety_key=c.safety_key, unsafe=unsafe, threshold=c.threshold, transform=c.transform, whiten=c.whiten)
+        metrics = {f"reward/{k}": float(v.mean()) for k, v in raw.items()}
+        metrics["rollout/reward_mean"] = float(combined.mean())
+        metrics["rollout/reward_std"] = float(combined.std()) if len(combined) > 1 else 0.0
+        for name, fn in self.gold.items():
+            from rayrlhf.actors.reward import last_user_text
+
+            metrics[f"gold/{name}"] = float(np.mean([fn(last_user_text(p), r) for p, r in zip(prompts, texts)]))
+        return combined, metrics
+
+    def _forward(self, group, batch, what: str) -> torch.Tensor:
+        shards = split_rows(batch["input_ids"].shape[0], group.size)
+        parts = [select_rows(batch, rows) for rows in shards]
+        refs = [a.forward.remote(part, self.p.forward_micro_batch_size) for a, part in zip(group.actors, parts)]
+        outs = get(refs, self.timeout, f"{what} in phase forward")
+        full = torch.zeros_like(batch["response_mask"])
+        for rows, out in zip(shards, outs):
+            full[rows, : out.shape[1]] = out
+        return full
+
+    def _update(self, batch: dict, step: int) -> dict:
+        """Clipped PPO on the policy group and the value loss on the critic group, together."""
+        n = batch["input_ids"].shape[0]
+        G = self.p.global_mini_batch_size
+        pol, cri = self.roles.policy, self.roles.critic
+        pol_jobs = [[] for _ in range(pol.size)]
+        cri_jobs = [[] for _ in range(cri.size)]
+        tokens = []
+        for epoch in range(self.p.ppo_epochs):
+            order = np.random.default_rng([self.cfg.run.seed, step, epoch, 7]).permutation(n)
+            for start in range(0, n, G):
+                mb = order[start:start + G]
+                tokens.append(float(batch["response_mask"][mb].sum()))
+                for jobs, size in ((pol_jobs, pol.size), (cri_jobs, cri.size)):
+                    for rank, part in enumerate(split_rows(len(mb), size)):
+                        jobs[rank].append(select_rows(batch, mb[part]))
+        refs = []
+        train_policy = step >= self.p.critic_warmup_steps
+        if train_policy:
+            refs += [a.update.remote(j, tokens) for a, j in zip(pol.actors, pol_jobs)]
+        refs += [a.update.remote(j, tokens) for a, j in zip(cri.actors, cri_jobs)]
+        outs = get(refs, self.timeout, "policy and critic in phase update")
+        pol_outs = outs[:pol.size] if train_policy else []
+        cri_outs = outs[len(outs) - cri.size:]
+        out = {f"actor/{k}": v for k, v in _mean_dicts(pol_outs).items()}
+        out.update({f"critic/{k}": v for k, v in _mean_dicts(cri_outs).items()})
+        return out
+
+    def _sync(self, initial: bool = False) -> dict:
+        policy0 = self.roles.policy.actors[0]
+        weights_ref, checksum_ref = policy0.named_weights_and_checksum.options(num_returns=2).remote()
+        checksum = get(checksum_ref, self.timeout, "policy/0 in phase sync")
+        probe = self.prompt_ids[0] + self.prompt_ids[-1][:8]
+        trainer_probe = get(policy0.probe.remote(probe), self.timeout, "policy/0 in phase sync") \
+            if self.p.verify_sync else None
+        return self.fleet.sync(weights_ref, checksum, self.version, probe if self.p.verify_sync else None,
+                               trainer_probe, self.p.probe_atol)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Proxy and gold rewards of the current policy on the held-out prompts."""
+        if not self.eval_prompts:
+            return {}
+        refs = self.roles.eval_generate(self.eval_ids)
+        samples = get(refs, self.timeout, "rollout in phase evaluate")
+        samples = [s for part in samples for s in part]
+        prompts = [r.prompt for r in self.eval_prompts]
+        meta = [r.meta for r in self.eval_prompts]
+        texts = [s.text for s in samples]
+        scores, m = self.score(prompts, texts, meta)
+        out = {"eval/reward": float(scores.mean()),
+               "eval/response_length": float(np.mean([len(s.response_ids) for s in samples]))}
+        for k, v in m.items():
+            if k.startswith(("reward/", "gold/")):
+                out[f"eval/{k.replace('/', '_', 1)}"] = v
+        self.last_eval_texts = list(zip([p[-1]["content"] for p in prompts], texts))[:8]
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint(self, step: int, summary: dict) -> None:
+        def fill(tmp):
+            get(self.roles.policy.call_async("save", tmp) + self.roles.critic.call_async("save", tmp),
+                self.timeout, "policy and critic in phase checkpoint")
+
+        state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
+                 "bad_steps": self.bad_steps}
+        ckpt.write_checkpoint(self.run_dir, step, fill, state, keep=self.p.keep_checkpoints)
+        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+
+    def _restore(self) -> int:
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if not found:
+            return 0
+        state = read_json(os.path.join(found, "state.json"))
+        get(self.roles.policy.call_async("load", found) + self.roles.critic.call_async("load", found),
+            self.timeout, "policy and critic in phase restore")
+        self.version = state["version"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.counters.update(state.get("counters", {}))
+        self.bad_steps = state.get("bad_steps", 0)
+        self._sync()
+        print(f"[rayrlhf] resumed from {found} at step {state['step']}", flush=True)
+        return int(state["step"])
+
+
+def _mean_dicts(dicts: list[dict]) -> dict:
+    """Mean over ranks; each rank reports world x its share, so a loss's mean is the global loss."""
+    if not dicts:
+        return {}
+    keys = set().union(*dicts)
+    return {k: float(np.mean([d[k] for d in dicts if k in d])) for k in keys}
+
+
+def _resolve(path: str):
+    from rayrlhf.tasks import resolve
+
+    return resolve(path)

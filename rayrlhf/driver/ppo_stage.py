@@ -1,0 +1,68 @@
+"""`rayrlhf ppo`: validate, place the actors, run the PPO driver, export."""
+from __future__ import annotations
+
+import os
+
+from rayrlhf.config import save_config
+from rayrlhf.data.validate import DataValidationError, validate_source
+from rayrlhf.utils.fs import atomic_write_json
+
+
+def read_prompts(cfg, tokenizer) -> tuple[list, list, dict]:
+    d = cfg.data
+    problems, parts, report = [], {"train": [], "eval": []}, {"sources": {}}
+    for split, sources in (("train", d.train), ("eval", d.eval)):
+        for source in sources:
+            result, found = validate_source(source, "prompt", format=d.format, split=d.split, tokenizer=tokenizer,
+                                            max_prompt_tokens=d.max_prompt_tokens)
+            problems.extend(found)
+            parts[split].extend(result.records)
+            report["sources"][source] = {"format": result.format, "rows": result.n_rows,
+                                         "records": len(result.records), "problems": len(found)}
+    if problems:
+        raise DataValidationError(problems)
+    evals = parts["eval"][: d.eval_limit] if d.eval_limit else parts["eval"]
+    return parts["train"], evals, report
+
+
+def check_models(cfg) -> list[str]:
+    """Model folders that do not exist, said before any actor starts."""
+    out = []
+    paths = [("policy.name_or_path", cfg.policy.name_or_path)]
+    paths += [(f"rewards[{i}].model", r.model) for i, r in enumerate(cfg.rewards) if r.model]
+    for key, path in paths:
+        if path.startswith(("/", ".")) and not os.path.exists(os.path.join(path, "config.json")):
+            out.append(f"{key}: {path} is not a model folder (no config.json)")
+    return out
+
+
+def run_ppo(cfg, resume: bool = False) -> dict:
+    from rayrlhf import checkpoint as ckpt
+    from rayrlhf.config.loader import ConfigError
+    from rayrlhf.driver.ppo import PPODriver
+    from rayrlhf.driver.roles import build_roles
+    from rayrlhf.models import load_tokenizer
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or "ppo"))
+    if not resume and ckpt.latest_checkpoint(run_dir):
+        raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
+    problems = check_models(cfg)
+    if problems:
+        raise ConfigError(problems)
+    tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
+    prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
+    ensure_ray()
+    roles = build_roles(cfg, os.path.basename(run_dir))
+    try:
+        driver = PPODriver(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
+        summary = driver.fit(resume=resume)
+        samples = getattr(driver, "last_eval_texts", [])
+        if samples:
+            atomic_write_json(os.path.join(run_dir, "samples.json"), [{"prompt": p, "response": r} for p, r in samples])
+        return summary
+    finally:
+        roles.shutdown()

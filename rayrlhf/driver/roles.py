@@ -1,0 +1,141 @@
+"""The actors of a PPO run, placed by ``rayrlhf.placement`` from the config's resources.
+
+    policy      ModelWorker(kind=policy) x N, one torch.distributed group
+    critic      ModelWorker(kind=critic) x N, its own group
+    reference   ModelWorker(kind=reference) x R (rows split across replicas)
+    reward/<n>  RewardModelWorker x replicas per reward model; rule-based sources run here
+    rollout     RolloutWorker x M, behind ``RolloutFleet``
+"""
+from __future__ import annotations
+
+import ray
+import torch
+
+from rayrlhf.actors.batch import split_rows
+from rayrlhf.actors.model_worker import ModelWorker
+from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
+from rayrlhf.driver.fleet import RolloutFleet, get
+from rayrlhf.rollout.common import derive_seed
+from rayrlhf.rollout.worker import RolloutWorker
+
+
+class Group:
+    """An actor group as the driver uses it (actors, size, call on all)."""
+
+    def __init__(self, actor_group):
+        self.inner = actor_group
+        self.actors = list(actor_group.actors)
+        self.size = len(self.actors)
+
+    def call_async(self, method: str, *args, ranks=None, **kwargs) -> list:
+        chosen = range(self.size) if ranks is None else ranks
+        return [getattr(self.actors[r], method).remote(*args, **kwargs) for r in chosen]
+
+    def call(self, method: str, *args, ranks=None, timeout: float = 600.0, **kwargs) -> list:
+        return get(self.call_async(method, *args, ranks=ranks, **kwargs), timeout, f"{method} on {self.inner}")
+
+
+class Roles:
+    def __init__(self, cfg, run_name: str):
+        from rayrlhf.config import to_dict
+        from rayrlhf.placement import RayActorGroup, create_placement_groups, plan_placement
+
+        self.cfg = cfg
+        p, res = cfg.ppo, cfg.resources
+        self.plan = plan_placement(res)
+        self.pgs = create_placement_groups(self.plan, run_name, timeout_s=p.call_timeout_s)
+        self.run_name = run_name
+        temperature = cfg.rollout.temperature or 1.0
+        common = {"hp_base": {"temperature": temperature, "max_grad_norm": p.max_grad_norm}}
+        policy_hp = dict(common["hp_base"], lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
+                         dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+                         entropy_coef=p.entropy_coef)
+        critic_hp = dict(common["hp_base"], lr=p.critic_lr, value_clip=p.value_clip)
+        seed = cfg.run.seed
+
+        def group(role, cls, kwargs_of_rank):
+            return Group(RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
+                                       run_name, kwargs_of_rank=kwargs_of_rank))
+
+        def model_kwargs(kind, section, hp, world):
+            path = section.name_or_path or cfg.policy.name_or_path
+            return lambda rank: dict(kind=kind, model_path=path, hp=hp, rank=rank, world=world,
+                                     name=f"{run_name}/{kind}/{rank}", trust_remote_code=section.trust_remote_code,
+                                     dtype=cfg.policy.dtype, seed=seed, num_threads=_threads(res, kind))
+
+        self.policy = group("trainer", ModelWorker, model_kwargs("policy", cfg.policy, policy_hp, res.trainer.num_workers))
+        self.critic = group("critic", ModelWorker, model_kwargs("critic", cfg.critic, critic_hp, res.critic.num_workers))
+        self.reference = group("reference", ModelWorker,
+                               model_kwargs("reference", cfg.reference, {}, 1))
+        for g in (self.policy, self.critic):
+            _join_group(g)
+        self.sources: dict = {}
+        for r in cfg.rewards:
+            if r.function:
+                self.sources[r.name] = FunctionReward(r.name, r.function)
+                continue
+            role = f"reward/{r.name}"
+            self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(
+                name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, normalize=r.normalize,
+                dtype=cfg.policy.dtype, num_threads=_threads(res, role)))
+        self.gold = dict(cfg.gold)
+        rollout_role = self.plan.roles["rollout"]
+        pg = self.pgs[self.plan.group_of("rollout")]
+        rcfg = cfg.rollout
+        self._rollout_factory = RayActorGroup.factory(RolloutWorker, "rollout", rollout_role, pg, run_name)
+        self.fleet = RolloutFleet(
+            lambda rank: self._rollout_factory(rank, dict(model_path=cfg.policy.name_or_path, cfg=rcfg,
+                                                          trust_remote_code=cfg.policy.trust_remote_code,
+                                                          name=f"{run_name}/rollout/{rank}")),
+            rcfg.num_workers, rcfg.n_samples, seed, p.call_timeout_s, p.max_worker_restarts)
+        self.fleet.wait_ready()
+        self._eval_seed = derive_seed(seed, 0xE7A1)
+
+    def score_all(self, prompts, texts, meta, timeout: float) -> dict[str, torch.Tensor]:
+        """Every source's raw scores (B,), reward-model replicas splitting the rows."""
+        refs, local = {}, {}
+        for name, src in self.sources.items():
+            if isinstance(src, FunctionReward):
+                local[name] = src.score(prompts, texts, meta)
+                continue
+            shards = split_rows(len(texts), src.size)
+            refs[name] = (shards, [a.score.remote([prompts[i] for i in rows], [texts[i] for i in rows])
+                                   for a, rows in zip(src.actors, shards)])
+        out = {name: torch.tensor(v, dtype=torch.float32) for name, v in local.items()}
+        for name, (shards, rs) in refs.items():
+            parts = get(rs, timeout, f"reward/{name} in phase reward")
+            out[name] = torch.tensor([x for part in parts for x in part], dtype=torch.float32)
+        return {name: out[name] for name in self.sources}
+
+    def eval_generate(self, prompt_ids: list[list[int]]) -> list:
+        shards = split_rows(len(prompt_ids), len(self.fleet.workers))
+        return [w.generate.remote([prompt_ids[i] for i in rows], n=1, seed=derive_seed(self._eval_seed, rows[0]))
+                for w, rows in zip(self.fleet.workers, shards) if rows]
+
+    def shutdown(self) -> None:
+        from ray.util import remove_placement_group
+
+        self.fleet.shutdown()
+        for g in [self.policy, self.critic, self.reference] + [s for s in self.sources.values() if isinstance(s, Group)]:
+            for a in g.actors:
+                ray.kill(a)
+        for pg in self.pgs.values():
+            remove_placement_group(pg)
+
+
+def _threads(res, role: str) -> int:
+    section = res.rewards.get(role.split("/", 1)[1]) if role.startswith("reward/") else getattr(
+        res, {"policy": "trainer"}.get(role, role))
+    return max(1, int(round(section.cpus_per_worker)))
+
+
+def _join_group(group: Group) -> None:
+    if group.size == 1:
+        return
+    addr = ray.get(group.actors[0].node_address.remote())
+    port = ray.get(group.actors[0].free_port.remote())
+    ray.get([a.setup_group.remote(addr, port) for a in group.actors])
+
+
+def build_roles(cfg, run_name: str) -> Roles:
+    return Roles(cfg, run_name)

@@ -1,0 +1,79 @@
+"""The rollout worker: backend choice, version bookkeeping, and running as a Ray actor."""
+import dataclasses
+import os
+
+import pytest
+
+from rayrlhf.rollout import RolloutSection, RolloutWorker, make_backend, probe_matches, weights_checksum
+from rayrlhf.rollout import worker as worker_mod
+from tests.rollout.conftest import greedy, load_model, perturbed_state_dict, reference_logprobs, vllm_importable
+
+CFG = RolloutSection(backend="hf", temperature=0.0, max_new_tokens=12, max_model_len=64, cpu_kv_cache_gib=0.25)
+
+
+def test_make_backend_follows_the_config(policy_dir, monkeypatch):
+    import rayrlhf.rollout.vllm_backend as vllm_backend
+
+    class FakeVLLM:
+        name = "vllm"
+
+        def __init__(self, *args):
+            self.args = args
+
+    monkeypatch.setattr(vllm_backend, "VLLMBackend", FakeVLLM)
+    auto = dataclasses.replace(CFG, backend="auto")
+    monkeypatch.setattr(worker_mod, "vllm_available", lambda: True)
+    assert make_backend(policy_dir, auto).name == "vllm"
+    assert make_backend(policy_dir, CFG).name == "hf"
+    monkeypatch.setattr(worker_mod, "vllm_available", lambda: False)
+    assert make_backend(policy_dir, auto).name == "hf"
+    with pytest.raises(ValueError, match="top_p"):
+        make_backend(policy_dir, dataclasses.replace(CFG, top_p=0.0))
+
+
+def test_worker_tracks_versions(policy_dir, prompts, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    w = RolloutWorker(policy_dir, CFG, name="run/rollout/0")
+    assert w.ready() == {"name": "run/rollout/0", "backend": "hf", "version": 0, "threads": 1}
+    assert repr(w) == "RolloutWorker(run/rollout/0, hf, v0)"
+    trainer = load_model(policy_dir)
+    report = w.load_weights(perturbed_state_dict(trainer, seed=2), version=7)
+    assert report["version"] == 7 and repr(w) == "RolloutWorker(run/rollout/0, hf, v7)"
+    assert {s.policy_version for s in w.generate(prompts, version=7)} == {7}
+    with pytest.raises(RuntimeError, match="version 6"):
+        w.generate(prompts, version=6)
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_worker_as_a_ray_actor(ray_session, policy_dir, prompts, tokenizer):
+    ray = ray_session
+    cfg = dataclasses.replace(CFG, backend="auto")
+    actor = ray.remote(num_cpus=1)(RolloutWorker).remote(policy_dir, cfg, name="test/rollout/0")
+    info = ray.get(actor.ready.remote(), timeout=120)
+    assert info["threads"] == 1 and info["version"] == 0
+    assert info["backend"] == ("vllm" if vllm_importable() else "hf")
+    inside = ray.get(actor.__ray_call__.remote(
+        lambda self: (repr(self), os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"))))
+    assert inside[0] == f"RolloutWorker(test/rollout/0, {info['backend']}, v0)"
+    if info["backend"] == "vllm":
+        assert inside[1] == "0"
+
+    trainer = load_model(policy_dir)
+    trainer.load_state_dict(perturbed_state_dict(trainer, seed=3, scale=0.3))
+    sd = trainer.state_dict()
+    report = ray.get(actor.load_weights.remote(sd, 1))
+    assert report["checksum"] == weights_checksum(sd) and report["version"] == 1
+    samples = ray.get(actor.generate.remote(prompts, version=1))
+    for s in samples:
+        assert s.response_ids == greedy(trainer, s.prompt_ids, 12, tokenizer.eos_token_id)
+    seq = prompts[0] + samples[0].response_ids
+    probe = ray.get(actor.probe_logprobs.remote(seq))
+    assert probe_matches(probe, reference_logprobs(trainer, seq[:1], seq[1:]), atol=1e-4)[0]
