@@ -165,7 +165,7 @@ def _stop_head(proc, temp_dir: str, gcs_port: int) -> None:
     if with_pg:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     left = _our_processes(temp_dir, gcs_port)
@@ -226,7 +226,7 @@ def head():
 
 
 def tiny_pipeline(path, output_dir: str, name: str) -> None:
-    stage = dict(max_prompt_tokens=96, max_response_tokens=64)
+    stage = dict(max_prompt_tokens=96, max_response_tokens=96)  # vocab 300: replies reach 80 tokens
     cfg = {
         "run": {"output_dir": output_dir, "name": name},
         "stages": [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -63,15 +63,22 @@ class RoleResources:
         return out
 
 
-def _critic_default() -> RoleResources:
-    return RoleResources(cpus_per_worker=0.5, colocate_with="trainer")
+@dataclass
+class CriticResources(RoleResources):
+    """The critic's resources: like any role's, but sharing the trainer's bundles by default
+    (also when the config sets only some of its fields)."""
+
+    cpus_per_worker: float = 0.5
+    """CPUs each actor reserves (fractions allowed)."""
+    colocate_with: Optional[str] = "trainer"
+    """Role whose placement group the critic joins; null gives it its own."""
 
 
 @dataclass
 class ResourcesSection:
     trainer: RoleResources = field(default_factory=RoleResources)
     """Policy trainer: num_workers ranks forming one torch.distributed group."""
-    critic: RoleResources = field(default_factory=_critic_default)
+    critic: CriticResources = field(default_factory=CriticResources)
     """Value model; shares the trainer's bundles unless colocate_with is null."""
     rollout: RoleResources = field(default_factory=RoleResources)
     """Rollout workers, one vLLM engine each."""
@@ -94,9 +101,10 @@ class ResourcesSection:
                 out.append(f"rewards.{name}: a reward model name must be non-empty, without '/' or spaces")
             out.extend(f"rewards.{name}.{msg}" for msg in role.validate())
         roles = self.roles()
-        for name, role in roles.items():
-            if role.colocate_with is not None:
-                out.extend(_check_colocation(name, role, roles))
+        links = [_check_link(name, roles) for name, r in roles.items() if r.colocate_with is not None]
+        out.extend(msg for msgs in links for msg in msgs)
+        if not any(links):
+            out.extend(_check_shared_groups(roles))
         return out
 
 
@@ -109,13 +117,13 @@ def config_path(role: str) -> str:
 
 def colocation_host(role: str, roles: dict[str, RoleResources]) -> str:
     """The role that owns the placement group ``role`` joins (itself when not colocated)."""
-    seen = [role]
-    while roles[seen[-1]].colocate_with is not None:
-        nxt = roles[seen[-1]].colocate_with
-        if nxt not in roles or nxt in seen:
-            raise ValueError(f"colocation of {role} does not resolve: {' -> '.join(seen + [nxt])}")
-        seen.append(nxt)
-    return seen[-1]
+    chain = [role]
+    while roles[chain[-1]].colocate_with is not None:
+        nxt = roles[chain[-1]].colocate_with
+        if nxt not in roles or nxt in chain:
+            raise ValueError(f"colocation of {role} does not resolve: {' -> '.join(chain + [nxt])}")
+        chain.append(nxt)
+    return chain[-1]
 
 
 def gpu_capacity(host: RoleResources) -> float:
@@ -123,13 +131,17 @@ def gpu_capacity(host: RoleResources) -> float:
     return max(1.0, float(math.ceil(host.gpus_per_worker)))
 
 
-def _check_colocation(name: str, role: RoleResources, roles: dict[str, RoleResources]) -> list[str]:
-    key = f"{config_path(name)[len('resources.'):]}.colocate_with"
-    target = role.colocate_with
+def _key(role: str) -> str:
+    return config_path(role)[len("resources."):]
+
+
+def _check_link(name: str, roles: dict[str, RoleResources]) -> list[str]:
+    key = f"{_key(name)}.colocate_with"
+    target = roles[name].colocate_with
     if target == name:
         return [f"{key}: a role cannot colocate with itself; set it to another role or null"]
     if target not in roles:
-        close = difflib.get_close_matches(target, list(roles), n=1)
+        close = difflib.get_close_matches(target, [r for r in roles if r != name], n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return [f"{key}: unknown role {target!r}; {hint}roles are {', '.join(roles)}"]
     chain = [name]
@@ -138,60 +150,53 @@ def _check_colocation(name: str, role: RoleResources, roles: dict[str, RoleResou
         if nxt not in roles:
             return []
         if nxt in chain:
-            cycle = " -> ".join(chain[chain.index(nxt):] + [nxt])
-            return [f"{key}: colocation cycle {cycle}; one role of the cycle must have colocate_with: null"]
+            loop = chain[chain.index(nxt):]
+            if loop[0] != name or any(list(roles).index(r) < list(roles).index(name) for r in loop):
+                return []  # reported once, on the cycle's first role
+            cycle = " -> ".join(loop + [nxt])
+            return [f"{key}: colocation cycle {cycle}; set colocate_with: null on one role of the cycle"]
         chain.append(nxt)
-    host_name = chain[-1]
-    host = roles[host_name]
+    host_name, role, host = chain[-1], roles[name], roles[chain[-1]]
     out = []
     if role.node_type not in (None, host.node_type):
-        out.append(f"{key}: {name} runs on {host_name}'s bundles, which ask for node_type "
-                   f"{host.node_type!r}, not {role.node_type!r}; set {config_path(name)}.node_type "
-                   f"to null or to the same value as {config_path(host_name)}.node_type")
-    if role.strategy != "PACK" and role.strategy != host.strategy:
+        theirs = f"node_type {host.node_type!r}" if host.node_type else "no node_type"
+        out.append(f"{key}: {name} runs on {host_name}'s bundles, which ask for {theirs}, not "
+                   f"{role.node_type!r}; set {config_path(name)}.node_type to null, or set the same "
+                   f"node_type on {config_path(host_name)}")
+    if role.strategy not in ("PACK", host.strategy):
         out.append(f"{key}: {name} joins {host_name}'s placement group, whose strategy is "
                    f"{host.strategy}; remove {config_path(name)}.strategy or set it on {config_path(host_name)}")
-    if host_name != chain[1] or roles[host_name] is role:
-        return out
-    out.extend(_check_gpu_fit(name, host_name, roles))
     return out
 
 
-def _check_gpu_fit(guest_name: str, host_name: str, roles: dict[str, RoleResources]) -> list[str]:
-    """GPU sum on the fullest bundle of the host's group, reported once per guest."""
-    host = roles[host_name]
-    guests = [n for n, r in roles.items() if n != host_name and _host_or_none(n, roles) == host_name]
-    per_bundle = [host.gpus_per_worker] * host.num_workers
-    for g in guests:
-        for i in range(roles[g].num_workers):
-            per_bundle[i % host.num_workers] += roles[g].gpus_per_worker
-    fullest = max(per_bundle)
-    cap = gpu_capacity(host)
-    if fullest <= cap + 1e-9 or guest_name != guests[-1]:
-        return []
-    parts = [f"{host_name} {_num(host.gpus_per_worker)}"] + [
-        f"{g} {_num(roles[g].gpus_per_worker)} x {-(-roles[g].num_workers // host.num_workers)}"
-        for g in guests if roles[g].gpus_per_worker > 0
-    ]
-    names = ", ".join([config_path(host_name)] + [config_path(g) for g in guests])
-    return [f"{guest_name[len(REWARD_PREFIX):] if False else ''}colocate_with: a bundle of {host_name}'s "
-            f"placement group would hold {_num(fullest)} GPUs ({' + '.join(parts)}), but colocated "
-            f"workers share the host worker's {_num(cap)} GPU{'s' if cap != 1 else ''}: lower "
-            f"gpus_per_worker of {names} so they sum to at most {_num(cap)} (e.g. 0.5 each for two "
-            f"roles), or set colocate_with: null to give a role its own placement group"]
-
-
-def _host_or_none(name: str, roles: dict[str, RoleResources]) -> str | None:
-    try:
-        return colocation_host(name, roles)
-    except ValueError:
-        return None
+def _check_shared_groups(roles: dict[str, RoleResources]) -> list[str]:
+    """Each bundle of a shared group holds the GPUs of every worker on it; they must fit the host's."""
+    out = []
+    for host_name, host in roles.items():
+        if host.colocate_with is not None or host.num_workers < 1:
+            continue
+        per_bundle = [host.gpus_per_worker] * host.num_workers
+        parts = [f"{host_name} {_num(host.gpus_per_worker)}"]
+        cap = gpu_capacity(host)
+        for name, role in roles.items():
+            if name == host_name or colocation_host(name, roles) != host_name or role.num_workers < 1:
+                continue
+            for i in range(role.num_workers):
+                per_bundle[i % host.num_workers] += role.gpus_per_worker
+            per = -(-role.num_workers // host.num_workers)
+            if role.gpus_per_worker > 0:
+                parts.append(f"{name} {_num(role.gpus_per_worker)}" + (f" x {per}" if per > 1 else ""))
+            if max(per_bundle) > cap + 1e-9:
+                out.append(
+                    f"{_key(name)}.colocate_with: a bundle of {host_name}'s placement group would hold "
+                    f"{_num(max(per_bundle))} GPUs ({' + '.join(parts)}), but colocated workers share "
+                    f"the host worker's {_num(cap)} GPU{'s' if cap != 1 else ''}: lower "
+                    f"{config_path(name)}.gpus_per_worker or {config_path(host_name)}.gpus_per_worker so "
+                    f"they sum to at most {_num(cap)} (e.g. 0.5 each), or set "
+                    f"{config_path(name)}.colocate_with: null to give {name} its own placement group")
+                break
+    return out
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.4f}".rstrip("0")
-
-
-__all__ = [f.name for f in fields(ResourcesSection)] and [
-    "RoleResources", "ResourcesSection", "STRATEGIES", "config_path", "colocation_host", "gpu_capacity",
-]

@@ -35,7 +35,8 @@ class RolloutSection:
     the rollout worker shares a GPU with a trainer."""
     cpu_kv_cache_gib: float = 1.0
     """vLLM on CPU: KV cache size in GiB (what VLLM_CPU_KVCACHE_SPACE sets, here passed as
-    kv_cache_memory_bytes so fractions work). Ignored on GPU."""
+    kv_cache_memory_bytes so fractions work; an exported VLLM_CPU_KVCACHE_SPACE still wins).
+    Ignored on GPU."""
     enforce_eager: bool = True
     """vLLM: skip CUDA graph capture / torch.compile (faster start; slower decoding on GPU)."""
     seed: int = 0

@@ -61,9 +61,10 @@ def assigned_cpus() -> int:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutSection, tokenizer_path: str | None = None,
+    def __init__(self, model_path: str, cfg: RolloutSection | dict, tokenizer_path: str | None = None,
                  trust_remote_code: bool = False, name: str = "rollout/0"):
         self.name = name
+        cfg = RolloutSection(**cfg) if isinstance(cfg, dict) else cfg
         threads = assigned_cpus()
         # Before the engine starts: vLLM's CPU worker forbids set_num_threads afterwards and
         # keeps an explicit OMP_NUM_THREADS instead of dropping to one thread.

@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 from rayrlhf.rollout import RolloutSection, probe_matches, weights_checksum
 from rayrlhf.rollout.hf_backend import HFBackend
@@ -131,7 +130,7 @@ def test_tied_model_reload_with_or_without_lm_head(tied_dir, tokenizer, prompts)
         assert probe_matches(backend.probe_logprobs(seq), ref, atol=1e-5)[0]
     # A corrupted tensor (one weight 1% off) passes strict loading but not the probe.
     bad = {k: v.clone() for k, v in trainer.state_dict().items()}
-    bad["model.layers.1.mlp.down_proj.weight"] *= 1.01
+    bad["model.layers.0.self_attn.v_proj.weight"] *= 1.01
     backend.load_weights(bad, version=3)
     ok, diff = probe_matches(backend.probe_logprobs(seq), ref, atol=1e-4)
     assert not ok, diff

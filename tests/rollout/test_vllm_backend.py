@@ -17,11 +17,23 @@ CFG = RolloutSection(backend="vllm", temperature=0.8, max_new_tokens=12, max_mod
                      cpu_kv_cache_gib=0.25)
 
 
+HOST = {}  # the hosting process's state around the engine's start
+
+
 @pytest.fixture(scope="module")
 def engine(policy_dir):
     from rayrlhf.rollout.vllm_backend import VLLMBackend
 
-    return VLLMBackend(policy_dir, cfg=CFG)
+    torch.manual_seed(1234)
+    HOST["rng_before"], HOST["set_num_threads"] = torch.random.get_rng_state(), torch.set_num_threads
+    backend = VLLMBackend(policy_dir, cfg=CFG)
+    HOST["rng_after"] = torch.random.get_rng_state()
+    return backend
+
+
+def test_engine_leaves_the_host_process_alone(engine):
+    assert torch.equal(HOST["rng_before"], HOST["rng_after"])
+    assert torch.set_num_threads is HOST["set_num_threads"]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +170,7 @@ def test_probe_catches_what_the_checksum_cannot(tied_engine, tokenizer, prompts)
     assert not ok, diff
 
     bad = {k: v.clone() for k, v in b.state_dict().items()}
-    bad["model.layers.1.mlp.down_proj.weight"] *= 1.01
+    bad["model.layers.0.self_attn.v_proj.weight"] *= 1.01
     tied_engine.load_weights(bad, version=2)
     ok, diff = probe_matches(tied_engine.probe_logprobs(seq), reference_logprobs(b, seq[:1], seq[1:]), 1e-4)
     assert not ok, diff

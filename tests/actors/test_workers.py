@@ -1,0 +1,90 @@
+"""Model and reward actors as plain objects (the same classes Ray runs as actors)."""
+import json
+
+import pytest
+import torch
+
+from rayrlhf.actors.batch import build_batch
+from rayrlhf.actors.model_worker import ModelWorker
+from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
+from rayrlhf.algo.logprobs import token_logprobs
+from rayrlhf.models import export_hf, load_causal_lm, load_scalar_model, load_tokenizer
+from rayrlhf.rollout.checksum import weights_checksum
+
+HP = {"lr": 1e-2, "clip_eps": 0.2, "max_grad_norm": 1.0, "temperature": 0.7}
+
+
+@pytest.fixture()
+def batch(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    p = tok.apply_chat_template([{"role": "user", "content": "Where is the red key?"}], add_generation_prompt=True,
+                                tokenize=True, return_dict=False)
+    r = tok("The red key is in the kitchen.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return build_batch([p, p[:-2] + p[-1:]], [r, r[:3]], tok.pad_token_id)
+
+
+def test_policy_logprobs_use_the_sampling_temperature(tiny_model_dir, batch):
+    w = ModelWorker("policy", tiny_model_dir, HP)
+    got = w.forward(batch)
+    model = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits / 0.7
+    want = token_logprobs(logits, batch["input_ids"]) * batch["response_mask"]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.all(got[batch["response_mask"] == 0] == 0)
+
+
+def test_ppo_update_raises_logprobs_of_positive_advantage_tokens(tiny_model_dir, batch):
+    w = ModelWorker("policy", tiny_model_dir, HP)
+    old = w.forward(batch)
+    mb = dict(batch, old_logprobs=old, advantages=batch["response_mask"].clone())
+    stats = w.update([mb], [float(batch["response_mask"].sum())])
+    new = w.forward(batch)
+    mask = batch["response_mask"].bool()
+    assert (new[mask] - old[mask]).mean() > 0
+    assert stats["clipfrac"] == 0.0 and stats["grad_norm"] > 0  # first step starts at ratio 1
+
+
+def test_critic_values_and_update(tiny_model_dir, batch):
+    w = ModelWorker("critic", tiny_model_dir, {"lr": 1e-2, "value_clip": None, "max_grad_norm": 1.0})
+    v0 = w.forward(batch)
+    assert v0.shape == batch["response_mask"].shape
+    returns = batch["response_mask"] * 3.0
+    mb = dict(batch, values=v0, returns=returns)
+    n = float(batch["response_mask"].sum())
+    losses = [w.update([mb], [n])["loss"] for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+
+def test_reference_is_frozen_and_save_load_roundtrip(tiny_model_dir, batch, tmp_path):
+    ref = ModelWorker("reference", tiny_model_dir, {})
+    assert not any(p.requires_grad for p in ref.model.parameters())
+    w = ModelWorker("policy", tiny_model_dir, HP)
+    mb = dict(batch, old_logprobs=w.forward(batch), advantages=batch["response_mask"].clone())
+    w.update([mb], [float(batch["response_mask"].sum())])
+    w.save(str(tmp_path))
+    again = ModelWorker("policy", tiny_model_dir, HP)
+    again.load(str(tmp_path))
+    assert torch.equal(again.forward(batch), w.forward(batch))
+    weights, checksum = w.named_weights_and_checksum()
+    assert checksum == weights_checksum(again.named_weights())
+    assert again.optimizer.state_dict()["state"].keys() == w.optimizer.state_dict()["state"].keys()
+
+
+def test_reward_model_worker_standardises_with_recorded_statistics(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rm = load_scalar_model(tiny_model_dir, pad_token_id=tok.pad_token_id)
+    export_hf(rm, tok, str(tmp_path / "rm"), extra={"score_mean": 0.5, "score_std": 2.0})
+    prompts = [[{"role": "user", "content": "Where is the red key?"}]] * 2
+    texts = ["The red key is in the kitchen.", "I can't help with that."]
+    raw = RewardModelWorker("h", str(tmp_path / "rm"), normalize=False).score(prompts, texts)
+    std = RewardModelWorker("h", str(tmp_path / "rm")).score(prompts, texts)
+    assert std == pytest.approx([(x - 0.5) / 2.0 for x in raw], abs=1e-5)
+    assert json.load(open(tmp_path / "rm" / "rayrlhf.json"))["score_std"] == 2.0
+
+
+def test_function_reward_gets_the_last_user_message():
+    f = FunctionReward("gold", "rayrlhf.tasks.toyworld:gold_helpfulness")
+    prompt = [{"role": "user", "content": "The red key is in the kitchen. Where is the red key?"}]
+    right, wrong = f.score([prompt, prompt], ["The red key is in the kitchen.", "The red key is in the garden."])
+    assert right > wrong

@@ -1,0 +1,58 @@
+"""The driver's pure PPO step against numbers worked out by hand."""
+import math
+
+import pytest
+import torch
+
+from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+
+# One row: 2 prompt tokens, 2 response tokens -> columns (T-1 = 3): [prompt->r1, r1->r2] = cols 1, 2.
+MASK = torch.tensor([[0.0, 1.0, 1.0]])
+VALUES = torch.tensor([[0.0, 0.5, 0.2]])
+
+
+def test_gae_without_kl():
+    lp = torch.tensor([[0.0, -1.0, -2.0]])
+    out = compute_advantages(torch.tensor([1.0]), lp, lp.clone(), VALUES, MASK, None, kl_coef=0.5,
+                             gamma=1.0, lam=1.0, whiten=False)
+    # rewards: [0, 0, 1]; delta_2 = 1 - 0.2 = 0.8; delta_1 = 0 + 0.2 - 0.5 = -0.3; A_1 = -0.3 + 0.8
+    assert out["advantages"][0].tolist() == pytest.approx([0.0, 0.5, 0.8])
+    assert out["returns"][0, 1:].tolist() == pytest.approx([1.0, 1.0])
+    assert out["stats"]["kl/per_response"] == pytest.approx(0.0)
+
+
+def test_kl_penalty_in_the_reward():
+    old = torch.tensor([[0.0, -1.0, -2.0]])
+    ref = torch.tensor([[0.0, -1.1, -1.8]])  # k1 = old - ref = [0.1, -0.2] on the response
+    out = compute_advantages(torch.tensor([1.0]), old, ref, VALUES, MASK, None, kl_coef=0.5,
+                             gamma=1.0, lam=1.0, whiten=False)
+    # r_1 = -0.5 * 0.1 = -0.05; r_2 = -0.5 * -0.2 + 1 = 1.1
+    # delta_2 = 1.1 - 0.2 = 0.9; delta_1 = -0.05 + 0.2 - 0.5 = -0.35; A_1 = -0.35 + 0.9 = 0.55
+    assert out["advantages"][0, 1:].tolist() == pytest.approx([0.55, 0.9])
+    assert out["stats"]["kl/per_response"] == pytest.approx(-0.1)
+    as_loss = compute_advantages(torch.tensor([1.0]), old, ref, VALUES, MASK, None, kl_coef=0.5, kl_in="loss",
+                                 gamma=1.0, lam=1.0, whiten=False)
+    assert as_loss["advantages"][0, 1:].tolist() == pytest.approx([0.5, 0.8])  # KL left the reward
+
+
+def test_truncated_importance_weights_scale_advantages():
+    old = torch.tensor([[0.0, -1.0, -2.0]])
+    behaviour = torch.tensor([[0.0, -1.0 - math.log(3.0), -2.0]])  # pi_old / pi_b = 3 on r1, 1 on r2
+    out = compute_advantages(torch.tensor([1.0]), old, old.clone(), VALUES, MASK, behaviour, kl_coef=0.0,
+                             gamma=1.0, lam=1.0, whiten=False, importance_cap=2.0)
+    assert out["advantages"][0, 1:].tolist() == pytest.approx([0.5 * 2.0, 0.8 * 1.0])
+    assert out["stats"]["async/importance_weight_capped"] == pytest.approx(0.5)
+
+
+def test_batch_layout_and_behaviour_placement():
+    b = build_batch([[5, 6, 7], [5]], [[8, 9], [8, 9, 10, 2]], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 8, 9, 10, 2]]
+    # column t predicts token t+1: row 0's response tokens sit at positions 3, 4 -> columns 2, 3
+    assert b["response_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    beh = behaviour_tensor([[-0.1, -0.2], [-1, -2, -3, -4]], b["response_mask"])
+    assert torch.allclose(beh, torch.tensor([[0, 0, -0.1, -0.2], [-1, -2, -3, -4.0]]))
+    short = build_batch([[5, 6], [5, 6, 7, 8, 9]], [[8], [2]], pad_id=0)
+    sub = select_rows(short, [0])  # trimmed to its own length
+    assert sub["input_ids"].tolist() == [[5, 6, 8]] and sub["response_mask"].tolist() == [[0, 1]]
+    assert split_rows(5, 2) == [[0, 1, 2], [3, 4]] and split_rows(1, 3) == [[0], [], []]
