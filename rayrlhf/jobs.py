@@ -160,6 +160,8 @@ def build_runtime_env(working_dir: str | None, runtime_env_file: str | None) -> 
     """The YAML file's runtime_env, with the working dir set and the default excludes added."""
     env: dict = {}
     if runtime_env_file:
+        if not os.path.isfile(runtime_env_file):
+            raise JobsError(f"--runtime-env {runtime_env_file}: no such file")
         with open(runtime_env_file, encoding="utf-8") as f:
             env = yaml.safe_load(f) or {}
         if not isinstance(env, dict):
@@ -170,20 +172,20 @@ def build_runtime_env(working_dir: str | None, runtime_env_file: str | None) -> 
     return env
 
 
-def check_config(command: str, config: str, overrides: list[str]) -> None:
-    """Load the config as the job will, so mistakes show here and not minutes later on the cluster."""
+def check_config(command: str, config: str, overrides: list[str]) -> str:
+    """Load the config as the job will, so mistakes show here and not minutes later on the
+    cluster; returns its run.output_dir."""
     from rayrlhf.config.loader import ConfigError
 
     try:
         if command == "pipeline":
             from rayrlhf.driver.pipeline import load_pipeline
 
-            load_pipeline(config, overrides)
-        else:
-            from rayrlhf.config import load_config
-            from rayrlhf.driver.train_stage import STAGES
+            return load_pipeline(config, overrides)[0].run.output_dir
+        from rayrlhf.config import load_config
+        from rayrlhf.driver.train_stage import STAGES
 
-            load_config(STAGES[command], config, overrides)
+        return load_config(STAGES[command], config, overrides).run.output_dir
     except ConfigError as e:
         raise JobsError(str(e)) from None
 
@@ -199,12 +201,14 @@ async def _tail(client, job_id: str, out) -> None:
 
 def follow(client, job_id: str, address: str, out=sys.stdout, poll_s: float = 1.0) -> int:
     """Print the job's logs until it ends; 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED."""
+    import aiohttp
+
     try:
         asyncio.run(_tail(client, job_id, out))
     except KeyboardInterrupt:
         print(f"\nstopped following; job {job_id} keeps running (stop it: rayrlhf job stop {job_id})", file=out)
         return 130
-    except Exception as e:  # the log stream can end early (a proxy, a dropped link): the status decides
+    except (aiohttp.ClientError, RuntimeError, OSError) as e:  # a dropped stream: the status decides
         if getattr(e, "status", None) in (401, 403):
             raise auth_failure(address, str(e.status)) from None
         print(f"rayrlhf: log stream ended early ({e}); waiting for the job to finish", file=sys.stderr)
@@ -263,13 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
 def submit(args, out=sys.stdout) -> int:
     if args.resume and args.command == "pipeline":
         raise JobsError("--resume is for sft and rm; a pipeline resumes by itself when resubmitted")
-    working_dir = args.working_dir or "."
-    if not os.path.isdir(working_dir):
-        raise JobsError(f"--working-dir {working_dir}: no such folder")
     if not os.path.isfile(args.config):
         raise JobsError(f"--config {args.config}: no such file")
-    check_config(args.command, args.config, args.overrides)
+    output_dir = check_config(args.command, args.config, args.overrides)
+    if not os.path.isabs(output_dir):
+        # A job's current directory is its unpacked working dir, a temporary folder on the head.
+        print(f"rayrlhf submit: warning: run.output_dir {output_dir!r} is relative: the job writes under its "
+              f"temporary working dir on the head node; pass run.output_dir=<absolute path on shared storage>",
+              file=sys.stderr)
     runtime_env = build_runtime_env(args.working_dir, args.runtime_env)
+    if not os.path.isdir(runtime_env["working_dir"]):
+        raise JobsError(f"working dir {runtime_env['working_dir']}: no such folder")
     command = entrypoint(args.command, job_config_path(args.config, runtime_env["working_dir"]), args.overrides, args.resume)
     address = resolve_address(args.address)
     client = connect(address)

@@ -3,7 +3,7 @@ import json
 import math
 import os
 import re
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +32,7 @@ def clean_env(**extra) -> dict:
 
 def run_jobs_cli(args, env, timeout=60):
     return subprocess.run([sys.executable, "-m", "rayrlhf.jobs", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # ---- what a submission sends (no cluster) -----------------------------------------------------
@@ -71,6 +71,9 @@ def test_runtime_env_merges_file(tmp_path):
     assert len(env["excludes"]) == len(set(env["excludes"]))
     assert env["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
     assert all(isinstance(v, str) for v in env["env_vars"].values()), "Ray wants string env values"
+    from ray.runtime_env import RuntimeEnv
+
+    RuntimeEnv(**env)
     own = tmp_path / "env.yaml"
     own.write_text("env_vars: {A: '1'}\nexcludes: [data]\n")
     env = jobs.build_runtime_env(None, str(own))
@@ -97,6 +100,20 @@ def test_unreachable_dashboard_says_how_to_reach_one(capsys):
     rc = jobs.main(["job", "list", "--address", f"http://127.0.0.1:{port}"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot reach a Ray dashboard" in err and "ray dashboard cluster/gpu-cluster.yaml" in err
+
+
+def test_relative_output_dir_is_warned_about(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    quickstart = os.path.join(REPO, "jobs", "toyworld_quickstart.yaml")
+    rc = jobs.main(["submit", "--address", f"http://127.0.0.1:{port}", "--config", quickstart,
+                    "--working-dir", REPO, "--runtime-env", RUNTIME_ENV, "--no-wait"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach a Ray dashboard" in err
+    assert "run.output_dir 'runs' is relative" in err
+    assert jobs.main(["submit", "--config", quickstart, "--runtime-env", "no-such-env.yaml"]) == 2
+    assert "--runtime-env no-such-env.yaml: no such file" in capsys.readouterr().err
 
 
 def test_auth_failure_message_says_how_to_supply_the_token(monkeypatch):
@@ -133,6 +150,48 @@ def test_token_goes_out_through_rays_own_header_code(tmp_path):
     assert out == "False {}"
 
 
+# ---- job configs for real models --------------------------------------------------------------
+
+REAL_MODEL_JOBS = ["qwen0.5b_hh_rlhf.yaml", "qwen0.5b_rm_static.yaml", "qwen1.5b_stack_exchange_rm.yaml"]
+
+
+def pipeline_job_configs() -> list[str]:
+    found = []
+    for name in sorted(os.listdir(os.path.join(REPO, "jobs"))):
+        path = os.path.join(REPO, "jobs", name)
+        if name.endswith(".yaml"):
+            with open(path) as f:
+                if "stages" in (yaml.safe_load(f) or {}):
+                    found.append(path)
+    return found
+
+
+def test_real_model_jobs_are_pipeline_configs():
+    assert set(REAL_MODEL_JOBS) <= {os.path.basename(p) for p in pipeline_job_configs()}
+
+
+@pytest.mark.parametrize("path", pipeline_job_configs(), ids=os.path.basename)
+def test_pipeline_job_config_loads(path):
+    from rayrlhf.driver.pipeline import load_pipeline
+
+    cfg, _, configs = load_pipeline(path, [])
+    assert len(configs) == len(cfg.stages) > 0
+
+
+@pytest.mark.parametrize("name", REAL_MODEL_JOBS)
+def test_real_model_job_settings(name):
+    from rayrlhf.driver.pipeline import load_pipeline
+
+    cfg, run_dir, configs = load_pipeline(os.path.join(REPO, "jobs", name), [])
+    assert run_dir.startswith("/mnt/shared/"), "multi-node runs need a folder every node sees"
+    for spec, stage in zip(cfg.stages, configs):
+        per_step = stage.train.per_worker_micro_batch_size * stage.scaling.num_workers
+        assert stage.train.global_batch_size % per_step == 0, spec.name
+        assert stage.scaling.use_gpu and stage.model.dtype == "bfloat16", spec.name
+        assert stage.model.name_or_path.startswith(("Qwen/", run_dir)), spec.name
+        assert not stage.model.trust_remote_code
+
+
 # ---- a real head node with token authentication -----------------------------------------------
 
 
@@ -146,11 +205,12 @@ def _our_processes(temp_dir: str, gcs_port: int) -> set:
     """Processes of the head we started (found by its temp dir or GCS port) and their children."""
     import psutil
 
+    gcs = re.compile(rf"-(address|gcs[-_]address)=\S+:{gcs_port}\b")
     found = set()
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-            if temp_dir in cmd or f":{gcs_port} " in cmd + " ":
+            if temp_dir in cmd or gcs.search(cmd):
                 found.add(p)
                 found.update(p.children(recursive=True))
         except psutil.Error:
@@ -161,13 +221,14 @@ def _our_processes(temp_dir: str, gcs_port: int) -> set:
 def _stop_head(proc, temp_dir: str, gcs_port: int) -> None:
     import psutil
 
-    with_pg = proc.poll() is None
-    if with_pg:
-        os.killpg(proc.pid, signal.SIGTERM)
+    if proc.poll() is None:
+        # Only `ray start --block` itself: it drains the node through the GCS, then stops the
+        # processes it started. Signalling the whole group would kill the GCS first and stall it.
+        proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(40)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
     left = _our_processes(temp_dir, gcs_port)
     for p in left:
         try:
@@ -200,17 +261,21 @@ def head():
     with open(token_file, "w") as f:
         f.write(token)
     gcs, dash, agent, client = (_free_port() for _ in range(4))
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file)
+    # A throwaway cluster: no need to wait up to 30 s draining it at shutdown.
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3")
     cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}",
            "--node-ip-address=127.0.0.1", "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}",
            f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
            "--temp-dir", temp_dir, "--disable-usage-stats"]
-    log = open(os.path.join(temp_dir, "head.log"), "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log_path = os.path.join(temp_dir, "head.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
 
     def up():
-        assert proc.poll() is None, open(os.path.join(temp_dir, "head.log")).read()[-3000:]
+        if proc.poll() is not None:
+            with open(log_path) as f:
+                raise AssertionError(f"ray start exited:\n{f.read()[-3000:]}")
         try:
             return requests.get(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok
         except requests.ConnectionError:
@@ -222,11 +287,11 @@ def head():
                "temp_dir": temp_dir}
     finally:
         _stop_head(proc, temp_dir, gcs)
-        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def tiny_pipeline(path, output_dir: str, name: str) -> None:
-    stage = dict(max_prompt_tokens=96, max_response_tokens=96)  # vocab 300: replies reach 80 tokens
+    stage = {"max_prompt_tokens": 96, "max_response_tokens": 96}  # vocab 300: replies reach 80 tokens
     cfg = {
         "run": {"output_dir": output_dir, "name": name},
         "stages": [
@@ -285,6 +350,9 @@ def test_requests_without_the_token_are_refused(head):
     with_token = run_jobs_cli(["job", "list", "--address", head["address"]],
                               clean_env(RAY_AUTH_TOKEN_PATH=head["token_file"]))
     assert with_token.returncode == 0, with_token.stderr
+    missing = run_jobs_cli(["job", "status", "no-such-job", "--address", head["address"]],
+                           clean_env(RAY_AUTH_TOKEN_PATH=head["token_file"]))
+    assert missing.returncode == 2 and "no job 'no-such-job'" in missing.stderr, missing.stderr
 
 
 @pytest.mark.slow
@@ -304,7 +372,7 @@ def test_submit_tiny_pipeline_as_a_job(head, tmp_path):
         [os.path.join(VENV_BIN, "ray"), "job", "submit", "--address", head["address"], "--submission-id", plain_id,
          "--no-wait", "--working-dir", ".", "--runtime-env", RUNTIME_ENV, "--",
          "python", "-m", "rayrlhf", "pipeline", "--config", "jobs/tiny.yaml", "run.name=via-ray-job-submit"],
-        cwd=workdir, env=auth_env, capture_output=True, text=True, timeout=120)
+        cwd=workdir, env=auth_env, capture_output=True, text=True, timeout=120, check=False)
     assert plain.returncode == 0, plain.stdout + plain.stderr
 
     broken = run_jobs_cli(["submit", "--address", head["address"], "--command", "sft", "--config", str(failing),

@@ -138,7 +138,7 @@ def test_check_fits_per_node_and_node_types():
     assert check_fits(packed, nodes) == []
     strict = plan_placement(section(trainer=dict(num_workers=4, gpus_per_worker=1, strategy="STRICT_PACK")))
     (msg,) = check_fits(strict, nodes)
-    assert "placement group trainer is STRICT_PACK and needs CPU 4.5, GPU 4 on one node" in msg
+    assert "placement group trainer is STRICT_PACK and needs CPU 5, GPU 4 on one node" in msg
     big = plan_placement(section(rollout=dict(gpus_per_worker=4)))
     assert any("bundle 0 of placement group rollout (rollout/0) asks for CPU 1, GPU 4" in m
                for m in check_fits(big, nodes))
@@ -262,6 +262,24 @@ def test_master_addr_port_lets_the_trainer_ranks_rendezvous(placed):
     addr, port = actors["trainer"].master_addr_port()
     assert addr == "127.0.0.1" and 0 < port < 65536
     assert actors["trainer"].call("all_reduce_rank", addr, port) == [1, 1]
+
+
+def test_per_rank_kwargs_and_replacement_actors(cluster):
+    plan = plan_placement(section(reference=dict(num_workers=2, cpus_per_worker=0.05)), roles=["reference"])
+    groups = create_placement_groups(plan, "t-kw", timeout_s=60)
+    try:
+        g = RayActorGroup(Probe, "reference", plan.roles["reference"], groups["reference"], "run2",
+                          actor_kwargs={"tag": "common"}, kwargs_of_rank=lambda r: {"rank": 10 + r})
+        # the caller's rank wins and world_size is then left to the class's default
+        assert [(w["rank"], w["world_size"]) for w in g.call("where")] == [(10, 1), (11, 1)]
+        assert g.call("echo", "ok") == ["ok", "ok"]
+        make = RayActorGroup.factory(Probe, "reference", plan.roles["reference"], groups["reference"], "run2")
+        first, again = make(1, {}), make(1, {})  # run2/reference/1 is taken by g's actor
+        infos = ray.get([a.where.remote() for a in (first, again)])
+        assert [i["actor_name"] for i in infos] == ["run2/reference/1#1", "run2/reference/1#2"]
+        assert {i["bundle_index"] for i in infos} == {1} and infos[0]["world_size"] == 2
+    finally:
+        groups.remove()
 
 
 def test_timeout_names_the_group_and_what_is_missing(placed):

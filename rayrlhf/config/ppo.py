@@ -11,6 +11,14 @@ from rayrlhf.rollout.config import RolloutSection
 
 
 @dataclass
+class DerivedModelSection(ModelSection):
+    """A model that defaults to the policy's when name_or_path is empty."""
+
+    def validate(self) -> list[str]:
+        return []
+
+
+@dataclass
 class PromptDataSection:
     train: list[str] = field(default_factory=list)
     """Prompt sources (any prompt or preference format; only the prompts are used)."""
@@ -161,9 +169,9 @@ class PPOConfig:
 
     policy: ModelSection = field(default_factory=ModelSection)
     """The starting policy, usually an SFT export."""
-    critic: ModelSection = field(default_factory=ModelSection)
+    critic: DerivedModelSection = field(default_factory=DerivedModelSection)
     """Critic initialisation (a reward-model or SFT export); empty name_or_path uses the policy's."""
-    reference: ModelSection = field(default_factory=ModelSection)
+    reference: DerivedModelSection = field(default_factory=DerivedModelSection)
     """The frozen reference for the KL term; empty name_or_path uses the policy's."""
     data: PromptDataSection = field(default_factory=PromptDataSection)
     rewards: list[RewardSourceSection] = field(default_factory=list)

@@ -68,8 +68,6 @@ class CriticResources(RoleResources):
     """The critic's resources: like any role's, but sharing the trainer's bundles by default
     (also when the config sets only some of its fields)."""
 
-    cpus_per_worker: float = 0.5
-    """CPUs each actor reserves (fractions allowed)."""
     colocate_with: Optional[str] = "trainer"
     """Role whose placement group the critic joins; null gives it its own."""
 
@@ -82,7 +80,7 @@ class ResourcesSection:
     """Value model; shares the trainer's bundles unless colocate_with is null."""
     rollout: RoleResources = field(default_factory=RoleResources)
     """Rollout workers, one vLLM engine each."""
-    reference: RoleResources = field(default_factory=lambda: RoleResources(cpus_per_worker=0.5))
+    reference: RoleResources = field(default_factory=RoleResources)
     """The frozen initial policy (reference logprobs)."""
     rewards: dict[str, RoleResources] = field(default_factory=dict)
     """One entry per reward model, keyed by its name (helpfulness, safety, ...); the role is

@@ -113,14 +113,11 @@ class Roles:
                 for w, rows in zip(self.fleet.workers, shards) if rows]
 
     def shutdown(self) -> None:
-        from ray.util import remove_placement_group
-
         self.fleet.shutdown()
         for g in [self.policy, self.critic, self.reference] + [s for s in self.sources.values() if isinstance(s, Group)]:
             for a in g.actors:
                 ray.kill(a)
-        for pg in self.pgs.values():
-            remove_placement_group(pg)
+        self.pgs.remove()
 
 
 def _threads(res, role: str) -> int:

@@ -145,8 +145,8 @@ class RayActorGroup:
         """``make(rank, kwargs)`` -> a new actor for that rank in its planned bundle.
 
         For replacing a dead worker: the first actor of a rank is named
-        ``{run_name}/{role}/{rank}``, the k-th replacement ``{run_name}/{role}/{rank}#k``
-        (a killed actor's name is released asynchronously).
+        ``{run_name}/{role}/{rank}``, later ones ``{run_name}/{role}/{rank}#k`` with the first
+        k whose name is free (a killed actor's name is released asynchronously).
         """
         remote_cls = cls if isinstance(cls, ray.actor.ActorClass) else ray.remote(cls)
         accepts = _accepted_kwargs(cls)
@@ -158,11 +158,8 @@ class RayActorGroup:
             kwargs = dict(kwargs or {})
             if "rank" not in kwargs and "world_size" not in kwargs:
                 kwargs.update({k: v for k, v in (("rank", rank), ("world_size", world)) if k in accepts})
-            n = made.get(rank, 0)
-            made[rank] = n + 1
             options = dict(
                 num_cpus=w.num_cpus, num_gpus=w.num_gpus, resources=dict(w.resources),
-                name=f"{run_name}/{role}/{rank}" + (f"#{n}" if n else ""),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=w.bundle_index),
             )
@@ -170,7 +167,15 @@ class RayActorGroup:
                 options["namespace"] = namespace
             if runtime_env is not None:
                 options["runtime_env"] = runtime_env
-            return remote_cls.options(**options).remote(*args, **kwargs)
+            while True:
+                n = made.get(rank, 0)
+                made[rank] = n + 1
+                name = f"{run_name}/{role}/{rank}" + (f"#{n}" if n else "")
+                try:
+                    return remote_cls.options(name=name, **options).remote(*args, **kwargs)
+                except ray.exceptions.ActorAlreadyExistsError:
+                    if n >= 100:
+                        raise
 
         return make
 
