@@ -6,6 +6,8 @@
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
+    rayrlhf plan --config jobs/toyworld_ppo.yaml                 # which actor runs where
+    rayrlhf submit --address http://127.0.0.1:8265 --config F    # as a Ray job
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*")
     sub.add_parser("data", help="data tools: rayrlhf data validate FILE ...", add_help=False)
+    sub.add_parser("plan", help="print where every actor of a config would run: rayrlhf plan --config F",
+                   add_help=False)
+    sub.add_parser("submit", help="submit a run as a Ray job: rayrlhf submit --address URL --config F",
+                   add_help=False)
+    sub.add_parser("job", help="status, logs, stop of submitted jobs: rayrlhf job status ID", add_help=False)
     return parser
 
 
@@ -46,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         from rayrlhf.data.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["plan"]:
+        from rayrlhf.placement.cli import plan_main
+
+        return plan_main(argv[1:])
+    if argv[:1] in (["submit"], ["job"]):
+        from rayrlhf.jobs import main as jobs_main
+
+        return jobs_main(argv)
     args = build_parser().parse_args(argv)
     from rayrlhf.utils.quiet import quiet_libraries
 

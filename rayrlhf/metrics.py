@@ -20,9 +20,10 @@ def _clean(v):
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str, resume_step: int | None = None, tensorboard: bool = True, echo: bool = True):
+    def __init__(self, run_dir: str, resume_step: int | None = None, tensorboard: bool = True, echo: bool = True,
+                 filename: str = "metrics.jsonl"):
         os.makedirs(run_dir, exist_ok=True)
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = os.path.join(run_dir, filename)
         self.echo = echo
         if resume_step is not None:
             self._truncate_after(resume_step)
@@ -53,7 +54,7 @@ class MetricsLogger:
             f.writelines(kept)
 
     def log(self, step: int, metrics: dict) -> None:
-        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        row = {"step": step, **{k: v if isinstance(v, (list, dict)) else _clean(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row, sort_keys=True) + "\n")
         self._file.flush()
         if self._tb is not None:

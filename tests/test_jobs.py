@@ -91,6 +91,9 @@ def test_bad_config_is_reported_before_connecting(tmp_path, capsys):
     assert "train.lrr: unknown key" in err and "'lr'" in err
     assert jobs.main(["submit", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
+    ppo = os.path.join(REPO, "jobs", "toyworld_ppo.yaml")
+    rc = jobs.main(["submit", "--command", "ppo", "--config", ppo, "ppo.no_such_key=1", "--address", "http://127.0.0.1:9"])
+    assert rc == 2 and "no_such_key" in capsys.readouterr().err
 
 
 def test_unreachable_dashboard_says_how_to_reach_one(capsys):

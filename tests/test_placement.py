@@ -79,7 +79,8 @@ def test_only_selected_roles_are_planned():
 
 
 def test_colocation_that_cannot_fit_is_rejected_with_what_to_change():
-    res = section(trainer=dict(num_workers=2, gpus_per_worker=1), critic=dict(gpus_per_worker=1, colocate_with="trainer"))
+    res = section(trainer=dict(num_workers=2, gpus_per_worker=1),
+                  critic=dict(gpus_per_worker=1, colocate_with="trainer"))
     with pytest.raises(ConfigError) as e:
         plan_placement(res)
     msg = str(e.value)
@@ -87,11 +88,13 @@ def test_colocation_that_cannot_fit_is_rejected_with_what_to_change():
     assert "2 GPUs (trainer 1 + critic 1)" in msg
     assert "sum to at most 1" in msg and "resources.critic.colocate_with: null" in msg
     # halves fit
-    plan_placement(section(trainer=dict(gpus_per_worker=0.5), critic=dict(gpus_per_worker=0.5, colocate_with="trainer")))
+    plan_placement(section(trainer=dict(gpus_per_worker=0.5),
+                           critic=dict(gpus_per_worker=0.5, colocate_with="trainer")))
 
 
 def test_unknown_roles_cycles_and_bad_counts_are_reported():
-    with pytest.raises(ConfigError, match=r"resources.critic.colocate_with: unknown role 'trainr'; did you mean 'trainer'"):
+    unknown = r"resources.critic.colocate_with: unknown role 'trainr'; did you mean 'trainer'"
+    with pytest.raises(ConfigError, match=unknown):
         plan_placement(section(critic=dict(colocate_with="trainr")))
     with pytest.raises(ConfigError, match=r"unknown role 'policy'"):
         plan_placement(section(), roles=["policy"])
@@ -114,7 +117,8 @@ def test_resources_section_loads_from_yaml_mapping():
     assert cfg.resources.critic.colocate_with == "trainer"  # default kept when other fields are set
     assert cfg.resources.critic.cpus_per_worker == 0.25
     assert cfg.resources.rewards["safety"] == RoleResources(gpus_per_worker=0.5, strategy="SPREAD")
-    with pytest.raises(ConfigError, match=r"resources.rewards.safety.num_worker: unknown key; did you mean 'num_workers'"):
+    typo = r"resources.rewards.safety.num_worker: unknown key; did you mean 'num_workers'"
+    with pytest.raises(ConfigError, match=typo):
         load_config(PlanConfig, data={"resources": {"rewards": {"safety": {"num_worker": 2}}}})
 
 
@@ -246,7 +250,8 @@ def test_calls_time_out_and_fail_naming_role_rank_and_method(placed):
     trainer.timeout_s = 1.0
     try:
         t0 = time.monotonic()
-        with pytest.raises(ActorCallTimeout, match=r"trainer: sleep did not return within 1 s on ranks 0, 1 \(actor run1/trainer/0\)"):
+        late = r"trainer: sleep did not return within 1 s on ranks 0, 1 \(actor run1/trainer/0\)"
+        with pytest.raises(ActorCallTimeout, match=late):
             trainer.call("sleep", 3.0)
         assert time.monotonic() - t0 < 2.5
     finally:
@@ -269,15 +274,20 @@ def test_per_rank_kwargs_and_replacement_actors(cluster):
     groups = create_placement_groups(plan, "t-kw", timeout_s=60)
     try:
         g = RayActorGroup(Probe, "reference", plan.roles["reference"], groups["reference"], "run2",
-                          actor_kwargs={"tag": "common"}, kwargs_of_rank=lambda r: {"rank": 10 + r})
+                          actor_kwargs={"tag": "common"}, kwargs_of_rank=lambda r: {"rank": 10 + r},
+                          timeout_s=60)
         # the caller's rank wins and world_size is then left to the class's default
         assert [(w["rank"], w["world_size"]) for w in g.call("where")] == [(10, 1), (11, 1)]
         assert g.call("echo", "ok") == ["ok", "ok"]
-        make = RayActorGroup.factory(Probe, "reference", plan.roles["reference"], groups["reference"], "run2")
-        first, again = make(1, {}), make(1, {})  # run2/reference/1 is taken by g's actor
-        infos = ray.get([a.where.remote() for a in (first, again)])
-        assert [i["actor_name"] for i in infos] == ["run2/reference/1#1", "run2/reference/1#2"]
-        assert {i["bundle_index"] for i in infos} == {1} and infos[0]["world_size"] == 2
+        g.kill()
+        make = RayActorGroup.factory(Probe, "reference", plan.roles["reference"], groups["reference"], "run3")
+        first = make(1, {})
+        info = ray.get(first.where.remote(), timeout=60)
+        assert (info["actor_name"], info["bundle_index"], info["rank"], info["world_size"]) == \
+            ("run3/reference/1", 1, 1, 2)
+        ray.kill(first)
+        info = ray.get(make(1, {}).where.remote(), timeout=60)  # waits for the bundle to be freed
+        assert (info["actor_name"], info["bundle_index"]) == ("run3/reference/1#1", 1)
     finally:
         groups.remove()
 

@@ -94,6 +94,9 @@ class PPODriver:
             self._sync(initial=True)
         logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
                                echo=not sys.stderr.isatty())
+        # Which prompts each iteration used: the record that no prompt is lost or used twice.
+        self.ledger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None, tensorboard=False,
+                                    echo=False, filename="rollouts.jsonl")
         summary = read_json(os.path.join(self.run_dir, "summary.json")) if resume and start else {}
         if start == 0:
             before = self.evaluate()
@@ -117,6 +120,7 @@ class PPODriver:
         finally:
             bar.close()
             logger.close()
+            self.ledger.close()
         self.roles.policy.call("export", os.path.join(self.run_dir, "export"),
                                {"stage": "ppo", "steps": self.p.total_steps}, ranks=[0])
         summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
@@ -196,16 +200,22 @@ class PPODriver:
         return metrics
 
     # -- phases --------------------------------------------------------------------------------------
+    def _submit(self, step: int):
+        rows = self.prompt_rows(step)
+        return self.fleet.submit(step, rows, [self.prompt_ids[r] for r in rows])
+
     def _next_samples(self, step: int):
-        depth = 1 + self.p.max_staleness
-        while len(self.pending) < depth and self.next_gen_step < self.p.total_steps:
-            rows = self.prompt_rows(self.next_gen_step)
-            self.pending.append(self.fleet.submit(self.next_gen_step, rows, [self.prompt_ids[r] for r in rows]))
-            self.next_gen_step += 1
-        job = self.pending.popleft()
-        assert job.step == step, (job.step, step)
+        if self.p.rollout_mode == "sync":
+            job = self._submit(step)
+        else:
+            # Keep max_staleness + 1 iterations in flight: generation for the next iterations
+            # runs on the rollout workers while the trainer updates on this one.
+            while len(self.pending) < 1 + self.p.max_staleness and self.next_gen_step < self.p.total_steps:
+                self.pending.append(self._submit(self.next_gen_step))
+                self.next_gen_step += 1
+            job = self.pending.popleft()
         samples, metrics = self.fleet.collect(job)
-        if self.version - job.version > self.p.max_staleness:
+        if self.p.rollout_mode == "async" and self.version - job.version > self.p.max_staleness:
             # Too old to use: drop and regenerate the same prompts (same seeds) now.
             self.counters["async/dropped_samples"] += len(samples)
             fresh = self.fleet.submit(step, job.prompt_rows, job.prompt_ids)
@@ -214,6 +224,8 @@ class PPODriver:
         for s in samples:
             s.prompt_index = job.prompt_rows[s.prompt_index]
         self.counters["rollout/prompts_used"] += len(job.prompt_rows)
+        self.ledger.log(step + 1, {"prompt_rows": job.prompt_rows, "samples": len(samples),
+                                   "policy_version": job.version})
         return samples, job.version, metrics
 
     def score(self, prompts, texts, meta) -> tuple[torch.Tensor, dict]:

@@ -22,7 +22,7 @@ from rayrlhf.placement.plan import (
 from rayrlhf.placement.report import format_plan
 
 _LAZY = {
-    "RayActorGroup": "actors", "Probe": "actors", "ActorCallError": "actors",
+    "RayActorGroup": "actors", "ActorFactory": "actors", "Probe": "actors", "ActorCallError": "actors",
     "ActorCallTimeout": "actors", "describe_worker": "actors", "free_addr_port": "actors",
     "probe_plan": "actors",
     "PlacementGroups": "groups", "PlacementTimeoutError": "groups",

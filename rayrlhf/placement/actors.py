@@ -116,6 +116,52 @@ class Probe:
             dist.destroy_process_group()
 
 
+class ActorFactory:
+    """Creates the actor of one rank of a role in its planned bundle, with the planned resources.
+
+    The first actor of a rank is named ``{run_name}/{role}/{rank}``; later ones (replacements
+    of a dead worker) ``{run_name}/{role}/{rank}#k`` with the first k whose name is free, since
+    a killed actor's name is released asynchronously. ``names[rank]`` is the latest name.
+    """
+
+    def __init__(self, cls: type, role: str, plan_role: RolePlan, placement_group, run_name: str,
+                 namespace: str | None = None, runtime_env: dict | None = None, args: tuple = ()):
+        self.remote_cls = cls if isinstance(cls, ray.actor.ActorClass) else ray.remote(cls)
+        self.accepts = _accepted_kwargs(cls)
+        self.role, self.plan_role, self.placement_group, self.run_name = role, plan_role, placement_group, run_name
+        self.namespace, self.runtime_env, self.args = namespace, runtime_env, args
+        self.names: dict[int, str] = {}
+        self._made: dict[int, int] = {}
+
+    def __call__(self, rank: int, kwargs: dict | None = None):
+        w = self.plan_role.workers[rank]
+        kwargs = dict(kwargs or {})
+        if "rank" not in kwargs and "world_size" not in kwargs:
+            given = {"rank": rank, "world_size": self.plan_role.world_size}
+            kwargs.update({k: v for k, v in given.items() if k in self.accepts})
+        options = dict(
+            num_cpus=w.num_cpus, num_gpus=w.num_gpus, resources=dict(w.resources),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=self.placement_group, placement_group_bundle_index=w.bundle_index),
+        )
+        if self.namespace is not None:
+            options["namespace"] = self.namespace
+        if self.runtime_env is not None:
+            options["runtime_env"] = self.runtime_env
+        while True:
+            n = self._made.get(rank, 0)
+            self._made[rank] = n + 1
+            name = f"{self.run_name}/{self.role}/{rank}" + (f"#{n}" if n else "")
+            try:
+                actor = self.remote_cls.options(name=name, **options).remote(*self.args, **kwargs)
+            except ray.exceptions.ActorAlreadyExistsError:
+                if n >= 100:
+                    raise
+                continue
+            self.names[rank] = name
+            return actor
+
+
 class RayActorGroup:
     """The actors of one role: one per planned worker, pinned to its bundle, named by rank.
 
@@ -132,52 +178,23 @@ class RayActorGroup:
         self.run_name = run_name
         self.timeout_s = timeout_s
         """Seconds ``call`` and ``get`` wait before raising ActorCallTimeout."""
-        self._make = RayActorGroup.factory(cls, role, plan_role, placement_group, run_name,
-                                           namespace=namespace, runtime_env=runtime_env, args=args)
-        self.names = [f"{run_name}/{role}/{w.rank}" for w in plan_role.workers]
-        self._actors = [self._make(w.rank, {**(actor_kwargs or {}), **(kwargs_of_rank(w.rank) if kwargs_of_rank else {})})
-                        for w in plan_role.workers]
+        make = ActorFactory(cls, role, plan_role, placement_group, run_name, namespace=namespace,
+                            runtime_env=runtime_env, args=args)
+        self._actors = []
+        for w in plan_role.workers:
+            per_rank = kwargs_of_rank(w.rank) if kwargs_of_rank else {}
+            self._actors.append(make(w.rank, {**(actor_kwargs or {}), **per_rank}))
+        self.names = [make.names[w.rank] for w in plan_role.workers]
+        """Actor names, by rank: ``{run_name}/{role}/{rank}``."""
 
     @staticmethod
     def factory(cls: type, role: str, plan_role: RolePlan, placement_group, run_name: str,
                 namespace: str | None = None, runtime_env: dict | None = None,
-                args: tuple = ()) -> Callable[[int, dict], Any]:
-        """``make(rank, kwargs)`` -> a new actor for that rank in its planned bundle.
-
-        For replacing a dead worker: the first actor of a rank is named
-        ``{run_name}/{role}/{rank}``, later ones ``{run_name}/{role}/{rank}#k`` with the first
-        k whose name is free (a killed actor's name is released asynchronously).
-        """
-        remote_cls = cls if isinstance(cls, ray.actor.ActorClass) else ray.remote(cls)
-        accepts = _accepted_kwargs(cls)
-        world = plan_role.world_size
-        made: dict[int, int] = {}
-
-        def make(rank: int, kwargs: dict | None = None):
-            w = plan_role.workers[rank]
-            kwargs = dict(kwargs or {})
-            if "rank" not in kwargs and "world_size" not in kwargs:
-                kwargs.update({k: v for k, v in (("rank", rank), ("world_size", world)) if k in accepts})
-            options = dict(
-                num_cpus=w.num_cpus, num_gpus=w.num_gpus, resources=dict(w.resources),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=w.bundle_index),
-            )
-            if namespace is not None:
-                options["namespace"] = namespace
-            if runtime_env is not None:
-                options["runtime_env"] = runtime_env
-            while True:
-                n = made.get(rank, 0)
-                made[rank] = n + 1
-                name = f"{run_name}/{role}/{rank}" + (f"#{n}" if n else "")
-                try:
-                    return remote_cls.options(name=name, **options).remote(*args, **kwargs)
-                except ray.exceptions.ActorAlreadyExistsError:
-                    if n >= 100:
-                        raise
-
-        return make
+                args: tuple = ()) -> "ActorFactory":
+        """``make(rank, kwargs)`` -> a new actor for that rank in its planned bundle (to
+        replace a dead worker); see ActorFactory."""
+        return ActorFactory(cls, role, plan_role, placement_group, run_name, namespace=namespace,
+                            runtime_env=runtime_env, args=args)
 
     def __repr__(self) -> str:
         return f"RayActorGroup({self.role}, {len(self._actors)} actors, run {self.run_name})"
@@ -271,7 +288,8 @@ def probe_plan(plan, groups, run_name: str, timeout_s: float = 120.0) -> tuple[l
                 who = f"{g.role}/{w.rank}"
                 node = bundle_nodes[g.plan_role.group][w.bundle_index]
                 if info["bundle_index"] != w.bundle_index:
-                    problems.append(f"{who}: planned for bundle {w.bundle_index}, runs in bundle {info['bundle_index']}")
+                    problems.append(f"{who}: planned for bundle {w.bundle_index}, "
+                                    f"runs in bundle {info['bundle_index']}")
                 if info["node_id"] != node:
                     problems.append(f"{who}: bundle {w.bundle_index} is on node {node}, the actor on {info['node_id']}")
                 for key, want in (("CPU", w.num_cpus), ("GPU", w.num_gpus)):

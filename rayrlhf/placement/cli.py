@@ -63,6 +63,7 @@ def plan_main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_cluster:
         print(format_plan(plan))
+        print("(--no-cluster: run without it, or with --address, to see which node each bundle goes to)")
         return 0
     connected_here = _connect(args.address)
     if connected_here is None:

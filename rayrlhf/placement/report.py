@@ -43,7 +43,7 @@ def format_plan(plan: Plan, nodes: dict[str, list[str]] | None = None,
                f"{n_bundles} bundles, {sum(r.world_size for r in plan.roles.values())} actors; "
                f"{format_resources(plan.demand())}")
     if not nodes:
-        out.append("nodes: not resolved (no cluster); run with --address to see where each bundle goes")
+        out.append("nodes: not resolved (bundles only)")
         return "\n".join(out)
     info = {n.get("NodeID"): n for n in node_info or []}
     load = _per_node(plan, nodes)

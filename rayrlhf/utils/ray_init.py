@@ -14,8 +14,11 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespa
 
     if ray.is_initialized():
         return
-    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    runtime_env = {"env_vars": env}
+    defaults = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    # Inside a Ray job, Ray refuses to merge a runtime_env that sets a variable the job's own
+    # runtime_env already sets (even to the same value): pass only what is not set yet.
+    env = {k: v for k, v in defaults.items() if k not in os.environ}
+    runtime_env = {"env_vars": env} if env else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, runtime_env=runtime_env,
                  log_to_driver=True)

@@ -138,6 +138,11 @@ def _concise(p: Prompt, answer: str, polarity: str = "") -> str:
     return f"{p.subject} has the {full(answer)}."
 
 
+# Share of wrong answers that name another entity of the same prompt (a distractor, which a
+# model can only spot by binding facts) rather than one the prompt never mentions.
+NEAR_WRONG = 0.3
+
+
 def _wrong_value(p: Prompt, rng: random.Random) -> str:
     """A wrong answer of the right type, taken from the prompt's own facts when possible."""
     if p.kind in ("where", "yesno"):
@@ -150,7 +155,7 @@ def _wrong_value(p: Prompt, rng: random.Random) -> str:
         pool = [noun(f[2]) for f in p.facts if f[0] == "has"] + [noun(f[1]) for f in p.facts if f[0] == "at"]
         wrong, universe = (lambda x: x != p.answer), [noun(o) for o in OBJECTS]
     near = [x for x in pool if wrong(x)]
-    return rng.choice(near) if near and rng.random() < 0.7 else rng.choice([x for x in universe if wrong(x)])
+    return rng.choice(near) if near and rng.random() < NEAR_WRONG else rng.choice([x for x in universe if wrong(x)])
 
 
 def _right(p: Prompt) -> tuple[str, str]:
