@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("submit", help="submit a run as a Ray job: rayrlhf submit --address URL --config F",
                    add_help=False)
     sub.add_parser("job", help="status, logs, stop of submitted jobs: rayrlhf job status ID", add_help=False)
+    sub.add_parser("bench", help="throughput ratios (async/sync, vLLM/HF, sync share) as JSON", add_help=False)
     return parser
 
 
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         from rayrlhf.placement.cli import plan_main
 
         return plan_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from rayrlhf.utils.quiet import quiet_libraries
+        from rayrlhf.bench import main as bench_main
+
+        quiet_libraries()
+        return bench_main(argv[1:])
     if argv[:1] in (["submit"], ["job"]):
         from rayrlhf.jobs import main as jobs_main
 

@@ -193,6 +193,25 @@ class ModelWorker:
         weights = self.named_weights()
         return weights, weights_checksum(weights)
 
+    def join_broadcast(self, addr: str, port: int, world: int, backend: str = "gloo") -> bool:
+        """Rank 0 of the weight-broadcast group to the rollout workers (``rayrlhf.weight_sync``)."""
+        from rayrlhf.weight_sync import make_group
+
+        self._bcast = make_group(backend, addr, port, 0, world)
+        return True
+
+    def weights_meta_and_checksum(self) -> tuple[list, str]:
+        from rayrlhf.rollout.checksum import weights_checksum
+        from rayrlhf.weight_sync import tensor_meta
+
+        weights = self.named_weights()
+        return tensor_meta(weights), weights_checksum(weights)
+
+    def broadcast_weights(self, bucket_bytes: int) -> int:
+        from rayrlhf.weight_sync import send
+
+        return send(self._bcast, {k: v.detach() for k, v in self.model.state_dict().items()}, bucket_bytes)
+
     def save(self, folder: str) -> None:
         """Weights (safetensors), optimizer state and this rank's RNG; rank 0 writes the model."""
         from safetensors.torch import save_model

@@ -134,6 +134,11 @@ class PPOSection:
     importance_cap: float = 2.0
     """Off-policy correction: each token's advantage is weighted by
     min(pi_old / pi_behaviour, importance_cap) (truncated importance sampling)."""
+    weight_sync: Literal["object_store", "broadcast"] = "object_store"
+    """How weights reach the rollout workers: through Ray's object store (any cluster, CPU), or
+    a collective broadcast from trainer rank 0 (NCCL between GPUs, gloo on CPU), in buckets."""
+    sync_bucket_mb: int = 256
+    """Broadcast bucket size in MiB."""
     sync_every: int = 1
     """Send weights to the rollout workers every N updates."""
     verify_sync: bool = True

@@ -57,6 +57,7 @@ class RolloutFleet:
         self.restarts = 0
         self.version = 0
         self._weights = None  # (ref, checksum, version) of the last sync, for replacements
+        self._broadcast = None  # (trainer actor, backend) once a broadcast group exists
 
     def wait_ready(self) -> list[dict]:
         return get([w.ready.remote() for w in self.workers], self.timeout, "rollout workers starting")
@@ -111,18 +112,57 @@ class RolloutFleet:
             pass
         self.workers[rank] = self.make_worker(rank)
         get(self.workers[rank].ready.remote(), self.timeout, f"rollout/{rank} starting")
+        if self._broadcast is not None:
+            # A collective group has a fixed membership: the replacement gets the current
+            # weights through the object store, then everyone forms a new group.
+            trainer, backend = self._broadcast
+            ref, checksum_ref = trainer.named_weights_and_checksum.options(num_returns=2).remote()
+            self._weights = (ref, get(checksum_ref, self.timeout, "policy/0 in phase sync"), self.version)
         if self._weights is not None:
             ref, checksum, version = self._weights
             reports = get([self.workers[rank].load_weights.remote(ref, version)], self.timeout,
                           f"rollout/{rank} in phase sync")
             check_checksums(checksum, reports, [rank])
+        if self._broadcast is not None:
+            self.setup_broadcast(*self._broadcast)
 
     # -- weights -----------------------------------------------------------------------------------
     def sync(self, weights_ref, checksum: str, version: int, probe_ids: list[int] | None = None,
              trainer_probe: list[float] | None = None, atol: float = 1e-3) -> dict:
-        """Load new weights on every worker and verify what each one serves."""
+        """Load new weights (an object-store ref) on every worker and verify what each serves."""
         t0 = time.perf_counter()
         reports = self._all("load_weights", "sync", weights_ref, version)
+        self._weights = (weights_ref, checksum, version)
+        return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
+
+    @property
+    def broadcasting(self) -> bool:
+        return self._broadcast is not None
+
+    def setup_broadcast(self, trainer, backend: str) -> None:
+        """A collective group: trainer rank 0 plus every worker (NCCL on GPUs, gloo on CPU)."""
+        addr = get(trainer.node_address.remote(), self.timeout, "policy/0 in phase broadcast setup")
+        port = get(trainer.free_port.remote(), self.timeout, "policy/0 in phase broadcast setup")
+        world = len(self.workers) + 1
+        refs = [trainer.join_broadcast.remote(addr, port, world, backend)]
+        refs += [w.join_broadcast.remote(addr, port, rank + 1, world, backend) for rank, w in enumerate(self.workers)]
+        get(refs, self.timeout, "policy/0 and rollout workers in phase broadcast setup")
+        self._broadcast = (trainer, backend)
+
+    def sync_broadcast(self, version: int, bucket_bytes: int, probe_ids: list[int] | None = None,
+                       trainer_probe: list[float] | None = None, atol: float = 1e-3) -> dict:
+        """Broadcast the trainer's weights to every worker in buckets and verify them."""
+        trainer, _ = self._broadcast
+        t0 = time.perf_counter()
+        meta, checksum = get(trainer.weights_meta_and_checksum.remote(), self.timeout, "policy/0 in phase sync")
+        sent = trainer.broadcast_weights.remote(bucket_bytes)
+        recv = [w.receive_weights.remote(meta, version, bucket_bytes) for w in self.workers]
+        reports = get(recv, self.timeout, "rollout workers in phase sync (broadcast)")
+        get(sent, self.timeout, "policy/0 in phase sync (broadcast)")
+        self._weights = None
+        return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
+
+    def _verify(self, reports, checksum, version, probe_ids, trainer_probe, atol, t0) -> dict:
         check_checksums(checksum, reports, list(range(len(self.workers))))
         metrics = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(reports[0].get("bytes", 0)),
                    "sync/worker_load_seconds": max(r.get("seconds", 0.0) for r in reports)}
@@ -139,7 +179,6 @@ class RolloutFleet:
                         "are the usual causes")
             metrics["sync/probe_max_diff"] = worst
         self.version = version
-        self._weights = (weights_ref, checksum, version)
         metrics["sync/total_seconds"] = time.perf_counter() - t0
         return metrics
 

@@ -285,13 +285,16 @@ class PPODriver:
 
     def _sync(self, initial: bool = False) -> dict:
         policy0 = self.roles.policy.actors[0]
+        probe = self.prompt_ids[0] + self.prompt_ids[-1][:8] if self.p.verify_sync else None
+        trainer_probe = get(policy0.probe.remote(probe), self.timeout, "policy/0 in phase sync") if probe else None
+        if self.p.weight_sync == "broadcast":
+            if not self.fleet.broadcasting:
+                self.fleet.setup_broadcast(policy0, "nccl" if self.cfg.resources.trainer.gpus_per_worker else "gloo")
+            return self.fleet.sync_broadcast(self.version, self.p.sync_bucket_mb << 20, probe, trainer_probe,
+                                             self.p.probe_atol)
         weights_ref, checksum_ref = policy0.named_weights_and_checksum.options(num_returns=2).remote()
         checksum = get(checksum_ref, self.timeout, "policy/0 in phase sync")
-        probe = self.prompt_ids[0] + self.prompt_ids[-1][:8]
-        trainer_probe = get(policy0.probe.remote(probe), self.timeout, "policy/0 in phase sync") \
-            if self.p.verify_sync else None
-        return self.fleet.sync(weights_ref, checksum, self.version, probe if self.p.verify_sync else None,
-                               trainer_probe, self.p.probe_atol)
+        return self.fleet.sync(weights_ref, checksum, self.version, probe, trainer_probe, self.p.probe_atol)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self) -> dict:

@@ -91,6 +91,20 @@ class RolloutWorker:
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.backend.probe_logprobs(token_ids)
 
+    def join_broadcast(self, addr: str, port: int, rank: int, world: int, backend: str = "gloo") -> bool:
+        """Join the weight-broadcast group whose rank 0 is the trainer (``rayrlhf.weight_sync``)."""
+        from rayrlhf.weight_sync import make_group
+
+        self._bcast = make_group(backend, addr, port, rank, world)
+        return True
+
+    def receive_weights(self, meta: list, version: int, bucket_bytes: int) -> dict:
+        """Receive one broadcast of the trainer's weights and load them."""
+        from rayrlhf.weight_sync import receive
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self.backend.load_weights(receive(self._bcast, meta, bucket_bytes, device), version)
+
     def ready(self) -> dict:
         return {"name": self.name, "backend": self.backend.name, "version": self.backend.version,
                 "threads": self.threads}

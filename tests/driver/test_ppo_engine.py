@@ -131,6 +131,17 @@ def test_async_with_staleness_zero_equals_sync(world, reference_run, tmp_path):
     assert _same_weights(_weights(run_dir), _weights(full_dir))
 
 
+def test_broadcast_weight_sync_gives_the_same_run(world, reference_run, tmp_path):
+    full_dir, _ = reference_run
+    run_dir = str(tmp_path / "broadcast")
+    faults.reset()
+    run_ppo(_cfg(world, run_dir, weight_sync="broadcast", sync_bucket_mb=1))
+    rows = read_metrics(run_dir)[1:]
+    assert all(r["sync/bytes"] == read_metrics(full_dir)[1]["sync/bytes"] for r in rows)
+    assert _comparable(run_dir) == _comparable(full_dir)
+    assert _same_weights(_weights(run_dir), _weights(full_dir))
+
+
 def test_async_with_staleness_one_uses_older_samples(world, reference_run, tmp_path):
     full_dir, _ = reference_run
     run_dir = str(tmp_path / "async1")

@@ -39,6 +39,8 @@ PLACES = ("kitchen", "garden", "hall", "shed", "attic", "cellar")
 ANIMALS = ("cat", "dog", "bird")
 
 QUESTION_KINDS = ("where", "who", "what", "yesno")
+# Facts stated by a safe prompt: the asked one plus distractors a model must tell apart.
+FACTS_PER_PROMPT = (1, 2)
 UNSAFE_KINDS = ("hurt", "steal", "break")
 ASK_FORMS = ("How can I {req}?", "How do I {req}?", "Tell me how to {req}.")
 
@@ -95,7 +97,7 @@ def _random_facts(rng: random.Random, kinds: list[str], objects: list[str]) -> l
 
 def _safe_prompt(rng: random.Random) -> Prompt:
     kind = rng.choice(QUESTION_KINDS)
-    n = rng.choice((2, 3))
+    n = rng.choice(FACTS_PER_PROMPT)
     target_kind = "at" if kind in ("where", "yesno") else "has"
     kinds = [target_kind] + [rng.choice(("at", "has")) for _ in range(n - 1)]
     facts = _random_facts(rng, kinds, rng.sample(OBJECTS, n))

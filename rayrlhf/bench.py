@@ -1,0 +1,134 @@
+"""`rayrlhf bench`: throughput ratios measured in one run, printed as JSON.
+
+    rayrlhf bench [--hidden 384 --layers 6] [--steps 6] [--out bench.json]
+
+Everything is built locally (a toyworld with an untrained Llama of about 10M parameters) and
+measured against a baseline in the same process tree:
+  rollout/vllm_over_hf          vLLM tokens/s / transformers ``generate`` tokens/s
+  ppo/async_over_sync           end-to-end samples/s, async (max_staleness 1) / sync
+  ppo/sync_share_of_step        weight-sync seconds / step seconds (sync mode)
+  ppo/step_over_bound           async step seconds / max(generation, training + sync)
+Warm-up iterations are excluded. Ratios, not absolute times, are what carries across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+
+def _rollout_ratio(model_dir: str, prompt_ids, n: int, max_new_tokens: int) -> dict:
+    from rayrlhf.rollout.bench import tokens_per_second
+    from rayrlhf.rollout.config import RolloutSection
+    from rayrlhf.rollout.worker import make_backend, vllm_available
+
+    out = {}
+    cfg = dict(max_new_tokens=max_new_tokens, max_model_len=256, temperature=1.0)
+    hf = make_backend(model_dir, RolloutSection(backend="hf", **cfg))
+    out["rollout/hf_tokens_per_s"] = tokens_per_second(hf, prompt_ids, n=n)
+    del hf
+    if vllm_available():
+        vl = make_backend(model_dir, RolloutSection(backend="vllm", **cfg))
+        out["rollout/vllm_tokens_per_s"] = tokens_per_second(vl, prompt_ids, n=n)
+        out["rollout/vllm_over_hf"] = out["rollout/vllm_tokens_per_s"] / out["rollout/hf_tokens_per_s"]
+        del vl
+    return out
+
+
+def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str):
+    from rayrlhf.config import load_config
+    from rayrlhf.config.ppo import PPOConfig
+
+    return load_config(PPOConfig, data={
+        "policy": {"name_or_path": f"{world}/base_model"},
+        "data": {"train": [f"{world}/data/prompts_train.jsonl"], "max_prompt_tokens": 96},
+        "rewards": [{"name": "gold", "function": "rayrlhf.tasks.toyworld:gold_reward"}],
+        "rollout": {"backend": backend, "n_samples": 2, "max_new_tokens": 32, "max_model_len": 192},
+        "ppo": {"total_steps": steps, "prompts_per_step": 16, "global_mini_batch_size": 16, "ppo_epochs": 1,
+                "rollout_mode": mode, "max_staleness": 1, "eval_every": 10_000, "checkpoint_every": 10_000,
+                "actor_lr": 1e-5, "critic_lr": 1e-5},
+        # Generation and training each get one core: the overlap async mode is for.
+        "resources": {"trainer": {"cpus_per_worker": 1.0}, "critic": {"cpus_per_worker": 0.01},
+                      "reference": {"cpus_per_worker": 0.01, "colocate_with": "trainer"},
+                      "rollout": {"cpus_per_worker": 0.9}},
+        "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir)},
+    })
+
+
+def _ppo_figures(run_dir: str, warmup: int) -> dict:
+    from rayrlhf.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "timing/step" in r][warmup:]
+    step = float(np.mean([r["timing/step"] for r in rows]))
+    samples = float(np.mean([r["rollout/samples"] for r in rows]))
+    gen = float(np.mean([r["timing/generate"] for r in rows]))
+    train = float(np.mean([sum(r.get(f"timing/{k}", 0.0) for k in
+                                ("reward", "reference", "logprobs", "values", "advantages", "update", "sync"))
+                           for r in rows]))
+    sync = float(np.mean([r.get("timing/sync", 0.0) for r in rows]))
+    return {"step_seconds": step, "samples_per_s": samples / step, "sync_seconds": sync,
+            "generate_seconds": gen, "train_plus_sync_seconds": train}
+
+
+def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
+    from rayrlhf.data.tokenize import render_prompt
+    from rayrlhf.driver.ppo_stage import run_ppo
+    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
+    from rayrlhf.models import load_tokenizer
+    from rayrlhf.rollout.worker import vllm_available
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    tmp = tempfile.mkdtemp(prefix="rayrlhf-bench-")
+    world = os.path.join(tmp, "world")
+    info = run_toyworld(ToyworldConfig(out=world, n_sft=200, n_pref=200, n_prompts=400, n_eval_prompts=10,
+                                       model=TinyModelSection(hidden_size=hidden, num_layers=layers,
+                                                              num_heads=max(1, hidden // 64),
+                                                              intermediate_size=hidden * 3)))
+    tok = load_tokenizer(f"{world}/base_model")
+    with open(f"{world}/data/prompts_train.jsonl", encoding="utf-8") as f:
+        prompts = [json.loads(line)["prompt"] for line in f][:16]
+    ids = [render_prompt(tok, p) for p in prompts]
+    out = {"model/parameters": info["base_model_parameters"], "machine/cpus": os.cpu_count()}
+    out.update(_rollout_ratio(f"{world}/base_model", ids, n=4, max_new_tokens=32))
+    ensure_ray()
+    backend = "vllm" if vllm_available() else "hf"
+    figures = {}
+    for mode in ("sync", "async"):
+        run_dir = os.path.join(tmp, f"ppo_{mode}")
+        run_ppo(_ppo_cfg(world, run_dir, mode, steps + warmup, backend))
+        figures[mode] = _ppo_figures(run_dir, warmup)
+    s, a = figures["sync"], figures["async"]
+    out.update({f"ppo/{mode}/{k}": v for mode, f in figures.items() for k, v in f.items()})
+    out["ppo/async_over_sync"] = a["samples_per_s"] / s["samples_per_s"]
+    out["ppo/sync_share_of_step"] = s["sync_seconds"] / s["step_seconds"]
+    bound = max(s["generate_seconds"], s["train_plus_sync_seconds"])
+    out["ppo/bound_seconds"] = bound
+    out["ppo/step_over_bound"] = a["step_seconds"] / bound
+    out["goals"] = {"ppo/async_over_sync >= 1.3": out["ppo/async_over_sync"] >= 1.3,
+                    "ppo/sync_share_of_step < 0.05": out["ppo/sync_share_of_step"] < 0.05,
+                    "rollout/vllm_over_hf >= 1.5": out.get("rollout/vllm_over_hf", 0.0) >= 1.5}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rayrlhf bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=384, help="model width (head_dim 64)")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=6, help="measured PPO iterations per mode")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    result = run_bench(args.hidden, args.layers, args.steps)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,72 @@
+"""The rollout fleet's safety nets: a corrupted sync is caught, a hanging call is named."""
+import pytest
+import ray
+import torch
+
+from rayrlhf.driver.fleet import PhaseTimeout, RolloutFleet, SyncMismatchError
+from rayrlhf.models import load_causal_lm
+from rayrlhf.rollout.checksum import weights_checksum
+from rayrlhf.rollout.config import RolloutSection
+from rayrlhf.rollout.worker import RolloutWorker
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+
+
+class SlowWorker:
+    def ready(self):
+        return {}
+
+    def generate(self, prompt_ids, n=None, seed=None):
+        import time
+
+        time.sleep(30)
+
+
+def _fleet(tiny_model_dir, timeout=60.0):
+    cfg = RolloutSection(backend="hf", max_new_tokens=4, max_model_len=128)
+    make = lambda rank: ray.remote(num_cpus=0.5)(RolloutWorker).remote(tiny_model_dir, cfg, name=f"t/rollout/{rank}")
+    fleet = RolloutFleet(make, 1, 1, seed=0, timeout=timeout, max_restarts=1)
+    fleet.wait_ready()
+    return fleet
+
+
+def test_sync_verifies_checksum_and_probe(cluster, tiny_model_dir):
+    fleet = _fleet(tiny_model_dir)
+    weights = {k: v.clone() for k, v in load_causal_lm(tiny_model_dir).state_dict().items()}
+    weights["model.norm.weight"] += 0.5
+    good = weights_checksum(weights)
+    metrics = fleet.sync(ray.put(weights), good, version=1)
+    assert metrics["sync/bytes"] == sum(t.numel() * t.element_size() for t in weights.values())
+
+    corrupted = dict(weights)
+    corrupted["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"] * 1.01
+    with pytest.raises(SyncMismatchError, match=r"rollout/0 loaded weights with checksum .* the trainer sent"):
+        fleet.sync(ray.put(corrupted), good, version=2)
+
+
+def test_probe_catches_weights_that_differ_from_the_trainer(cluster, tiny_model_dir):
+    fleet = _fleet(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = [1, 5, 9, 12, 20, 7]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    trainer_probe = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).flatten().tolist()
+    ok = fleet.sync(ray.put(weights), weights_checksum(weights), 1, ids, trainer_probe, atol=1e-4)
+    assert ok["sync/probe_max_diff"] < 1e-4
+    off = [x + 0.01 for x in trainer_probe]  # the trainer holds other weights than it sent
+    with pytest.raises(SyncMismatchError, match="probe logprobs differ by 0.01"):
+        fleet.sync(ray.put(weights), weights_checksum(weights), 2, ids, off, atol=1e-4)
+
+
+def test_a_hanging_call_names_the_actor_and_phase(cluster):
+    make = lambda rank: ray.remote(num_cpus=0.1)(SlowWorker).remote()
+    fleet = RolloutFleet(make, 1, 1, seed=0, timeout=1.0, max_restarts=0)
+    job = fleet.submit(0, [0], [[1, 2, 3]])
+    with pytest.raises(PhaseTimeout, match=r"rollout/0 in phase generate did not answer within 1 s"):
+        fleet.collect(job)
