@@ -45,6 +45,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_temp
     return tok
 
 
+def tokenizer_for(model_section):
+    """The tokenizer a config's model section names (its own, else the model's)."""
+    m = model_section
+    return load_tokenizer(m.tokenizer or m.name_or_path, m.trust_remote_code, m.chat_template)
+
+
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024, out_dir: str | None = None):
     """A byte-level BPE tokenizer trained on ``texts`` (seconds), with a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

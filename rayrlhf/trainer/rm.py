@@ -12,7 +12,8 @@ import torch
 from rayrlhf.algo.losses import pairwise_reward_loss
 from rayrlhf.data.schema import MARGIN_LEVELS
 from rayrlhf.data.tokenize import collate_pairs, encode_pair
-from rayrlhf.models import export_hf, load_scalar_model, load_tokenizer
+from rayrlhf.models.tokenizer import tokenizer_for
+from rayrlhf.models import export_hf, load_scalar_model
 
 NO_LEVEL = "unlabelled"
 LEVELS = MARGIN_LEVELS + (NO_LEVEL,)
@@ -59,8 +60,7 @@ class RMTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        m = cfg.model
-        self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, m.trust_remote_code, m.chat_template)
+        self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
         m = self.cfg.model

@@ -5,7 +5,8 @@ import math
 
 from rayrlhf.algo.losses import sft_loss
 from rayrlhf.data.tokenize import collate_sft, encode_sft
-from rayrlhf.models import export_hf, load_causal_lm, load_tokenizer
+from rayrlhf.models.tokenizer import tokenizer_for
+from rayrlhf.models import export_hf, load_causal_lm
 
 
 def encode_sft_records(records, tokenizer, max_len: int) -> tuple[list[dict], dict]:
@@ -19,8 +20,7 @@ class SFTTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        m = cfg.model
-        self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, m.trust_remote_code, m.chat_template)
+        self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
         m = self.cfg.model

@@ -140,7 +140,7 @@ def _concise(p: Prompt, answer: str, polarity: str = "") -> str:
 
 # Share of wrong answers that name another entity of the same prompt (a distractor, which a
 # model can only spot by binding facts) rather than one the prompt never mentions.
-NEAR_WRONG = 0.0
+NEAR_WRONG = 0.3
 
 
 def _wrong_value(p: Prompt, rng: random.Random) -> str:
