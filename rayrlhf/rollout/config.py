@@ -37,6 +37,10 @@ class RolloutSection:
     """vLLM on CPU: KV cache size in GiB (what VLLM_CPU_KVCACHE_SPACE sets, here passed as
     kv_cache_memory_bytes so fractions work; an exported VLLM_CPU_KVCACHE_SPACE still wins).
     Ignored on GPU."""
+    cpu_max_batched_tokens: int = 65536
+    """vLLM on CPU: tokens one engine step may hold. A prefill longer than this is chunked,
+    which vLLM's CPU build cannot do for seeded requests; keep it above the prompt tokens of
+    one generate call (prompts x samples x prompt length)."""
     enforce_eager: bool = True
     """vLLM: skip CUDA graph capture / torch.compile (faster start; slower decoding on GPU)."""
     seed: int = 0

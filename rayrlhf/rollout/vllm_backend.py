@@ -57,6 +57,9 @@ class VLLMBackend:
             # On CPU gpu_memory_utilization would reserve a share of host RAM; an explicit
             # KV cache size is predictable and also skips the memory-profiling warm-up.
             extra["kv_cache_memory_bytes"] = int(cfg.cpu_kv_cache_gib * 2**30)
+            # vLLM's CPU build cannot rewind a seeded request's generator after a chunked
+            # prefill ("CPU Generator does not use offset"): give a step room for every prompt.
+            extra["max_num_batched_tokens"] = cfg.cpu_max_batched_tokens
         with _host_process_state():
             self.llm = LLM(
                 model=model_path, tokenizer=tokenizer_path or model_path, dtype=cfg.dtype,

@@ -176,3 +176,14 @@ def test_probe_catches_what_the_checksum_cannot(tied_engine, tokenizer, prompts)
     assert not ok, diff
     tied_engine.load_weights(b.state_dict(), version=3)
     assert probe_matches(tied_engine.probe_logprobs(seq), reference_logprobs(b, seq[:1], seq[1:]), 1e-4)[0]
+
+
+def test_a_call_larger_than_one_default_prefill_step_works_with_seeds(engine, prompts):
+    """More prompt tokens than vLLM's default step (2048) would be chunked, which vLLM's CPU
+    build cannot do for seeded requests; the backend sizes the step to avoid it."""
+    many = [p for _ in range(200) for p in prompts][:200]
+    assert sum(len(p) for p in many) * 2 > 2048
+    samples = engine.generate(many, n=2, seed=5)
+    assert len(samples) == 400
+    again = engine.generate(many, n=2, seed=5)
+    assert [s.response_ids for s in samples] == [s.response_ids for s in again]
