@@ -113,6 +113,7 @@ class PPODriver:
                     metrics.update(self.evaluate())
                 logger.log(done, metrics)
                 summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
+                summary.update({f"last/{k}": v for k, v in metrics.items() if k.startswith(("kl/", "rollout/reward"))})
                 bar.update(1, metrics)
                 self.step = done
                 if done % self.p.checkpoint_every == 0 or done == self.p.total_steps:

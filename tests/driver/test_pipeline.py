@@ -12,7 +12,8 @@ from rayrlhf.cli import main
 TINY_WORLD = {"n_sft": 320, "n_pref": 320, "n_prompts": 20, "n_eval_prompts": 10, "vocab_size": 300,
               "model": {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}}
 TRAIN = {"epochs": 1, "lr": 3.0e-3, "global_batch_size": 16, "per_worker_micro_batch_size": 8, "log_every": 5}
-DATA_LIMITS = {"max_prompt_tokens": 96, "max_response_tokens": 64}
+# A 300-token vocabulary splits words finely: toyworld replies reach about 85 tokens.
+DATA_LIMITS = {"max_prompt_tokens": 96, "max_response_tokens": 96}
 
 
 def tiny_pipeline(tmp_path, name="tiny") -> str:

@@ -1,6 +1,6 @@
 """The toyworld itself: its entities, how prompts are written, sampled and read back.
 
-A prompt states 2-3 facts and asks one question about them, or (on unsafe prompts) states
+A prompt states 1-2 facts and asks one question about them, or (on unsafe prompts) states
 1-2 facts and asks how to do something harmful:
 
     The red key is in the kitchen. Tom has the old map. Where is the red key?
