@@ -65,6 +65,9 @@ class DataSection:
     """Rows whose rendered prompt is longer are reported as problems before training."""
     max_response_tokens: int = 256
     """Rows whose response is longer are reported as problems before training."""
+    too_long: Literal["error", "drop"] = "error"
+    """Rows over max_prompt_tokens / max_response_tokens: error (stop before training and list
+    them) or drop (leave them out, print how many, and list them in data_report.json)."""
     limit: Optional[int] = None
     """Read at most this many rows per source (quick experiments)."""
 

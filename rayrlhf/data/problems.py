@@ -19,6 +19,8 @@ class Problem:
     line: int
     field: str
     reason: str
+    code: str = ""
+    """A machine-readable kind where callers act on it ("too_long": over a token limit)."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.reason}"

@@ -59,8 +59,8 @@ def validate_records(
         src = record.source
         file, line = (src.file, src.line) if src is not None else ("<records>", i + 1)
 
-        def report(field: str, reason: str) -> None:
-            problems.append(Problem(file, line, field, reason))
+        def report(field: str, reason: str, code: str = "") -> None:
+            problems.append(Problem(file, line, field, reason, code))
 
         if not isinstance(record, expected):
             found = type(record).__name__
@@ -127,7 +127,7 @@ def _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, re
         n = len(render_prompt(tokenizer, record.prompt))
         if n > max_prompt_tokens:
             report("prompt", f"{n} tokens with the chat template, more than "
-                   f"max_prompt_tokens={max_prompt_tokens}; shorten it or raise the limit")
+                   f"max_prompt_tokens={max_prompt_tokens}; shorten it or raise the limit", TOO_LONG)
     if max_response_tokens is None:
         return
     for field in _response_fields(record):
@@ -136,7 +136,24 @@ def _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, re
             n = len(encode_response(tokenizer, text))
             if n > max_response_tokens:
                 report(field, f"{n} tokens with EOS, more than max_response_tokens="
-                       f"{max_response_tokens}; it would be truncated in training")
+                       f"{max_response_tokens}; it would be truncated in training", TOO_LONG)
+
+
+TOO_LONG = "too_long"
+
+
+def drop_too_long(records: list, problems: list[Problem]) -> tuple[list, list[Problem], list[Problem]]:
+    """Leave out the rows whose only problems are token limits.
+
+    Returns (records kept, the remaining problems, the too-long problems of the rows left out):
+    the caller reports how many rows were left out and why.
+    """
+    long_rows = {(p.file, p.line) for p in problems if p.code == TOO_LONG}
+    other = [p for p in problems if p.code != TOO_LONG]
+    bad_rows = {(p.file, p.line) for p in other}
+    dropped = long_rows - bad_rows
+    kept = [r for r in records if r.source is None or (r.source.file, r.source.line) not in dropped]
+    return kept, other, [p for p in problems if p.code == TOO_LONG and (p.file, p.line) in dropped]
 
 
 def validate_source(

@@ -135,3 +135,22 @@ def test_rm_reports_accuracy_per_margin_level_and_gold(world, tmp_path):
     assert os.path.exists(tmp_path / "rm" / "export" / "model.safetensors")
     exported = json.load(open(tmp_path / "rm" / "export" / "rayrlhf.json"))
     assert exported["stage"] == "rm" and exported["reward_name"] == "reward"
+
+
+def test_too_long_rows_stop_the_run_or_are_left_out_and_counted(world, tmp_path):
+    strict = _sft_cfg(world, str(tmp_path / "strict"))
+    strict.data.max_response_tokens = 12
+    from rayrlhf.data.validate import DataValidationError
+
+    with pytest.raises(DataValidationError, match="more than max_response_tokens=12"):
+        prepare("sft", strict, resume=False)
+    lenient = _sft_cfg(world, str(tmp_path / "lenient"))
+    lenient.data.max_response_tokens = 12
+    lenient.data.too_long = "drop"
+    prep = prepare("sft", lenient, resume=False)
+    source = f"{world}/data/sft_train.jsonl"
+    rep = prep["report"]["sources"][source]
+    n_rows = sum(1 for _ in open(source))
+    assert rep["dropped"]["too_long"] > 0
+    assert rep["records"] == n_rows - rep["dropped"]["too_long"]
+    assert len(rep["too_long"]) >= rep["dropped"]["too_long"]
