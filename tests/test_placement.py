@@ -11,7 +11,7 @@ import ray
 import yaml
 
 from rayrlhf.config.loader import ConfigError, load_config
-from rayrlhf.config.resources import CriticResources, ResourcesSection, RoleResources
+from rayrlhf.config.resources import ResourcesSection, RoleResources
 from rayrlhf.placement import (
     ActorCallError,
     ActorCallTimeout,
@@ -28,8 +28,10 @@ from rayrlhf.placement.cli import PlanConfig
 
 
 def section(rewards=None, **roles) -> ResourcesSection:
-    """Defaults, with the given roles replaced; critic is colocated unless told otherwise."""
-    return ResourcesSection(**{k: (CriticResources if k == "critic" else RoleResources)(**v)
+    """Defaults, with the given roles replaced; the critic shares the trainer's bundles unless
+    a test says otherwise (the common GPU layout)."""
+    roles.setdefault("critic", {"colocate_with": "trainer"})
+    return ResourcesSection(**{k: RoleResources(**v)
                                for k, v in roles.items()},
                             rewards={k: RoleResources(**v) for k, v in (rewards or {}).items()})
 
@@ -114,7 +116,7 @@ def test_resources_section_loads_from_yaml_mapping():
         "critic": {"cpus_per_worker": 0.25},
         "rewards": {"safety": {"gpus_per_worker": 0.5, "strategy": "SPREAD"}}}})
     assert cfg.resources.trainer.num_workers == 2
-    assert cfg.resources.critic.colocate_with == "trainer"  # default kept when other fields are set
+    assert cfg.resources.critic.colocate_with is None  # every role on its own placement group by default
     assert cfg.resources.critic.cpus_per_worker == 0.25
     assert cfg.resources.rewards["safety"] == RoleResources(gpus_per_worker=0.5, strategy="SPREAD")
     typo = r"resources.rewards.safety.num_worker: unknown key; did you mean 'num_workers'"
@@ -345,7 +347,7 @@ def test_plan_cli_places_the_bundles_on_the_cluster(cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     node_id = ray.get_runtime_context().get_node_id()
     assert node_id in out and f"{node_id[:8]}  trainer/0" in out
-    assert "total: 3 placement groups, 3 bundles, 4 actors; CPU 0.2" in out
+    assert "total: 4 placement groups, 4 bundles, 4 actors; CPU 0.2" in out  # one group per role
     leftover = [t for t in ray.util.placement_group_table().values()
                 if t["name"].startswith("rayrlhf-plan-") and t["state"] != "REMOVED"]
     assert not leftover

@@ -12,7 +12,7 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from rayrlhf.config.resources import CriticResources, ResourcesSection, RoleResources
+from rayrlhf.config.resources import ResourcesSection, RoleResources
 from rayrlhf.placement import (
     Probe,
     RayActorGroup,
@@ -40,7 +40,7 @@ def cluster():
 def labelled_plan():
     return plan_placement(ResourcesSection(
         trainer=RoleResources(num_workers=2, gpus_per_worker=1, cpus_per_worker=0.25, node_type="trainer_node"),
-        critic=CriticResources(cpus_per_worker=0.1),
+        critic=RoleResources(cpus_per_worker=0.1, colocate_with="trainer"),
         rollout=RoleResources(num_workers=2, gpus_per_worker=1, cpus_per_worker=0.25, node_type="rollout_node"),
         reference=RoleResources(cpus_per_worker=0.1),
         rewards={"safety": RoleResources(cpus_per_worker=0.1, colocate_with="trainer"),

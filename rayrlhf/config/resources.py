@@ -64,20 +64,12 @@ class RoleResources:
 
 
 @dataclass
-class CriticResources(RoleResources):
-    """The critic's resources: like any role's, but sharing the trainer's bundles by default
-    (also when the config sets only some of its fields)."""
-
-    colocate_with: Optional[str] = "trainer"
-    """Role whose placement group the critic joins; null gives it its own."""
-
-
-@dataclass
 class ResourcesSection:
     trainer: RoleResources = field(default_factory=RoleResources)
     """Policy trainer: num_workers ranks forming one torch.distributed group."""
-    critic: CriticResources = field(default_factory=CriticResources)
-    """Value model; shares the trainer's bundles unless colocate_with is null."""
+    critic: RoleResources = field(default_factory=RoleResources)
+    """Value model; its own placement group unless colocate_with names one (e.g. trainer, to
+    share the trainer's GPUs in fractions)."""
     rollout: RoleResources = field(default_factory=RoleResources)
     """Rollout workers, one vLLM engine each."""
     reference: RoleResources = field(default_factory=RoleResources)
