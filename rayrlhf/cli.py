@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from rayrlhf.config.loader import ConfigError
+from rayrlhf.data.validate import DataValidationError
 
 
 def _stage_parser(sub, name: str, help_text: str):
@@ -74,16 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         return _dispatch(args)
-    except ConfigError as e:
+    except (ConfigError, DataValidationError) as e:
         print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        from rayrlhf.data.validate import DataValidationError
-
-        if isinstance(e, DataValidationError):
-            print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 def _dispatch(args) -> int:

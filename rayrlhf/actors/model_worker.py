@@ -18,7 +18,6 @@ import torch.distributed as dist
 from rayrlhf.algo.kl import kl_penalty
 from rayrlhf.algo.logprobs import token_logprobs
 from rayrlhf.algo.losses import ppo_policy_loss, value_loss
-from rayrlhf.algo.masked import masked_mean
 
 KINDS = ("policy", "critic", "reference")
 

@@ -69,6 +69,7 @@ class PPODriver:
         self.counters = {"async/dropped_samples": 0, "rollout/prompts_used": 0}
         self.gold = {name: _resolve(path) for name, path in roles.gold.items()}
         self.timeout = self.p.call_timeout_s
+        self._order_epoch, self._order = None, None
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt
@@ -79,11 +80,13 @@ class PPODriver:
     def prompt_rows(self, step: int) -> list[int]:
         """Prompts of iteration ``step``: consecutive slices of a seeded order per epoch."""
         n, per = len(self.prompts), self.p.prompts_per_step
-        rows = []
-        for k in range(step * per, (step + 1) * per):
-            epoch, pos = divmod(k, n)
-            rows.append(int(np.random.default_rng([self.cfg.run.seed, epoch]).permutation(n)[pos]))
-        return rows
+        return [int(self._epoch_order(k // n)[k % n]) for k in range(step * per, (step + 1) * per)]
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order = np.random.default_rng([self.cfg.run.seed, epoch]).permutation(len(self.prompts))
+            self._order_epoch = epoch
+        return self._order
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -91,7 +94,7 @@ class PPODriver:
 
         start = self._restore() if resume else 0
         if start == 0:
-            self._sync(initial=True)
+            self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
                                echo=not sys.stderr.isatty())
         # Which prompts each iteration used: the record that no prompt is lost or used twice.
@@ -122,8 +125,9 @@ class PPODriver:
             bar.close()
             logger.close()
             self.ledger.close()
-        self.roles.policy.call("export", os.path.join(self.run_dir, "export"),
-                               {"stage": "ppo", "steps": self.p.total_steps}, ranks=[0])
+        policy0 = self.roles.policy.actors[0]
+        get(policy0.export.remote(os.path.join(self.run_dir, "export"), {"stage": "ppo", "steps": self.p.total_steps}),
+            self.timeout, "policy/0 in phase export")
         summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
         for key in [k for k in summary if k.startswith("eval/")]:
             name = key.split("/", 1)[1]
@@ -247,7 +251,7 @@ class PPODriver:
         return combined, metrics
 
     def _forward(self, group, batch, what: str) -> torch.Tensor:
-        shards = split_rows(batch["input_ids"].shape[0], group.size)
+        shards = split_rows(batch["input_ids"].shape[0], group.world_size)
         parts = [select_rows(batch, rows) for rows in shards]
         refs = [a.forward.remote(part, self.p.forward_micro_batch_size) for a, part in zip(group.actors, parts)]
         outs = get(refs, self.timeout, f"{what} in phase forward")
@@ -261,15 +265,15 @@ class PPODriver:
         n = batch["input_ids"].shape[0]
         G = self.p.global_mini_batch_size
         pol, cri = self.roles.policy, self.roles.critic
-        pol_jobs = [[] for _ in range(pol.size)]
-        cri_jobs = [[] for _ in range(cri.size)]
+        pol_jobs = [[] for _ in range(pol.world_size)]
+        cri_jobs = [[] for _ in range(cri.world_size)]
         tokens = []
         for epoch in range(self.p.ppo_epochs):
             order = np.random.default_rng([self.cfg.run.seed, step, epoch, 7]).permutation(n)
             for start in range(0, n, G):
                 mb = order[start:start + G]
                 tokens.append(float(batch["response_mask"][mb].sum()))
-                for jobs, size in ((pol_jobs, pol.size), (cri_jobs, cri.size)):
+                for jobs, size in ((pol_jobs, pol.world_size), (cri_jobs, cri.world_size)):
                     for rank, part in enumerate(split_rows(len(mb), size)):
                         jobs[rank].append(select_rows(batch, mb[part]))
         refs = []
@@ -278,13 +282,13 @@ class PPODriver:
             refs += [a.update.remote(j, tokens) for a, j in zip(pol.actors, pol_jobs)]
         refs += [a.update.remote(j, tokens) for a, j in zip(cri.actors, cri_jobs)]
         outs = get(refs, self.timeout, "policy and critic in phase update")
-        pol_outs = outs[:pol.size] if train_policy else []
-        cri_outs = outs[len(outs) - cri.size:]
+        pol_outs = outs[:pol.world_size] if train_policy else []
+        cri_outs = outs[len(outs) - cri.world_size:]
         out = {f"actor/{k}": v for k, v in _mean_dicts(pol_outs).items()}
         out.update({f"critic/{k}": v for k, v in _mean_dicts(cri_outs).items()})
         return out
 
-    def _sync(self, initial: bool = False) -> dict:
+    def _sync(self) -> dict:
         policy0 = self.roles.policy.actors[0]
         probe = self.prompt_ids[0] + self.prompt_ids[-1][:8] if self.p.verify_sync else None
         trainer_probe = get(policy0.probe.remote(probe), self.timeout, "policy/0 in phase sync") if probe else None

@@ -19,25 +19,8 @@ from rayrlhf.rollout.common import derive_seed
 from rayrlhf.rollout.worker import RolloutWorker
 
 
-class Group:
-    """An actor group as the driver uses it (actors, size, call on all)."""
-
-    def __init__(self, actor_group):
-        self.inner = actor_group
-        self.actors = list(actor_group.actors)
-        self.size = len(self.actors)
-
-    def call_async(self, method: str, *args, ranks=None, **kwargs) -> list:
-        chosen = range(self.size) if ranks is None else ranks
-        return [getattr(self.actors[r], method).remote(*args, **kwargs) for r in chosen]
-
-    def call(self, method: str, *args, ranks=None, timeout: float = 600.0, **kwargs) -> list:
-        return get(self.call_async(method, *args, ranks=ranks, **kwargs), timeout, f"{method} on {self.inner}")
-
-
 class Roles:
     def __init__(self, cfg, run_name: str):
-        from rayrlhf.config import to_dict
         from rayrlhf.placement import RayActorGroup, create_placement_groups, plan_placement
 
         self.cfg = cfg
@@ -45,17 +28,16 @@ class Roles:
         self.plan = plan_placement(res)
         self.pgs = create_placement_groups(self.plan, run_name, timeout_s=p.call_timeout_s)
         self.run_name = run_name
-        temperature = cfg.rollout.temperature or 1.0
-        common = {"hp_base": {"temperature": temperature, "max_grad_norm": p.max_grad_norm}}
-        policy_hp = dict(common["hp_base"], lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
+        base_hp = {"temperature": cfg.rollout.temperature or 1.0, "max_grad_norm": p.max_grad_norm}
+        policy_hp = dict(base_hp, lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
                          dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
                          entropy_coef=p.entropy_coef)
-        critic_hp = dict(common["hp_base"], lr=p.critic_lr, value_clip=p.value_clip)
+        critic_hp = dict(base_hp, lr=p.critic_lr, value_clip=p.value_clip)
         seed = cfg.run.seed
 
         def group(role, cls, kwargs_of_rank):
-            return Group(RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
-                                       run_name, kwargs_of_rank=kwargs_of_rank))
+            return RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
+                                 run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=p.call_timeout_s)
 
         def model_kwargs(kind, section, hp, world):
             path = section.name_or_path or cfg.policy.name_or_path
@@ -98,7 +80,7 @@ class Roles:
             if isinstance(src, FunctionReward):
                 local[name] = src.score(prompts, texts, meta)
                 continue
-            shards = split_rows(len(texts), src.size)
+            shards = split_rows(len(texts), src.world_size)
             refs[name] = (shards, [a.score.remote([prompts[i] for i in rows], [texts[i] for i in rows])
                                    for a, rows in zip(src.actors, shards)])
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in local.items()}
@@ -113,10 +95,11 @@ class Roles:
                 for w, rows in zip(self.fleet.workers, shards) if rows]
 
     def shutdown(self) -> None:
+        from rayrlhf.placement import RayActorGroup
+
         self.fleet.shutdown()
-        for g in [self.policy, self.critic, self.reference] + [s for s in self.sources.values() if isinstance(s, Group)]:
-            for a in g.actors:
-                ray.kill(a)
+        for g in [self.policy, self.critic, self.reference] + [s for s in self.sources.values() if isinstance(s, RayActorGroup)]:
+            g.kill()
         self.pgs.remove()
 
 
@@ -126,8 +109,8 @@ def _threads(res, role: str) -> int:
     return max(1, int(round(section.cpus_per_worker)))
 
 
-def _join_group(group: Group) -> None:
-    if group.size == 1:
+def _join_group(group) -> None:
+    if group.world_size == 1:
         return
     addr = ray.get(group.actors[0].node_address.remote())
     port = ray.get(group.actors[0].free_port.remote())

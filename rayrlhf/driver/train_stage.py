@@ -68,8 +68,10 @@ def read_data(stage: str, cfg, tokenizer) -> tuple[list, list, dict]:
         raise DataValidationError(problems)
     train, evals = parts["train"], parts["eval"]
     if not evals and d.eval_fraction > 0:
-        evals = [r for r in train if held_out(r, cfg.run.seed, d.eval_fraction)]
-        train = [r for r in train if not held_out(r, cfg.run.seed, d.eval_fraction)]
+        split = {True: [], False: []}
+        for r in train:
+            split[held_out(r, cfg.run.seed, d.eval_fraction)].append(r)
+        evals, train = split[True], split[False]
         report["eval_split"] = f"{len(evals)} of {len(evals) + len(train)} records held out by prompt"
     report.update(train_records=len(train), eval_records=len(evals))
     return train, evals, report

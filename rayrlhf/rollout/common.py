@@ -44,6 +44,14 @@ def check_prompts(prompt_ids: list[list[int]], max_new_tokens: int, max_model_le
             )
 
 
+def start_call(cfg, seeds: SeedCounter, prompt_ids: list[list[int]], n: int | None,
+               seed: int | None) -> tuple[int, int]:
+    """What every backend's ``generate`` does first: samples per prompt, prompt checks, and the
+    call's seed (drawn even for an empty call, so the seed sequence does not depend on it)."""
+    check_prompts(prompt_ids, cfg.max_new_tokens, cfg.max_model_len)
+    return n or cfg.n_samples, seeds.next(seed)
+
+
 def complete_tied_weights(named_tensors: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
     """Add ``lm_head.weight`` from the input embedding when the model ties them and it is absent.
 

@@ -10,7 +10,7 @@ import time
 import torch
 
 from rayrlhf.rollout.checksum import weights_checksum
-from rayrlhf.rollout.common import SeedCounter, check_prompts, complete_tied_weights, nbytes
+from rayrlhf.rollout.common import SeedCounter, complete_tied_weights, nbytes, start_call
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.types import Sample
 
@@ -53,9 +53,7 @@ class HFBackend:
     def generate(self, prompt_ids: list[list[int]], n: int | None = None,
                  seed: int | None = None) -> list[Sample]:
         cfg = self.cfg
-        n = n or cfg.n_samples
-        check_prompts(prompt_ids, cfg.max_new_tokens, cfg.max_model_len)
-        seed = self._seeds.next(seed)
+        n, seed = start_call(cfg, self._seeds, prompt_ids, n, seed)
         if not prompt_ids:
             return []
         # Left padding so every row's next token is at the last column; generate derives

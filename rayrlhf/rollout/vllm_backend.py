@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from rayrlhf.rollout.checksum import weights_checksum
-from rayrlhf.rollout.common import SeedCounter, check_prompts, complete_tied_weights, derive_seed, nbytes
+from rayrlhf.rollout.common import SeedCounter, complete_tied_weights, derive_seed, nbytes, start_call
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.types import Sample
 
@@ -89,9 +89,7 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         cfg = self.cfg
-        n = n or cfg.n_samples
-        check_prompts(prompt_ids, cfg.max_new_tokens, cfg.max_model_len)
-        seed = self._seeds.next(seed)
+        n, seed = start_call(cfg, self._seeds, prompt_ids, n, seed)
         if not prompt_ids:
             return []
         # Greedy samples are all the same and vLLM refuses n > 1 for them: decode once, copy.
