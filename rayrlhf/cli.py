@@ -1,17 +1,23 @@
 """The `rayrlhf` command.
 
     rayrlhf pipeline --config jobs/toyworld_quickstart.yaml      # stages in order, restartable
+    rayrlhf report runs/quickstart                               # index.html + plots of a run
     rayrlhf sft --config jobs/toyworld_sft.yaml train.lr=1e-4    # one stage, dotted overrides
     rayrlhf rm --config jobs/toyworld_rm_helpfulness.yaml --resume
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
+    rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
+    rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
     rayrlhf plan --config jobs/toyworld_ppo.yaml                 # which actor runs where
     rayrlhf submit --address http://127.0.0.1:8265 --config F    # as a Ray job
+    rayrlhf scale --run NAME --rollout-workers 4                 # resize a going run's rollout fleet
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from rayrlhf.config.loader import ConfigError
@@ -32,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
     _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
     _stage_parser(sub, "ppo", "PPO with a critic, GAE and a KL penalty, on Ray actors")
+    _stage_parser(sub, "rs", "best-of-K rejection sampling in rounds, fine-tuning on the kept samples")
+    p = sub.add_parser("best-of-k", help="score K samples per prompt and keep the best; trains nothing")
+    p.add_argument("--config", required=True, help="YAML config (the rs config: policy, data, rewards, rs.k)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rs.k=16")
     p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
     p.add_argument("--config", required=True)
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run")
+    p.add_argument("run_dir", help="the pipeline's run folder, e.g. runs/quickstart")
+    p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
     p = sub.add_parser("toyworld", help="write the toyworld task's data, tokenizer and tiny base model")
     p.add_argument("--config", default=None)
     p.add_argument("--out", default=None)
@@ -46,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("job", help="status, logs, stop of submitted jobs: rayrlhf job status ID", add_help=False)
     sub.add_parser("bench", help="throughput ratios (async/sync, vLLM/HF, sync share) as JSON", add_help=False)
+    sub.add_parser("scale", help="add or remove rollout workers of a going run: rayrlhf scale --run NAME "
+                   "--rollout-workers N", add_help=False)
     return parser
 
 
@@ -65,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
         return bench_main(argv[1:])
+    if argv[:1] == ["scale"]:
+        from rayrlhf.driver.controller import scale_main
+
+        return scale_main(argv[1:])
     if argv[:1] in (["submit"], ["job"]):
         from rayrlhf.jobs import main as jobs_main
 
@@ -96,6 +115,26 @@ def _dispatch(args) -> int:
 
         cfg = load_config(PPOConfig, args.config, args.overrides)
         print_summary("ppo", run_ppo(cfg, resume=args.resume))
+        return 0
+    if args.command in ("rs", "best-of-k"):
+        from rayrlhf.config.rs import RSConfig
+        from rayrlhf.driver.rs_stage import run_best_of_k, run_rs
+        from rayrlhf.driver.train_stage import print_summary
+
+        cfg = load_config(RSConfig, args.config, args.overrides)
+        if args.command == "rs":
+            print_summary("rs", run_rs(cfg, resume=args.resume))
+        else:
+            summary = run_best_of_k(cfg)
+            print(json.dumps(summary, indent=1))
+        return 0
+    if args.command == "report":
+        from rayrlhf.report import write_report
+
+        if not os.path.isdir(args.run_dir):
+            print(f"rayrlhf report: no run folder {args.run_dir}", file=sys.stderr)
+            return 2
+        print(write_report(args.run_dir, args.out))
         return 0
     if args.command == "pipeline":
         from rayrlhf.driver.pipeline import run_pipeline

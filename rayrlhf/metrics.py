@@ -1,4 +1,6 @@
-"""One flat dict of namespaced metrics per step, to the console, metrics.jsonl and TensorBoard.
+"""One flat dict of namespaced metrics per step, to the console, metrics.jsonl and TensorBoard,
+and as Ray gauges to the Ray dashboard and Prometheus (``rayrlhf.telemetry``); to Weights &
+Biases too when the run names a W&B project (``run.wandb_project``).
 
 Keys are namespaced by slash: ``train/loss``, ``eval/ppl``, ``timing/step``. On resume, lines
 past the checkpoint's step are dropped first, so the file reads as one uninterrupted run.
@@ -9,6 +11,8 @@ import json
 import math
 import os
 import sys
+
+from rayrlhf.telemetry import RayMetrics, as_number
 
 
 def _clean(v):
@@ -21,8 +25,15 @@ def _clean(v):
 
 class MetricsLogger:
     def __init__(self, run_dir: str, resume_step: int | None = None, tensorboard: bool = True, echo: bool = True,
-                 filename: str = "metrics.jsonl"):
+                 filename: str = "metrics.jsonl", publish: bool = True, run_name: str | None = None,
+                 wandb_project: str | None = None):
+        """``publish``: mirror each step into Ray gauges tagged ``run=<run_name>`` (the run folder's
+        name by default; nothing happens outside Ray). ``wandb_project``: log to that W&B project
+        as well; an error names ``pip install wandb`` when wandb is missing."""
         os.makedirs(run_dir, exist_ok=True)
+        self.run_name = run_name or os.path.basename(os.path.normpath(run_dir))
+        self._wandb = start_wandb(wandb_project, self.run_name, run_dir) if wandb_project else None
+        self._ray = RayMetrics(self.run_name) if publish else None
         self.path = os.path.join(run_dir, filename)
         self.echo = echo
         if resume_step is not None:
@@ -61,6 +72,10 @@ class MetricsLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
+        if self._ray is not None:
+            self._ray.publish(metrics)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step" and as_number(v) is not None}, step=step)
         if self.echo:
             # A plain write: Ray Train patches print() in workers and would echo each line twice.
             sys.stdout.write(format_metrics(step, metrics) + "\n")
@@ -70,6 +85,18 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def start_wandb(project: str, run_name: str, run_dir: str):
+    """A W&B run in ``project`` named after the run, its files under the run folder."""
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError(f"run.wandb_project is {project!r} but wandb is not installed: pip install wandb "
+                           "(or leave run.wandb_project unset)") from None
+    return wandb.init(project=project, name=run_name, dir=run_dir)
 
 
 def format_metrics(step: int, metrics: dict, limit: int = 8) -> str:

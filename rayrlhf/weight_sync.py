@@ -10,6 +10,8 @@ the same bucket layout from the metadata (names, shapes, dtypes) sent once throu
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from datetime import timedelta
 
 import torch
@@ -52,10 +54,29 @@ def _numel(shape) -> int:
 def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0):
     """A process group of its own (not the default one): rank 0 hosts the store."""
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(addr, port, world, rank == 0, timeout=timeout)
+    store = make_store(addr, port, world, rank == 0, timeout)
     if backend == "nccl":
         return dist.ProcessGroupNCCL(store, rank, world)
     return dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+def make_store(addr: str, port: int, world: int, is_master: bool, timeout: timedelta) -> dist.TCPStore:
+    """A TCPStore at addr:port. Torch's server listens on every interface; on a loopback
+    address (a local cluster) the master listens on that address only."""
+    if not (is_master and _is_loopback(addr)):
+        return dist.TCPStore(addr, port, world, is_master, timeout=timeout)
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((addr, port))
+    sock.listen(128)
+    return dist.TCPStore(addr, port, world, True, timeout=timeout, master_listen_fd=sock.detach())
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
 
 
 def send(group, named_tensors: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:

@@ -1,7 +1,8 @@
 """One actor class for every model role that runs forward passes on rollout batches.
 
 ``kind`` selects the model and what ``update`` optimises:
-  policy     causal LM; logprobs; clipped PPO policy loss (trainable, a DDP group of N)
+  policy     causal LM; logprobs; clipped PPO policy loss, or with hp objective=sft the NLL of
+             kept samples (rejection sampling) (trainable, a DDP group of N)
   critic     scalar head on every token; values; clipped value loss (trainable)
   reference  the frozen initial policy; logprobs for the KL term (and DPO)
 The algorithm itself (losses, GAE, KL) lives in ``rayrlhf.algo``; this class only moves
@@ -72,9 +73,14 @@ class ModelWorker:
         is its own process, so the default group is this role's group."""
         if self.world == 1:
             return True
+        from datetime import timedelta
+
+        from rayrlhf.weight_sync import make_store
+
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
-                                world_size=self.world)
+        # Our own store, so that on a local cluster rank 0 listens on loopback only.
+        store = make_store(master_addr, master_port, self.world, self.rank == 0, timedelta(minutes=10))
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
         from torch.nn.parallel import DistributedDataParallel
 
         self.ddp = DistributedDataParallel(self.model)
@@ -148,6 +154,12 @@ class ModelWorker:
 
     def _loss(self, model, mb: dict, n_tok: float):
         mask = mb["response_mask"]
+        if self.hp.get("objective") == "sft":
+            # Rejection-sampling fine-tuning (Llama 2, 3.2.3): the NLL of the kept responses at
+            # temperature 1, prompt tokens masked, normalised by the global token count.
+            logprobs = token_logprobs(self._logits(model, mb, 1.0), mb["input_ids"])
+            loss = -(logprobs * mask).sum() / n_tok
+            return loss, {"nll": float(loss.detach()) * self.world}
         if self.kind == "critic":
             values = self._values(model, mb)
             loss, stats = value_loss(values, mb["values"], mb["returns"], mask, clip_range=self.hp.get("value_clip"),

@@ -71,7 +71,7 @@ def analytic_best_of_k_kl(k: int) -> float:
     return math.log(k) - (k - 1) / k
 
 
-def expected_best_of_k(rewards: torch.Tensor, k: int) -> torch.Tensor:
+def expected_best_of_k(rewards: torch.Tensor, k: int, values: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased estimate of E[max of k draws] from n >= k samples per prompt.
 
     With the n samples sorted ascending, r_(1) <= ... <= r_(n), the fraction of the C(n, k)
@@ -79,17 +79,27 @@ def expected_best_of_k(rewards: torch.Tensor, k: int) -> torch.Tensor:
     E[max_k] ~ sum_i C(i - 1, k - 1) / C(n, k) * r_(i) (Nakano et al. 2021, WebGPT,
     appendix on best-of-n). One set of n samples thus gives the best-of-k curve for k = 1..n.
 
+    With ``values`` (e.g. the gold reward of each sample), the same weights give the expected
+    value of the sample that ``rewards`` selects: E[v(argmax_k r)], the gold curve of Gao et
+    al. 2022 beside the proxy curve. Ties in ``rewards`` keep index order.
+
     Args:
         rewards: n scored samples for each of N prompts. Shape: (N, n).
         k: Number of draws, 1 <= k <= n.
+        values: Optional value of each sample to read at the selected one. Shape: (N, n).
 
     Returns:
-        Estimated expected best-of-k reward per prompt. Shape: (N,).
+        Estimated expected best-of-k reward (or value of the best-of-k sample) per prompt.
+        Shape: (N,).
     """
     n = rewards.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
-    sorted_rewards = torch.sort(rewards.detach().double(), dim=1).values  # (N, n), ascending
+    order = torch.sort(rewards.detach().double(), dim=1, stable=True).indices  # (N, n), ascending
+    source = rewards if values is None else values
+    if source.shape != rewards.shape:
+        raise ValueError(f"values must have the shape of rewards {tuple(rewards.shape)}, got {tuple(source.shape)}")
+    sorted_values = torch.gather(source.detach().double(), 1, order)  # (N, n)
     total = math.comb(n, k)
     # Python integers keep the binomials exact before the division.
     weights = torch.tensor(
@@ -97,5 +107,5 @@ def expected_best_of_k(rewards: torch.Tensor, k: int) -> torch.Tensor:
         dtype=torch.float64,
         device=rewards.device,
     )  # (n,), sums to 1
-    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
-    return (sorted_rewards @ weights).to(out_dtype)
+    out_dtype = source.dtype if source.is_floating_point() else torch.float32
+    return (sorted_values @ weights).to(out_dtype)

@@ -195,24 +195,7 @@ class PPOConfig:
     run: RunSection = field(default_factory=RunSection)
 
     def validate(self) -> list[str]:
-        out = []
-        if not self.rewards:
-            out.append("rewards: at least one reward source is required")
-        names = [r.name for r in self.rewards]
-        if len(set(names)) != len(names):
-            out.append(f"rewards: names must be unique, got {names}")
-        if self.combine.method == "llama2_gate":
-            for key in (self.combine.helpful_key, self.combine.safety_key):
-                if key not in names:
-                    out.append(f"combine.{'helpful_key' if key == self.combine.helpful_key else 'safety_key'}: "
-                               f"{key!r} is not a reward source (sources: {names})")
-        for r in self.rewards:
-            if r.model and r.name not in self.resources.rewards:
-                out.append(f"resources.rewards.{r.name}: missing: reward model {r.name!r} needs its resources "
-                           f"(e.g. resources.rewards.{r.name}: {{num_workers: 1, cpus_per_worker: 1}})")
-        for k in self.combine.weights:
-            if k not in names:
-                out.append(f"combine.weights: {k!r} is not a reward source (sources: {names})")
+        out = check_reward_sources(self.rewards, self.combine, self.resources)
         trainers = self.resources.trainer.num_workers
         if self.ppo.global_mini_batch_size % trainers:
             out.append(f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size}) must be a multiple of "
@@ -222,3 +205,26 @@ class PPOConfig:
             out.append(f"prompts_per_step x rollout.n_samples ({total}) must be a multiple of "
                        f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size})")
         return out
+
+
+def check_reward_sources(rewards: list[RewardSourceSection], combine: CombineSection,
+                         resources: ResourcesSection) -> list[str]:
+    """What PPO, rejection sampling and best-of-K ask of their reward sources."""
+    out = []
+    if not rewards:
+        out.append("rewards: at least one reward source is required")
+    names = [r.name for r in rewards]
+    if len(set(names)) != len(names):
+        out.append(f"rewards: names must be unique, got {names}")
+    if combine.method == "llama2_gate":
+        for field_name, key in (("helpful_key", combine.helpful_key), ("safety_key", combine.safety_key)):
+            if key not in names:
+                out.append(f"combine.{field_name}: {key!r} is not a reward source (sources: {names})")
+    for r in rewards:
+        if r.model and r.name not in resources.rewards:
+            out.append(f"resources.rewards.{r.name}: missing: reward model {r.name!r} needs its resources "
+                       f"(e.g. resources.rewards.{r.name}: {{num_workers: 1, cpus_per_worker: 1}})")
+    for k in combine.weights:
+        if k not in names:
+            out.append(f"combine.weights: {k!r} is not a reward source (sources: {names})")
+    return out

@@ -6,6 +6,7 @@ through the model at once. Gradient accumulation is derived from the two.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -21,9 +22,16 @@ class RunSection:
     --resume continues that run."""
     seed: int = 0
     """Seed for model init, data order and sampling; with the same seed a run repeats exactly."""
+    wandb_project: Optional[str] = None
+    """A Weights & Biases project to log every step's metrics to as well (needs
+    `pip install wandb`); unset, metrics go to the run folder and the Ray dashboard only."""
 
     def validate(self) -> list[str]:
-        return [] if self.output_dir else ["output_dir: must not be empty"]
+        problems = [] if self.output_dir else ["output_dir: must not be empty"]
+        if self.wandb_project and importlib.util.find_spec("wandb") is None:
+            problems.append(f"wandb_project: {self.wandb_project!r} needs wandb, which is not installed: "
+                            "pip install wandb, or leave wandb_project unset")
+        return problems
 
 
 @dataclass

@@ -1,17 +1,25 @@
 """The rollout fleet as the driver sees it: a bounded queue of generation jobs, verified
-weight syncs, and replacement of dead workers without losing or repeating a prompt.
+weight syncs, replacement of dead workers without losing or repeating a prompt, and workers
+added or removed while a run goes.
 
-A job is one iteration's prompts, split into contiguous shards, one shard per worker, each
-with a seed derived from (run seed, iteration, shard start). A shard whose worker died is
-re-sent, with the same seed, to its replacement, so the samples are the ones the dead
-worker would have produced. Ray runs an actor's calls in the order they were sent, so a
-generate call sent before a weight sync samples with the weights it was sent under: that
-version is recorded with the job.
+A job is one iteration's prompts, split into contiguous shards, one shard per serving worker,
+each with a seed derived from (run seed, iteration, shard start). A job remembers the worker
+of each shard. A shard whose worker died is re-sent, with the same seed, to its replacement, so
+the samples are the ones the dead worker would have produced. Ray runs an actor's calls in the
+order they were sent, so a generate call sent before a weight sync samples with the weights it
+was sent under: that version is recorded with the job.
+
+Scaling (``resize``, then ``poll_scaling`` once per iteration) never waits for capacity. A
+worker joins in steps: room (its placement group, which an autoscaler may take minutes to
+provide) -> actor starting -> the current weights loaded and verified (checksum and probe) ->
+serving. A worker that leaves gets no new shard from then on, is killed only once every job
+already sent to it has been collected, and is never replaced.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -19,6 +27,8 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from rayrlhf.actors.batch import split_rows
 from rayrlhf.rollout.checksum import probe_matches
 from rayrlhf.rollout.common import derive_seed
+
+PLACING, STARTING, SERVING, DRAINING = "placing", "starting", "serving", "draining"
 
 
 class SyncMismatchError(RuntimeError):
@@ -37,94 +47,242 @@ def get(refs, timeout: float, what: str):
         raise PhaseTimeout(f"{what} did not answer within {timeout:.0f} s (ppo.call_timeout_s)") from None
 
 
+@dataclass(eq=False)
+class Worker:
+    """One rollout actor as the fleet tracks it; a replacement is a new Worker of the same rank."""
+
+    rank: int
+    actor: Any = None
+    state: str = SERVING  # placing -> starting -> serving -> draining
+    started: Any = None  # the ready() call of an actor that is starting
+
+    @property
+    def name(self) -> str:
+        return f"rollout/{self.rank}"
+
+
 @dataclass
 class GenJob:
     step: int
     prompt_rows: list[int]  # indices into the prompt dataset
     prompt_ids: list[list[int]]
     version: int
+    n: int = 1  # samples per prompt
     shards: list[list[int]] = field(default_factory=list)  # positions within prompt_rows
+    workers: list[Worker] = field(default_factory=list)  # the worker of each shard
     refs: list = field(default_factory=list)
     submitted: float = 0.0
 
 
 class RolloutFleet:
-    def __init__(self, make_worker, num_workers: int, n_samples: int, seed: int, timeout: float, max_restarts: int):
-        """``make_worker(rank)`` creates (or re-creates) the actor of that rank."""
-        self.make_worker = make_worker
-        self.workers = [make_worker(r) for r in range(num_workers)]
+    def __init__(self, make_worker, num_workers: int, n_samples: int, seed: int, timeout: float, max_restarts: int,
+                 placement=None):
+        """``make_worker(rank)`` creates (or re-creates) the actor of that rank. ``placement``
+        (an ``ActorFactory``) makes room for ranks beyond the first ``num_workers`` when the fleet
+        grows; without it ``make_worker`` places every rank itself."""
+        self.make_worker, self.placement = make_worker, placement
+        self.members = [Worker(r, make_worker(r)) for r in range(num_workers)]
+        self.target = num_workers
         self.n, self.seed, self.timeout, self.max_restarts = n_samples, seed, timeout, max_restarts
         self.restarts = 0
         self.version = 0
         self._weights = None  # (ref, checksum, version) of the last sync, for replacements
+        self._probe = None  # (probe ids, trainer logprobs, atol) of the last verified sync
         self._broadcast = None  # (trainer actor, backend) once a broadcast group exists
+        self._open: list[GenJob] = []  # submitted, not collected yet
+
+    @property
+    def workers(self) -> list:
+        """The actors that get shards, by rank."""
+        return [m.actor for m in self._serving()]
+
+    def _serving(self) -> list[Worker]:
+        return [m for m in self.members if m.state == SERVING]
+
+    def _live(self) -> list[Worker]:
+        """Workers that take weight syncs: serving ones, and leaving ones until they are gone
+        (their queued calls run first, and a broadcast group needs every member)."""
+        return [m for m in self.members if m.state in (SERVING, DRAINING)]
 
     def wait_ready(self) -> list[dict]:
-        return get([w.ready.remote() for w in self.workers], self.timeout, "rollout workers starting")
+        return get([m.actor.ready.remote() for m in self.members], self.timeout, "rollout workers starting")
 
     # -- generation ------------------------------------------------------------------------------
-    def submit(self, step: int, prompt_rows: list[int], prompt_ids: list[list[int]]) -> GenJob:
-        job = GenJob(step, prompt_rows, prompt_ids, self.version, split_rows(len(prompt_rows), len(self.workers)),
-                     submitted=time.perf_counter())
-        job.refs = [self._send(rank, job) for rank in range(len(self.workers))]
+    def submit(self, step: int, prompt_rows: list[int], prompt_ids: list[list[int]], n: int | None = None) -> GenJob:
+        """Send one job's prompts to the serving workers; ``n`` samples each (default: the fleet's)."""
+        serving = self._serving()
+        job = GenJob(step, prompt_rows, prompt_ids, self.version, n or self.n,
+                     split_rows(len(prompt_rows), len(serving)), serving, submitted=time.perf_counter())
+        job.refs = [self._send(job, i) for i in range(len(serving))]
+        self._open.append(job)
         return job
 
-    def _send(self, rank: int, job: GenJob):
-        shard = job.shards[rank]
+    def _send(self, job: GenJob, i: int):
+        shard = job.shards[i]
         if not shard:
             return None
-        ids = [job.prompt_ids[i] for i in shard]
+        ids = [job.prompt_ids[p] for p in shard]
         seed = derive_seed(self.seed, job.step, shard[0])
-        return self.workers[rank].generate.remote(ids, n=self.n, seed=seed)
+        return job.workers[i].actor.generate.remote(ids, n=job.n, seed=seed)
 
     def collect(self, job: GenJob) -> tuple[list, dict]:
         """Samples of every prompt in order (prompt, then sample), replacing dead workers."""
-        out: list = [None] * len(job.shards)
-        pending = {rank for rank, ref in enumerate(job.refs) if ref is not None}
-        for rank in range(len(job.shards)):
-            if job.refs[rank] is None:
-                out[rank] = []
-        while pending:
-            rank = min(pending)
-            try:
-                out[rank] = get(job.refs[rank], self.timeout, f"rollout/{rank} in phase generate")
-                pending.discard(rank)
-            except RayActorError:
-                self._replace(rank)
-                job.refs[rank] = self._send(rank, job)
-        samples = []
-        for rank, shard in enumerate(job.shards):
-            for s in out[rank]:
+        out: list = []
+        for i, shard in enumerate(job.shards):
+            part = [] if job.refs[i] is None else None
+            while part is None:
+                try:
+                    part = get(job.refs[i], self.timeout, f"{job.workers[i].name} in phase generate")
+                except RayActorError:
+                    job.workers[i] = self._takeover(job.workers[i])
+                    job.refs[i] = self._send(job, i)
+            for s in part:
                 s.prompt_index = shard[s.prompt_index]
-                samples.append(s)
-        return samples, {"async/wait_seconds": time.perf_counter() - job.submitted}
+                out.append(s)
+        if job in self._open:
+            self._open.remove(job)
+        return out, {"async/wait_seconds": time.perf_counter() - job.submitted}
 
-    def _replace(self, rank: int) -> None:
+    def _takeover(self, dead: Worker) -> Worker:
+        """The serving worker that redoes the shards of ``dead``: its replacement, unless it was
+        leaving anyway (then the first serving worker, with the same seeds)."""
+        if dead in self.members and dead.state == SERVING:
+            return self._replace(dead)
+        if dead in self.members:
+            self._remove(dead)
+        same = [m for m in self._serving() if m.rank == dead.rank]
+        return same[0] if same else self._serving()[0]
+
+    def _replace(self, dead: Worker) -> Worker:
         self.restarts += 1
         if self.restarts > self.max_restarts:
-            raise RuntimeError(f"rollout/{rank} died and {self.max_restarts} replacements are used up "
+            raise RuntimeError(f"{dead.name} died and {self.max_restarts} replacements are used up "
                                "(ppo.max_worker_restarts)")
-        print(f"[rayrlhf] rollout/{rank} died; starting a replacement ({self.restarts}/{self.max_restarts})",
+        print(f"[rayrlhf] {dead.name} died; starting a replacement ({self.restarts}/{self.max_restarts})",
               flush=True)
-        try:
-            ray.kill(self.workers[rank])
-        except Exception:
-            pass
-        self.workers[rank] = self.make_worker(rank)
-        get(self.workers[rank].ready.remote(), self.timeout, f"rollout/{rank} starting")
-        if self._broadcast is not None:
-            # A collective group has a fixed membership: the replacement gets the current
-            # weights through the object store, then everyone forms a new group.
-            trainer, backend = self._broadcast
-            ref, checksum_ref = trainer.named_weights_and_checksum.options(num_returns=2).remote()
-            self._weights = (ref, get(checksum_ref, self.timeout, "policy/0 in phase sync"), self.version)
-        if self._weights is not None:
-            ref, checksum, version = self._weights
-            reports = get([self.workers[rank].load_weights.remote(ref, version)], self.timeout,
-                          f"rollout/{rank} in phase sync")
-            check_checksums(checksum, reports, [rank])
+        _kill(dead.actor)
+        new = Worker(dead.rank, self.make_worker(dead.rank), STARTING)
+        self.members[self.members.index(dead)] = new
+        get(new.actor.ready.remote(), self.timeout, f"{new.name} starting")
+        self._admit(new)
+        return new
+
+    def _admit(self, w: Worker) -> None:
+        """Give a started worker the weights the others serve, verify them (checksum, probe),
+        and only then let it take shards; a broadcast group is rebuilt to include it."""
+        weights = self._current_weights()
+        if weights is not None:
+            ref, checksum, version = weights
+            reports = get([w.actor.load_weights.remote(ref, version)], self.timeout, f"{w.name} in phase sync")
+            check_checksums(checksum, reports, [w.rank])
+            if self._probe is not None:
+                ids, trainer_probe, atol = self._probe
+                if self._broadcast is not None:  # the trainer's weights of right now, as loaded
+                    trainer_probe = get(self._broadcast[0].probe.remote(ids), self.timeout, "policy/0 in phase sync")
+                got = get(w.actor.probe_logprobs.remote(ids), self.timeout, f"{w.name} in phase sync verification")
+                check_probe(w.rank, trainer_probe, got, atol, version)
+        w.state = SERVING
         if self._broadcast is not None:
             self.setup_broadcast(*self._broadcast)
+
+    def _current_weights(self):
+        """(ref, checksum, version) of what the serving workers hold; None before any sync."""
+        if self._broadcast is None:
+            return self._weights
+        # A broadcast reaches a fixed group: a newcomer gets the trainer's weights through the
+        # object store, then everyone forms a new group.
+        trainer, _ = self._broadcast
+        ref, checksum_ref = trainer.named_weights_and_checksum.options(num_returns=2).remote()
+        return ref, get(checksum_ref, self.timeout, "policy/0 in phase sync"), self.version
+
+    # -- scaling -------------------------------------------------------------------------------------
+    def resize(self, n: int) -> None:
+        """Ask for ``n`` serving workers; ``poll_scaling`` gets there without blocking the run."""
+        if n < 1:
+            raise ValueError(f"a rollout fleet needs at least 1 worker, got {n}")
+        self.target = n
+
+    def poll_scaling(self) -> dict:
+        """One step toward ``target``, at an iteration boundary: mark workers to leave (or take
+        them back), kill those whose jobs are all collected, ask for room for new ones, start
+        those whose room is ready, admit those that started. Waits for nothing but the weight
+        load and check of a worker that is ready to join."""
+        self._shrink()
+        self._retire_drained()
+        self._grow()
+        for w in [m for m in self.members if m.state in (PLACING, STARTING)]:
+            self._advance(w)
+        return self.scaling_metrics()
+
+    def scaling_metrics(self) -> dict:
+        count = {s: sum(m.state == s for m in self.members) for s in (PLACING, STARTING, SERVING, DRAINING)}
+        return {"rollout/workers": float(count[SERVING]),
+                "rollout/workers_pending": float(count[PLACING] + count[STARTING]),
+                "rollout/workers_draining": float(count[DRAINING]), "rollout/workers_target": float(self.target)}
+
+    def _shrink(self) -> None:
+        """Cancel joining workers (newest first), then stop giving shards to the highest ranks."""
+        joining = [m for m in self.members if m.state in (PLACING, STARTING)]
+        while joining and len(self._serving()) + len(joining) > self.target:
+            self._remove(joining.pop())
+        for w in self._serving()[self.target:][::-1]:
+            w.state = DRAINING
+            print(f"[rayrlhf] {w.name} leaves: no new shards; killed once its jobs are collected", flush=True)
+
+    def _grow(self) -> None:
+        """Take back leaving workers first (they hold the current weights), then ask for room."""
+        missing = self.target - len(self._serving()) - sum(m.state in (PLACING, STARTING) for m in self.members)
+        for w in [m for m in self.members if m.state == DRAINING][:max(missing, 0)]:
+            w.state = SERVING
+            missing -= 1
+        used = {m.rank for m in self.members}
+        rank = 0
+        while missing > 0:
+            while rank in used:
+                rank += 1
+            if self.placement is not None:
+                self.placement.request(rank)
+            self.members.append(Worker(rank, state=PLACING))
+            self.members.sort(key=lambda m: m.rank)
+            used.add(rank)
+            missing -= 1
+
+    def _advance(self, w: Worker) -> None:
+        if w.state == PLACING and (self.placement is None or self.placement.has_room(w.rank)):
+            w.actor, w.state = self.make_worker(w.rank), STARTING
+            w.started = w.actor.ready.remote()
+        if w.state == STARTING and ray.wait([w.started], timeout=0)[0]:
+            try:
+                ray.get(w.started)
+            except RayActorError as e:
+                self._failed_start(w, e)
+                return
+            self._admit(w)
+            print(f"[rayrlhf] {w.name} joined, serving version {self.version} (verified)", flush=True)
+
+    def _failed_start(self, w: Worker, error: Exception) -> None:
+        """A worker that died while starting is started again (counted as a restart)."""
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise RuntimeError(f"{w.name} died while starting and {self.max_restarts} restarts are used up "
+                               f"(ppo.max_worker_restarts): {error}")
+        _kill(w.actor)
+        w.actor, w.started, w.state = None, None, PLACING
+
+    def _retire_drained(self) -> None:
+        """Kill leaving workers that no uncollected job still needs, and give back their room."""
+        busy = {id(w) for job in self._open for w in job.workers}
+        for w in [m for m in self.members if m.state == DRAINING and id(m) not in busy]:
+            self._remove(w)
+            print(f"[rayrlhf] {w.name} left after its last job was collected", flush=True)
+            if self._broadcast is not None:
+                self.setup_broadcast(*self._broadcast)
+
+    def _remove(self, w: Worker) -> None:
+        self.members.remove(w)
+        _kill(w.actor)
+        if self.placement is not None and not any(m.rank == w.rank for m in self.members):
+            self.placement.release(w.rank)
 
     # -- weights -----------------------------------------------------------------------------------
     def sync(self, weights_ref, checksum: str, version: int, probe_ids: list[int] | None = None,
@@ -140,12 +298,13 @@ class RolloutFleet:
         return self._broadcast is not None
 
     def setup_broadcast(self, trainer, backend: str) -> None:
-        """A collective group: trainer rank 0 plus every worker (NCCL on GPUs, gloo on CPU)."""
+        """A collective group: trainer rank 0 plus every live worker (NCCL on GPUs, gloo on CPU)."""
         addr = get(trainer.node_address.remote(), self.timeout, "policy/0 in phase broadcast setup")
         port = get(trainer.free_port.remote(), self.timeout, "policy/0 in phase broadcast setup")
-        world = len(self.workers) + 1
+        live = self._live()
+        world = len(live) + 1
         refs = [trainer.join_broadcast.remote(addr, port, world, backend)]
-        refs += [w.join_broadcast.remote(addr, port, rank + 1, world, backend) for rank, w in enumerate(self.workers)]
+        refs += [m.actor.join_broadcast.remote(addr, port, rank + 1, world, backend) for rank, m in enumerate(live)]
         get(refs, self.timeout, "policy/0 and rollout workers in phase broadcast setup")
         self._broadcast = (trainer, backend)
 
@@ -156,52 +315,59 @@ class RolloutFleet:
         t0 = time.perf_counter()
         meta, checksum = get(trainer.weights_meta_and_checksum.remote(), self.timeout, "policy/0 in phase sync")
         sent = trainer.broadcast_weights.remote(bucket_bytes)
-        recv = [w.receive_weights.remote(meta, version, bucket_bytes) for w in self.workers]
-        reports = get(recv, self.timeout, "rollout workers in phase sync (broadcast)")
+        live = self._live()
+        recv = [m.actor.receive_weights.remote(meta, version, bucket_bytes) for m in live]
+        reports = dict(zip(live, get(recv, self.timeout, "rollout workers in phase sync (broadcast)")))
         get(sent, self.timeout, "policy/0 in phase sync (broadcast)")
         self._weights = None
         return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
 
-    def _verify(self, reports, checksum, version, probe_ids, trainer_probe, atol, t0) -> dict:
-        check_checksums(checksum, reports, list(range(len(self.workers))))
-        metrics = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(reports[0].get("bytes", 0)),
-                   "sync/worker_load_seconds": max(r.get("seconds", 0.0) for r in reports)}
+    def _verify(self, reports: dict, checksum, version, probe_ids, trainer_probe, atol, t0) -> dict:
+        check_checksums(checksum, list(reports.values()), [m.rank for m in reports])
+        first = next(iter(reports.values()))
+        metrics = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(first.get("bytes", 0)),
+                   "sync/worker_load_seconds": max(r.get("seconds", 0.0) for r in reports.values())}
         if probe_ids is not None and trainer_probe is not None:
+            self._probe = (probe_ids, trainer_probe, atol)  # before probing: a replacement is checked against it
             probes = self._all("probe_logprobs", "sync verification", probe_ids)
-            worst = 0.0
-            for rank, p in enumerate(probes):
-                ok, diff = probe_matches(trainer_probe, p, atol)
-                worst = max(worst, diff)
-                if not ok:
-                    raise SyncMismatchError(
-                        f"rollout/{rank} serves other weights than the trainer after sync to version {version}: "
-                        f"probe logprobs differ by {diff:.3g} (> {atol}); tied embeddings or a dtype mismatch "
-                        "are the usual causes")
-            metrics["sync/probe_max_diff"] = worst
+            metrics["sync/probe_max_diff"] = max(check_probe(m.rank, trainer_probe, p, atol, version)
+                                                 for m, p in probes.items())
         self.version = version
         metrics["sync/total_seconds"] = time.perf_counter() - t0
         return metrics
 
-    def _all(self, method: str, phase: str, *args):
-        """Call ``method`` on every worker; a dead worker is replaced and asked again."""
-        results = [None] * len(self.workers)
-        todo = set(range(len(self.workers)))
+    def _all(self, method: str, phase: str, *args) -> dict:
+        """Call ``method`` on every live worker, results by Worker; a dead worker is replaced
+        (or, if it was leaving, dropped) and the replacement asked again."""
+        results: dict = {}
+        todo = self._live()
         while todo:
-            refs = {r: getattr(self.workers[r], method).remote(*args) for r in sorted(todo)}
-            for rank, ref in refs.items():
+            refs = [(m, getattr(m.actor, method).remote(*args)) for m in todo]
+            todo = []
+            for m, ref in refs:
                 try:
-                    results[rank] = get(ref, self.timeout, f"rollout/{rank} in phase {phase}")
-                    todo.discard(rank)
+                    results[m] = get(ref, self.timeout, f"{m.name} in phase {phase}")
                 except RayActorError:
-                    self._replace(rank)
-        return results
+                    if m.state == DRAINING:
+                        self._remove(m)
+                    else:
+                        todo.append(self._replace(m))
+        return {m: results[m] for m in self._live()}
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            try:
-                ray.kill(w)
-            except Exception:
-                pass
+        for m in self.members:
+            _kill(m.actor)
+        if self.placement is not None:
+            self.placement.release_all()
+
+
+def _kill(actor) -> None:
+    if actor is None:
+        return
+    try:
+        ray.kill(actor)
+    except Exception:  # already dead, or the cluster is gone
+        pass
 
 
 def check_checksums(expected: str, reports: list[dict], ranks: list[int]) -> None:
@@ -210,3 +376,14 @@ def check_checksums(expected: str, reports: list[dict], ranks: list[int]) -> Non
             raise SyncMismatchError(
                 f"rollout/{rank} loaded weights with checksum {rep.get('checksum')!r}, the trainer sent "
                 f"{expected!r} (version {rep.get('version')}): the weights were changed in transit")
+
+
+def check_probe(rank: int, trainer_probe: list[float], probe: list[float], atol: float, version: int) -> float:
+    """The largest logprob difference on the probe; SyncMismatchError when above ``atol``."""
+    ok, diff = probe_matches(trainer_probe, probe, atol)
+    if not ok:
+        raise SyncMismatchError(
+            f"rollout/{rank} serves other weights than the trainer after sync to version {version}: "
+            f"probe logprobs differ by {diff:.3g} (> {atol}); tied embeddings or a dtype mismatch "
+            "are the usual causes")
+    return diff

@@ -26,7 +26,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "sft", "rm", "ppo"] = "sft"
+    kind: Literal["toyworld", "sft", "rm", "rs", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -83,7 +83,7 @@ def _substitute(obj, folders: dict[str, str]):
     return obj
 
 
-def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, str]):
+def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, str], wandb_project: str | None = None):
     """The typed config of one stage, with references resolved and its folder fixed."""
     from rayrlhf.driver.toyworld_stage import ToyworldConfig
     from rayrlhf.driver.train_stage import STAGES
@@ -96,11 +96,17 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
     run = dict(data.get("run") or {})
     run.update(output_dir=run_dir, name=spec.name)
     run.setdefault("seed", seed)
+    if wandb_project:
+        run.setdefault("wandb_project", wandb_project)
     data["run"] = run
     if spec.kind == "ppo":
         from rayrlhf.config.ppo import PPOConfig
 
         return load_config(PPOConfig, data=data)
+    if spec.kind == "rs":
+        from rayrlhf.config.rs import RSConfig
+
+        return load_config(RSConfig, data=data)
     return load_config(STAGES[spec.kind], data=data)
 
 
@@ -112,7 +118,7 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[PipelineConfig, str,
     problems, configs = [], []
     for i, spec in enumerate(cfg.stages):
         try:
-            configs.append(stage_config(spec, run_dir, cfg.run.seed, folders))
+            configs.append(stage_config(spec, run_dir, cfg.run.seed, folders, cfg.run.wandb_project))
         except ConfigError as e:
             problems.extend(f"stages[{i}] ({spec.name}).config.{p}" for p in e.problems)
     if problems:
@@ -149,6 +155,10 @@ def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) 
                 from rayrlhf.driver.ppo_stage import run_ppo
 
                 summary = run_ppo(stage_cfg, resume=os.path.isdir(folder))
+            elif spec.kind == "rs":
+                from rayrlhf.driver.rs_stage import run_rs
+
+                summary = run_rs(stage_cfg, resume=os.path.isdir(folder))
             else:
                 summary = run_train_stage(spec.kind, stage_cfg, resume=os.path.isdir(folder))
             print_summary(spec.name, summary, out=out)
@@ -157,6 +167,9 @@ def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) 
         results[spec.name] = summary
     atomic_write_json(os.path.join(run_dir, "summary.json"), results)
     print_report(results, out)
+    from rayrlhf.report import write_report
+
+    print(f"[pipeline] report: {write_report(run_dir)}", file=out, flush=True)
     return results
 
 
@@ -175,6 +188,13 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   f"(vs gold order {s.get('eval/gold_accuracy', float('nan')):.1%}, "
                   f"length baseline {s.get('eval/length_baseline_accuracy', float('nan')):.1%}); "
                   f"per margin level: {levels}", file=out)
+        elif kind == "rs":
+            hist = s.get("rounds_history", {})
+            kept = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_reward", []))
+            gold = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_gold_reward", []))
+            print(f"{name:>12}: {s.get('rounds')} rounds of best-of-{s.get('k')}; kept samples' reward by round "
+                  f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
+                  f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
         elif kind == "ppo":
             gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
                               f"{s[k]:.3f}" for k in sorted(s) if k.startswith("eval/gold") or k == "eval/reward")

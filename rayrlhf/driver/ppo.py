@@ -20,33 +20,17 @@ import torch
 from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
-from rayrlhf.algo.rewards import combine_rewards
+from rayrlhf.driver.common import PromptOrder, Timer, sync_policy
+from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
 from rayrlhf.utils.fs import atomic_write_json, read_json
 
 
 class BadStepError(RuntimeError):
     """Too many consecutive iterations with a non-finite reward or loss."""
-
-
-class Timer:
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _T:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.times[f"timing/{name}"] = timer.times.get(f"timing/{name}", 0.0) + time.perf_counter() - self.t0
-                return False
-
-        return _T()
 
 
 class PPODriver:
@@ -61,15 +45,17 @@ class PPODriver:
                                      {"init_kl_coef": self.p.kl_coef, "target": self.p.kl_target,
                                       "horizon": self.p.kl_horizon}))
         self.fleet = roles.fleet
+        self.scaling = ScalingControl(roles.run_name, self.fleet)  # `rayrlhf scale` reaches the fleet here
         self.version = 0
         self.step = 0
         self.bad_steps = 0
         self.pending: collections.deque = collections.deque()
         self.next_gen_step = 0
         self.counters = {"async/dropped_samples": 0, "rollout/prompts_used": 0}
-        self.gold = {name: _resolve(path) for name, path in roles.gold.items()}
+        self.gold = resolve_gold(roles.gold)
+        self.samples: dict[str, list] = {}  # held-out generations before / after
         self.timeout = self.p.call_timeout_s
-        self._order_epoch, self._order = None, None
+        self.order = PromptOrder(len(prompts), self.p.prompts_per_step, cfg.run.seed)
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt
@@ -79,14 +65,7 @@ class PPODriver:
     # -- data position ---------------------------------------------------------------------------
     def prompt_rows(self, step: int) -> list[int]:
         """Prompts of iteration ``step``: consecutive slices of a seeded order per epoch."""
-        n, per = len(self.prompts), self.p.prompts_per_step
-        return [int(self._epoch_order(k // n)[k % n]) for k in range(step * per, (step + 1) * per)]
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.cfg.run.seed, epoch]).permutation(len(self.prompts))
-            self._order_epoch = epoch
-        return self._order
+        return self.order.rows(step)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -96,21 +75,25 @@ class PPODriver:
         if start == 0:
             self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
-                               echo=not sys.stderr.isatty())
+                               echo=not sys.stderr.isatty(), wandb_project=self.cfg.run.wandb_project)
         # Which prompts each iteration used: the record that no prompt is lost or used twice.
         self.ledger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None, tensorboard=False,
-                                    echo=False, filename="rollouts.jsonl")
+                                    echo=False, filename="rollouts.jsonl", publish=False)
         summary = read_json(os.path.join(self.run_dir, "summary.json")) if resume and start else {}
         if start == 0:
             before = self.evaluate()
+            self.samples["before"] = self.samples.pop("after", [])
             summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
             logger.log(0, before)
         self.step = start
         self.next_gen_step = start
         bar = progress(total=self.p.total_steps, initial=start, desc="ppo")
         try:
+            self.scaling.start()
             for step in range(start, self.p.total_steps):
+                scaling = self.scaling.poll(step, self.version)  # add or remove rollout workers between iterations
                 metrics = self.train_step(step)
+                metrics.update(scaling)
                 done = step + 1
                 if done % self.p.eval_every == 0 or done == self.p.total_steps:
                     metrics.update(self.evaluate())
@@ -122,6 +105,7 @@ class PPODriver:
                 if done % self.p.checkpoint_every == 0 or done == self.p.total_steps:
                     self._checkpoint(done, summary)
         finally:
+            self.scaling.stop()
             bar.close()
             logger.close()
             self.ledger.close()
@@ -235,20 +219,8 @@ class PPODriver:
 
     def score(self, prompts, texts, meta) -> tuple[torch.Tensor, dict]:
         """Every reward source's raw scores, then their combination (a pure function)."""
-        raw = self.roles.score_all(prompts, texts, meta, self.timeout)
-        c = self.cfg.combine
-        unsafe = torch.tensor([bool(m.get(c.unsafe_field, False)) for m in meta])
-        combined = combine_rewards(
-            raw, method=c.method, weights=c.weights or {k: 1.0 for k in raw}, helpful_key=c.helpful_key,
-            safety_key=c.safety_key, unsafe=unsafe, threshold=c.threshold, transform=c.transform, whiten=c.whiten)
-        metrics = {f"reward/{k}": float(v.mean()) for k, v in raw.items()}
-        metrics["rollout/reward_mean"] = float(combined.mean())
-        metrics["rollout/reward_std"] = float(combined.std()) if len(combined) > 1 else 0.0
-        for name, fn in self.gold.items():
-            from rayrlhf.actors.reward import last_user_text
-
-            metrics[f"gold/{name}"] = float(np.mean([fn(last_user_text(p), r) for p, r in zip(prompts, texts)]))
-        return combined, metrics
+        scored = score_samples(self.roles, self.cfg.combine, self.gold, prompts, texts, meta, self.timeout)
+        return scored.combined, scored.metrics()
 
     def _forward(self, group, batch, what: str) -> torch.Tensor:
         shards = split_rows(batch["input_ids"].shape[0], group.world_size)
@@ -289,36 +261,17 @@ class PPODriver:
         return out
 
     def _sync(self) -> dict:
-        policy0 = self.roles.policy.actors[0]
-        probe = self.prompt_ids[0] + self.prompt_ids[-1][:8] if self.p.verify_sync else None
-        trainer_probe = get(policy0.probe.remote(probe), self.timeout, "policy/0 in phase sync") if probe else None
-        if self.p.weight_sync == "broadcast":
-            if not self.fleet.broadcasting:
-                self.fleet.setup_broadcast(policy0, "nccl" if self.cfg.resources.trainer.gpus_per_worker else "gloo")
-            return self.fleet.sync_broadcast(self.version, self.p.sync_bucket_mb << 20, probe, trainer_probe,
-                                             self.p.probe_atol)
-        weights_ref, checksum_ref = policy0.named_weights_and_checksum.options(num_returns=2).remote()
-        checksum = get(checksum_ref, self.timeout, "policy/0 in phase sync")
-        return self.fleet.sync(weights_ref, checksum, self.version, probe, trainer_probe, self.p.probe_atol)
+        backend = "nccl" if self.cfg.resources.trainer.gpus_per_worker else "gloo"
+        return sync_policy(self.roles, self.version, self.prompt_ids, self.timeout, verify=self.p.verify_sync,
+                           mode=self.p.weight_sync, bucket_mb=self.p.sync_bucket_mb, atol=self.p.probe_atol,
+                           backend=backend)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Proxy and gold rewards of the current policy on the held-out prompts."""
-        if not self.eval_prompts:
-            return {}
-        refs = self.roles.eval_generate(self.eval_ids)
-        samples = get(refs, self.timeout, "rollout in phase evaluate")
-        samples = [s for part in samples for s in part]
-        prompts = [r.prompt for r in self.eval_prompts]
-        meta = [r.meta for r in self.eval_prompts]
-        texts = [s.text for s in samples]
-        scores, m = self.score(prompts, texts, meta)
-        out = {"eval/reward": float(scores.mean()),
-               "eval/response_length": float(np.mean([len(s.response_ids) for s in samples]))}
-        for k, v in m.items():
-            if k.startswith(("reward/", "gold/")):
-                out[f"eval/{k.replace('/', '_', 1)}"] = v
-        self.last_eval_texts = list(zip([p[-1]["content"] for p in prompts], texts))[:8]
+        out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
+                                 self.timeout)
+        self.samples["after"] = examples
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -354,9 +307,3 @@ def _mean_dicts(dicts: list[dict]) -> dict:
         return {}
     keys = set().union(*dicts)
     return {k: float(np.mean([d[k] for d in dicts if k in d])) for k in keys}
-
-
-def _resolve(path: str):
-    from rayrlhf.tasks import resolve
-
-    return resolve(path)

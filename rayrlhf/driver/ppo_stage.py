@@ -60,9 +60,8 @@ def run_ppo(cfg, resume: bool = False) -> dict:
     try:
         driver = PPODriver(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
         summary = driver.fit(resume=resume)
-        samples = getattr(driver, "last_eval_texts", [])
-        if samples:
-            atomic_write_json(os.path.join(run_dir, "samples.json"), [{"prompt": p, "response": r} for p, r in samples])
+        if driver.samples:
+            atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
         return summary
     finally:
         roles.shutdown()

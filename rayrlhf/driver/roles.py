@@ -20,37 +20,42 @@ from rayrlhf.rollout.worker import RolloutWorker
 
 
 class Roles:
-    def __init__(self, cfg, run_name: str):
+    def __init__(self, cfg, run_name: str, *, policy_hp: dict | None, critic_hp: dict | None, reference: bool,
+                 timeout: float, max_restarts: int):
+        """Place and start the actors ``cfg`` asks for. Without ``policy_hp`` there is no trainer
+        (best-of-K at inference time), without ``critic_hp`` no critic, without ``reference`` no
+        reference model (rejection sampling needs neither)."""
         from rayrlhf.placement import RayActorGroup, create_placement_groups, plan_placement
 
         self.cfg = cfg
-        p, res = cfg.ppo, cfg.resources
-        self.plan = plan_placement(res)
-        self.pgs = create_placement_groups(self.plan, run_name, timeout_s=p.call_timeout_s)
+        res = cfg.resources
+        wanted = ["rollout"] + (["trainer"] if policy_hp else []) + (["critic"] if critic_hp else [])
+        wanted += ["reference"] if reference else []
+        wanted += [f"reward/{r.name}" for r in cfg.rewards if not r.function]
+        self.plan = plan_placement(res, roles=[r for r in res.roles() if r in wanted])
+        self.pgs = create_placement_groups(self.plan, run_name, timeout_s=timeout)
         self.run_name = run_name
-        base_hp = {"temperature": cfg.rollout.temperature or 1.0, "max_grad_norm": p.max_grad_norm}
-        policy_hp = dict(base_hp, lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
-                         dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
-                         entropy_coef=p.entropy_coef)
-        critic_hp = dict(base_hp, lr=p.critic_lr, value_clip=p.value_clip)
         seed = cfg.run.seed
 
         def group(role, cls, kwargs_of_rank):
             return RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
-                                 run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=p.call_timeout_s)
+                                 run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=timeout)
 
         def model_kwargs(kind, section, hp, world):
-            path = section.name_or_path or cfg.policy.name_or_path
+            path = getattr(section, "name_or_path", None) or cfg.policy.name_or_path
             return lambda rank: dict(kind=kind, model_path=path, hp=hp, rank=rank, world=world,
                                      name=f"{run_name}/{kind}/{rank}", trust_remote_code=section.trust_remote_code,
                                      dtype=cfg.policy.dtype, seed=seed, num_threads=_threads(res, kind))
 
-        self.policy = group("trainer", ModelWorker, model_kwargs("policy", cfg.policy, policy_hp, res.trainer.num_workers))
-        self.critic = group("critic", ModelWorker, model_kwargs("critic", cfg.critic, critic_hp, res.critic.num_workers))
-        self.reference = group("reference", ModelWorker,
-                               model_kwargs("reference", cfg.reference, {}, 1))
+        self.policy = (group("trainer", ModelWorker, model_kwargs("policy", cfg.policy, policy_hp, res.trainer.num_workers))
+                       if policy_hp else None)
+        self.critic = (group("critic", ModelWorker, model_kwargs("critic", cfg.critic, critic_hp, res.critic.num_workers))
+                       if critic_hp else None)
+        self.reference = (group("reference", ModelWorker, model_kwargs("reference", cfg.reference, {}, 1))
+                          if reference else None)
         for g in (self.policy, self.critic):
-            _join_group(g)
+            if g is not None:
+                _join_group(g)
         self.sources: dict = {}
         for r in cfg.rewards:
             if r.function:
@@ -69,7 +74,7 @@ class Roles:
             lambda rank: self._rollout_factory(rank, dict(model_path=cfg.policy.name_or_path, cfg=rcfg,
                                                           trust_remote_code=cfg.policy.trust_remote_code,
                                                           name=f"{run_name}/rollout/{rank}")),
-            rcfg.num_workers, rcfg.n_samples, seed, p.call_timeout_s, p.max_worker_restarts)
+            rcfg.num_workers, rcfg.n_samples, seed, timeout, max_restarts, placement=self._rollout_factory)
         self.fleet.wait_ready()
         self._eval_seed = derive_seed(seed, 0xE7A1)
 
@@ -89,17 +94,22 @@ class Roles:
             out[name] = torch.tensor([x for part in parts for x in part], dtype=torch.float32)
         return {name: out[name] for name in self.sources}
 
-    def eval_generate(self, prompt_ids: list[list[int]]) -> list:
+    def eval_generate(self, prompt_ids: list[list[int]], n: int = 1, purpose: int = 0) -> list:
+        """``n`` samples per prompt, seeded by (``purpose``, shard start): the same prompts on the
+        same fleet give the same samples from the same weights, every evaluation."""
         shards = split_rows(len(prompt_ids), len(self.fleet.workers))
-        return [w.generate.remote([prompt_ids[i] for i in rows], n=1, seed=derive_seed(self._eval_seed, rows[0]))
+        return [w.generate.remote([prompt_ids[i] for i in rows], n=n,
+                                  seed=derive_seed(self._eval_seed, purpose, rows[0]))
                 for w, rows in zip(self.fleet.workers, shards) if rows]
 
     def shutdown(self) -> None:
         from rayrlhf.placement import RayActorGroup
 
         self.fleet.shutdown()
-        for g in [self.policy, self.critic, self.reference] + [s for s in self.sources.values() if isinstance(s, RayActorGroup)]:
-            g.kill()
+        groups = [self.policy, self.critic, self.reference] + list(self.sources.values())
+        for g in groups:
+            if isinstance(g, RayActorGroup):
+                g.kill()
         self.pgs.remove()
 
 
@@ -118,4 +128,20 @@ def _join_group(group) -> None:
 
 
 def build_roles(cfg, run_name: str) -> Roles:
-    return Roles(cfg, run_name)
+    """The actors of a PPO run: policy, critic, reference, reward sources, rollout fleet."""
+    p = cfg.ppo
+    base_hp = {"temperature": cfg.rollout.temperature or 1.0, "max_grad_norm": p.max_grad_norm}
+    policy_hp = dict(base_hp, lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
+                     dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+                     entropy_coef=p.entropy_coef)
+    critic_hp = dict(base_hp, lr=p.critic_lr, value_clip=p.value_clip)
+    return Roles(cfg, run_name, policy_hp=policy_hp, critic_hp=critic_hp, reference=True,
+                 timeout=p.call_timeout_s, max_restarts=p.max_worker_restarts)
+
+
+def build_rs_roles(cfg, run_name: str, train: bool = True) -> Roles:
+    """The actors of rejection sampling: the trainer (when ``train``), reward sources, rollout fleet."""
+    r = cfg.rs
+    policy_hp = {"lr": r.lr, "max_grad_norm": r.max_grad_norm, "objective": "sft", "temperature": 1.0}
+    return Roles(cfg, run_name, policy_hp=policy_hp if train else None, critic_hp=None, reference=False,
+                 timeout=r.call_timeout_s, max_restarts=r.max_worker_restarts)

@@ -128,7 +128,8 @@ def _worker_loop(config: dict) -> None:
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     train_ex, eval_ex = ray.get(config["train"]), ray.get(config["eval"])
     summary = train(make_task(stage, cfg), cfg, train_ex, eval_ex, config["run_dir"], info,
-                    resume=config["resume"], wrap_model=ray.train.torch.prepare_model)
+                    resume=config["resume"], wrap_model=ray.train.torch.prepare_model,
+                    progress=config.get("progress", False))
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
 
 
@@ -148,7 +149,9 @@ def run_train_stage(stage: str, cfg, resume: bool = False) -> dict:
     resources = {"CPU": s.cpus_per_worker}
     trainer = TorchTrainer(
         _worker_loop,
+        # A progress bar only where someone watches: tqdm lines would clutter CI logs.
         train_loop_config={"stage": stage, "cfg": to_dict(cfg), "run_dir": run_dir, "resume": resume,
+                           "progress": sys.stderr.isatty(),
                            "train": ray.put(prep["train"]), "eval": ray.put(prep["eval"])},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=f"{stage}-{os.path.basename(run_dir)}",

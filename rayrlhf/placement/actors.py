@@ -12,6 +12,7 @@ Each actor is constructed as ``cls(*args, rank=r, world_size=n, **actor_kwargs)`
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -122,6 +123,10 @@ class ActorFactory:
     The first actor of a rank is named ``{run_name}/{role}/{rank}``; later ones (replacements
     of a dead worker) ``{run_name}/{role}/{rank}#k`` with the first k whose name is free, since
     a killed actor's name is released asynchronously. ``names[rank]`` is the latest name.
+
+    A rank beyond the plan (a worker added while a run goes) runs in a single-bundle placement
+    group of its own, shaped like the plan's workers: ``request(rank)`` asks for it without
+    waiting, ``has_room(rank)`` says when it is there, ``release(rank)`` gives it back.
     """
 
     def __init__(self, cls: type, role: str, plan_role: RolePlan, placement_group, run_name: str,
@@ -132,9 +137,10 @@ class ActorFactory:
         self.namespace, self.runtime_env, self.args = namespace, runtime_env, args
         self.names: dict[int, str] = {}
         self._made: dict[int, int] = {}
+        self._extra = None  # WorkerGroups for ranks beyond the plan, made on first request
 
     def __call__(self, rank: int, kwargs: dict | None = None):
-        w = self.plan_role.workers[rank]
+        w, pg = self._slot(rank)
         kwargs = dict(kwargs or {})
         if "rank" not in kwargs and "world_size" not in kwargs:
             given = {"rank": rank, "world_size": self.plan_role.world_size}
@@ -142,7 +148,7 @@ class ActorFactory:
         options = dict(
             num_cpus=w.num_cpus, num_gpus=w.num_gpus, resources=dict(w.resources),
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.placement_group, placement_group_bundle_index=w.bundle_index),
+                placement_group=pg, placement_group_bundle_index=w.bundle_index),
         )
         if self.namespace is not None:
             options["namespace"] = self.namespace
@@ -160,6 +166,40 @@ class ActorFactory:
                 continue
             self.names[rank] = name
             return actor
+
+    def _slot(self, rank: int):
+        """The planned worker slot of ``rank`` and its placement group; past the plan, a slot
+        like rank 0's in bundle 0 of the rank's own group."""
+        if rank < self.plan_role.world_size:
+            return self.plan_role.workers[rank], self.placement_group
+        if self._extra is None or rank not in self._extra.groups:
+            raise ValueError(f"{self.role}/{rank} is beyond the plan's {self.plan_role.world_size} workers: "
+                             "request(rank) its placement group first")
+        w = dataclasses.replace(self.plan_role.workers[0], rank=rank, bundle_index=0)
+        return w, self._extra.groups[rank]
+
+    def request(self, rank: int) -> None:
+        """Make room for ``rank`` without waiting: a planned rank has its bundle already."""
+        if rank >= self.plan_role.world_size:
+            if self._extra is None:
+                from rayrlhf.placement.groups import WorkerGroups
+
+                self._extra = WorkerGroups(self.plan_role.workers[0].demand(), f"{self.run_name}/{self.role}")
+            self._extra.request(rank)
+
+    def has_room(self, rank: int) -> bool:
+        """Whether the actor of ``rank`` can be placed now (non-blocking)."""
+        return rank < self.plan_role.world_size or self._extra.is_ready(rank)
+
+    def release(self, rank: int) -> None:
+        """Give back the placement group of a rank beyond the plan (a planned bundle stays
+        with the role's group until the run ends)."""
+        if self._extra is not None:
+            self._extra.release(rank)
+
+    def release_all(self) -> None:
+        if self._extra is not None:
+            self._extra.remove()
 
 
 class RayActorGroup:

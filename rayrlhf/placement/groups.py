@@ -5,6 +5,9 @@
     while not groups.is_ready(): ...                                   # poll between other work
     groups.bundle_nodes()   # {"trainer": [node_id of bundle 0, ...], ...}
     groups.remove()
+
+    extra = WorkerGroups({"CPU": 1, "GPU": 1}, "run42/rollout")   # workers beyond the plan
+    extra.request(4); extra.is_ready(4); extra.release(4)
 """
 from __future__ import annotations
 
@@ -111,6 +114,46 @@ class PlacementGroups(Mapping):
                          "strategies (bundles too big for one node, STRICT_* strategies)")
         lines.append("  on an autoscaling cluster pass wait=False and poll is_ready() instead of blocking")
         return "\n".join(lines)
+
+
+class WorkerGroups:
+    """Single-bundle placement groups for the workers a role runs beyond its plan (rollout
+    workers added while a run goes), one per rank, named ``{name_prefix}/{rank}``.
+
+    A request never waits: on an autoscaling cluster the node that fits may take minutes to
+    arrive, and the caller goes on working meanwhile, asking ``is_ready`` now and then.
+    """
+
+    def __init__(self, bundle: dict[str, float], name_prefix: str):
+        self.bundle = clean_resources(bundle)
+        self.name_prefix = name_prefix
+        self.groups: dict[int, PlacementGroup] = {}
+        self._ready: dict[int, ray.ObjectRef] = {}
+
+    def request(self, rank: int) -> PlacementGroup:
+        """The group of ``rank``, created (not waited for) on first request."""
+        if rank not in self.groups:
+            pg = placement_group([dict(self.bundle)], strategy="PACK", name=f"{self.name_prefix}/{rank}")
+            self.groups[rank], self._ready[rank] = pg, pg.ready()
+        return self.groups[rank]
+
+    def is_ready(self, rank: int) -> bool:
+        """Whether the group of ``rank`` holds its bundle (non-blocking)."""
+        ready, _ = ray.wait([self._ready[rank]], timeout=0)
+        return bool(ready)
+
+    def release(self, rank: int) -> None:
+        pg = self.groups.pop(rank, None)
+        self._ready.pop(rank, None)
+        if pg is not None:
+            try:
+                remove_placement_group(pg)
+            except Exception:  # already removed, or the cluster is gone
+                pass
+
+    def remove(self) -> None:
+        for rank in list(self.groups):
+            self.release(rank)
 
 
 def create_placement_groups(plan: Plan, name_prefix: str, timeout_s: float = 300.0,

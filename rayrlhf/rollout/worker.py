@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.types import RolloutBackend, Sample
+from rayrlhf.telemetry import RolloutMeter
 
 
 def vllm_available() -> bool:
@@ -72,6 +74,7 @@ class RolloutWorker:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         self.threads = threads
         self.backend = make_backend(model_path, cfg, tokenizer_path, trust_remote_code)
+        self.meter = RolloutMeter(name)
 
     @property
     def version(self) -> int:
@@ -83,7 +86,10 @@ class RolloutWorker:
         a driver that just synced weights gets an error instead of stale samples."""
         if version is not None and version != self.backend.version:
             raise RuntimeError(f"{self!r}: asked for policy version {version}, holds {self.backend.version}")
-        return self.backend.generate(prompt_ids, n=n, seed=seed)
+        t0 = time.perf_counter()
+        samples = self.backend.generate(prompt_ids, n=n, seed=seed)
+        self.meter.record(sum(len(s.response_ids) for s in samples), time.perf_counter() - t0)
+        return samples
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> dict:
         return self.backend.load_weights(named_tensors, version)

@@ -25,6 +25,7 @@ from rayrlhf import checkpoint as ckpt
 from rayrlhf.metrics import MetricsLogger
 from rayrlhf.trainer.optim import build_optimizer, build_scheduler
 from rayrlhf.utils.fs import atomic_write_json
+from rayrlhf.utils.progress import actor_progress
 
 
 @dataclass
@@ -70,8 +71,9 @@ def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> np.
 
 
 def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, info: WorkerInfo,
-          resume: bool = False, wrap_model=None) -> dict:
-    """Train ``task`` on the examples; rank 0 writes metrics, checkpoints, export, summary."""
+          resume: bool = False, wrap_model=None, progress: bool = False) -> dict:
+    """Train ``task`` on the examples; rank 0 writes metrics, checkpoints, export, summary.
+    ``progress``: rank 0 shows a progress bar through Ray's tqdm instead of echoing metrics."""
     t_cfg, seed = cfg.train, cfg.run.seed
     torch.manual_seed(seed)
     model = task.build_model()
@@ -98,7 +100,9 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         start_step, best = state["step"], state.get("summary", {})
     model = wrap_model(model) if wrap_model else model
 
-    logger = MetricsLogger(run_dir, resume_step=start_step if found else None) if info.rank == 0 else None
+    logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,
+                           wandb_project=cfg.run.wandb_project) if info.rank == 0 else None
+    bar = actor_progress(total_steps, start_step, os.path.basename(run_dir), enabled=progress and info.rank == 0)
     if logger and found:
         print(f"resumed from {found} at step {start_step}/{total_steps}", flush=True)
     eval_every = t_cfg.eval_every or steps_per_epoch
@@ -146,10 +150,12 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
             model.train()
         if logger and metrics:
             logger.log(done, metrics)
+        bar.update(1, metrics)
         if metrics:
             best = _summary_update(best, metrics)
         if done % ckpt_every == 0 or done == total_steps:
             _save(run_dir, done, model, optimizer, scheduler, info, best, t_cfg.keep_checkpoints)
+    bar.close()
     summary = dict(best, steps=total_steps, examples_train=len(train_examples), examples_eval=len(eval_examples))
     if info.rank == 0:
         task.export(model, os.path.join(run_dir, "export"), summary)

@@ -3,17 +3,29 @@ from __future__ import annotations
 
 import os
 
+DEFAULT_NAMESPACE = "rayrlhf"
+"""Ray namespace of runs when neither the caller nor RAYRLHF_NAMESPACE names one; named actors
+(a run's controller, found by `rayrlhf scale`) are looked up in it."""
+
+
+def run_namespace(namespace: str | None = None) -> str:
+    """``namespace``, else RAYRLHF_NAMESPACE, else ``rayrlhf``."""
+    return namespace or os.environ.get("RAYRLHF_NAMESPACE") or DEFAULT_NAMESPACE
+
 
 def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespace: str | None = None) -> None:
     """``ray.init`` only when not already connected, so one command runs locally and as a job.
 
     Inside ``ray job submit`` (or with RAY_ADDRESS set) this joins that cluster; otherwise it
-    starts a local one whose dashboard listens on 127.0.0.1 only.
+    starts a local one whose servers all listen on 127.0.0.1 only (``bind_to_loopback``). The
+    driver joins the Ray namespace ``run_namespace(namespace)``; a process already connected
+    keeps its own.
     """
     import ray
 
     if ray.is_initialized():
         return
+    namespace = run_namespace(namespace)
     defaults = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     # Inside a Ray job, Ray refuses to merge a runtime_env that sets a variable the job's own
     # runtime_env already sets (even to the same value): pass only what is not set yet.
@@ -23,5 +35,25 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespa
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, runtime_env=runtime_env,
                  log_to_driver=True)
         return
+    bind_to_loopback()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=namespace,
              dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+
+
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def bind_to_loopback() -> None:
+    """Make the next local cluster listen on 127.0.0.1 only, unless the user set SINGLE_NODE_ENV.
+
+    Ray binds its servers (GCS, raylet, workers, agents, metrics export) to the node's IP, and
+    ``ray.init`` turns 127.0.0.1 into the machine's outward address unless Ray runs as a
+    single-node install, as it does on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``).
+    Ray reads that variable once, on import, into the flag set here; the processes it starts
+    are handed the node's IP, so the flag matters in this driver only.
+    """
+    if SINGLE_NODE_ENV in os.environ:
+        return
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False

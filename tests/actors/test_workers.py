@@ -45,6 +45,21 @@ def test_ppo_update_raises_logprobs_of_positive_advantage_tokens(tiny_model_dir,
     assert stats["clipfrac"] == 0.0 and stats["grad_norm"] > 0  # first step starts at ratio 1
 
 
+def test_sft_objective_is_the_masked_nll_and_lowers_it(tiny_model_dir, batch):
+    w = ModelWorker("policy", tiny_model_dir, {"lr": 1e-2, "max_grad_norm": 1.0, "objective": "sft", "temperature": 0.7})
+    n = float(batch["response_mask"].sum())
+    # The loss is the NLL of the response tokens at temperature 1 (not the sampling temperature).
+    model = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        lp = token_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                            batch["input_ids"])
+    want = float(-(lp * batch["response_mask"]).sum() / n)
+    first = w.update([batch], [n])
+    assert first["nll"] == pytest.approx(want, rel=1e-5)
+    later = [w.update([batch], [n])["nll"] for _ in range(3)]
+    assert later[-1] < first["nll"]
+
+
 def test_critic_values_and_update(tiny_model_dir, batch):
     w = ModelWorker("critic", tiny_model_dir, {"lr": 1e-2, "value_clip": None, "max_grad_norm": 1.0})
     v0 = w.forward(batch)

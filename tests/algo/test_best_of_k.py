@@ -82,3 +82,18 @@ def test_expected_best_of_k_large_n_weights_sum_to_one():
 def test_expected_best_of_k_integer_rewards_are_not_truncated():
     # [0, 1]: best of 2 is 1, best of 1 is the mean 0.5 (an int result would give 0)
     assert expected_best_of_k(torch.tensor([[0, 1]]), 1).item() == pytest.approx(0.5)
+
+
+def test_expected_value_of_the_proxy_selected_sample_by_hand():
+    # Proxy [3, 1, 2], gold [0.0, 1.0, 0.5]. Pairs and the proxy's pick:
+    #   {s0, s1} -> s0 (gold 0), {s0, s2} -> s0 (gold 0), {s1, s2} -> s2 (gold 0.5): mean 1/6.
+    proxy = torch.tensor([[3.0, 1.0, 2.0]])
+    gold = torch.tensor([[0.0, 1.0, 0.5]])
+    assert expected_best_of_k(proxy, 2, values=gold).item() == pytest.approx(1 / 6)
+    # k = 1 is the gold mean; k = n is the gold of the proxy's argmax
+    assert expected_best_of_k(proxy, 1, values=gold).item() == pytest.approx(0.5)
+    assert expected_best_of_k(proxy, 3, values=gold).item() == pytest.approx(0.0)
+    # values equal to the rewards give the plain best-of-k
+    torch.testing.assert_close(expected_best_of_k(proxy, 2, values=proxy), expected_best_of_k(proxy, 2))
+    with pytest.raises(ValueError, match="shape"):
+        expected_best_of_k(proxy, 2, values=gold[:, :2])

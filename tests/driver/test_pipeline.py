@@ -1,11 +1,15 @@
 """The real CLI end to end on tiny models: `rayrlhf pipeline`, `rayrlhf sft` on bad data."""
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from rayrlhf.cli import main
 
@@ -14,6 +18,17 @@ TINY_WORLD = {"n_sft": 320, "n_pref": 320, "n_prompts": 20, "n_eval_prompts": 10
 TRAIN = {"epochs": 1, "lr": 3.0e-3, "global_batch_size": 16, "per_worker_micro_batch_size": 8, "log_every": 5}
 # A 300-token vocabulary splits words finely: toyworld replies reach about 85 tokens.
 DATA_LIMITS = {"max_prompt_tokens": 96, "max_response_tokens": 96}
+# What the rejection-sampling and PPO stages share: prompts, the safety RM, tiny rollouts.
+POLICY_STAGE = {
+    "data": {"train": ["{toyworld}/data/prompts_train.jsonl"], "eval": ["{toyworld}/data/prompts_eval.jsonl"],
+             "max_prompt_tokens": 96, "eval_limit": 4},
+    "rewards": [{"name": "safety", "model": "{rm_safety}/export"}],
+    "gold": {"reward": "rayrlhf.tasks.toyworld:gold_reward"},
+    "rollout": {"backend": "hf", "max_new_tokens": 8, "n_samples": 2, "max_model_len": 160},
+    "resources": {"trainer": {"cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},
+                  "reference": {"cpus_per_worker": 0.25}, "rollout": {"cpus_per_worker": 0.25},
+                  "rewards": {"safety": {"cpus_per_worker": 0.25}}},
+}
 
 
 def tiny_pipeline(tmp_path, name="tiny") -> str:
@@ -31,6 +46,14 @@ def tiny_pipeline(tmp_path, name="tiny") -> str:
                 "data": {"train": ["{toyworld}/data/pref_safety_train.jsonl"],
                          "eval": ["{toyworld}/data/pref_safety_eval.jsonl"], **DATA_LIMITS},
                 "train": TRAIN, "reward": {"name": "safety"}, "scaling": {"num_workers": 2}}},
+            {"name": "rs", "kind": "rs", "config": {
+                "policy": {"name_or_path": "{sft}/export"}, **POLICY_STAGE,
+                "rs": {"rounds": 3, "k": 2, "prompts_per_round": 4, "global_batch_size": 4, "lr": 1e-3,
+                       "curve_k": 2, "curve_prompts": 4}}},
+            {"name": "ppo", "kind": "ppo", "config": {
+                "policy": {"name_or_path": "{rs}/export"}, **POLICY_STAGE,
+                "ppo": {"total_steps": 2, "prompts_per_step": 2, "global_mini_batch_size": 4, "actor_lr": 1e-3,
+                        "critic_lr": 1e-3, "rollout_mode": "sync", "eval_every": 2, "checkpoint_every": 2}}},
         ],
     }
     path = tmp_path / f"{name}.yaml"
@@ -65,25 +88,88 @@ def test_bad_data_is_reported_before_any_actor_starts(tmp_path, tiny_model_dir, 
     assert not ray.is_initialized()
 
 
-@pytest.mark.slow
-def test_pipeline_end_to_end_then_rerun_skips_finished_stages(tmp_path):
-    path = tiny_pipeline(tmp_path)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = tiny_pipeline(tmp)
     first = _cli("pipeline", "--config", path)
     assert first.returncode == 0, first.stderr[-3000:]
+    return tmp, path, first
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_then_rerun_skips_finished_stages(full_run):
+    tmp_path, path, first = full_run
     run = tmp_path / "runs" / "tiny"
     summary = json.load(open(run / "summary.json"))
     assert summary["sft"]["eval/ppl"] < 60  # from about 300 (the vocabulary) at random init
     assert "eval/accuracy" in summary["rm_safety"] and "eval/gold_accuracy" in summary["rm_safety"]
     assert summary["rm_safety"]["eval/length_baseline_accuracy"] > 0
-    for stage in ("sft", "rm_safety"):
+    assert summary["rs"]["rounds"] == 3 and len(summary["rs"]["rounds_history"]["rs/kept_reward"]) == 3
+    assert summary["ppo"]["steps"] == 2
+    for stage in ("sft", "rm_safety", "rs", "ppo"):
         assert (run / stage / "DONE.json").exists()
         assert (run / stage / "export" / "model.safetensors").exists()
         assert (run / stage / "config.yaml").exists()
         rows = [json.loads(x) for x in open(run / stage / "metrics.jsonl")]
         assert rows and all("step" in r for r in rows)
     assert "held-out perplexity" in first.stdout and "held-out accuracy" in first.stdout
+    assert "rounds of best-of-2" in first.stdout
+    report = run / "report" / "index.html"
+    assert report.exists() and (run / "report" / "rs_best_of_k.png").exists()
+    assert f"[pipeline] report: {report}" in first.stdout
+
+    again = _cli("pipeline", "--config", path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("toyworld", "sft", "rm_safety", "rs", "ppo"):
+        assert f"[pipeline] {stage}: finished earlier, skipped" in again.stdout
+
+
+@pytest.mark.slow
+def test_killed_during_rejection_sampling_then_rerun_matches_an_uninterrupted_run(full_run, tmp_path):
+    """SIGKILL the whole pipeline (driver and its local Ray cluster) once the first round's
+    checkpoint exists; the same command again skips the finished stages, resumes rejection
+    sampling from its checkpoint, and ends with the uninterrupted run's results."""
+    full_tmp, _, _ = full_run
+    full = full_tmp / "runs" / "tiny"
+    path = tiny_pipeline(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    for stage in ("toyworld", "sft", "rm_safety"):  # finished earlier: the same folders, markers included
+        shutil.copytree(full / stage, run / stage)
+    proc = subprocess.Popen([sys.executable, "-m", "rayrlhf", "pipeline", "--config", path], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    marker = run / "rs" / "checkpoints" / "step-00000001" / "state.json"
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None, timeout=600)
+        assert proc.poll() is None, "the pipeline ended before the first round's checkpoint"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run / "rs" / "DONE.json").exists()
 
     again = _cli("pipeline", "--config", path)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("toyworld", "sft", "rm_safety"):
         assert f"[pipeline] {stage}: finished earlier, skipped" in again.stdout
+    assert "resumed from" in again.stdout and "after round" in again.stdout
+    for stage in ("rs", "ppo"):
+        assert _comparable(run / stage) == _comparable(full / stage), stage
+        a = load_file(run / stage / "export" / "model.safetensors")
+        b = load_file(full / stage / "export" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+def _comparable(stage_dir):
+    rows = [json.loads(x) for x in open(stage_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if not (k.startswith("timing/") or "seconds" in k or k == "sync/share_of_step")}
+            for r in rows]
+
+
+def wait_for(condition, timeout: float, poll: float = 0.5):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(poll)

@@ -1,0 +1,268 @@
+"""`rayrlhf rs`: best-of-K rejection sampling in rounds (Llama 2, section 3.2.3).
+
+Each round is a short dataflow of named, timed phases:
+
+    generate (K samples per prompt, vLLM's n=K) -> reward (every source, combined)
+      -> select (best top_m of each prompt's K) -> finetune (NLL of the kept samples)
+      -> sync (new weights to the rollout workers, verified)
+
+so the next round samples from the improved policy. Before the first round the driver
+measures the best-of-K curve of the starting policy (Gao et al. 2022): the expected proxy and
+gold reward of the best of k samples against the analytic KL of best-of-k, log k - (k-1)/k.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rayrlhf import checkpoint as ckpt
+from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
+from rayrlhf.driver.common import PromptOrder, Timer, sync_policy
+from rayrlhf.driver.controller import ScalingControl
+from rayrlhf.driver.fleet import get
+from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
+from rayrlhf.metrics import MetricsLogger
+from rayrlhf.utils.fs import atomic_write_json, atomic_write_text, read_json
+
+CURVE_PURPOSE = 0xC0
+
+
+class RSDriver:
+    def __init__(self, cfg, run_dir: str, roles, prompts: list, eval_prompts: list, tokenizer):
+        from rayrlhf.data.tokenize import render_prompt
+
+        self.cfg, self.run_dir, self.roles, self.r = cfg, run_dir, roles, cfg.rs
+        self.prompts, self.eval_prompts, self.tokenizer = prompts, eval_prompts, tokenizer
+        self.prompt_ids = [render_prompt(tokenizer, r.prompt) for r in prompts]
+        self.eval_ids = [render_prompt(tokenizer, r.prompt) for r in eval_prompts]
+        self.order = PromptOrder(len(prompts), self.r.prompts_per_round, cfg.run.seed)
+        self.gold = resolve_gold(cfg.gold)
+        self.fleet = roles.fleet
+        self.timeout = self.r.call_timeout_s
+        self.version = 0
+        self.samples: dict[str, list] = {}
+        self.history: dict[str, list[float]] = {}
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        from rayrlhf.utils.progress import progress
+
+        start = self._restore() if resume else 0
+        fresh = start == 0
+        if fresh:
+            self._sync()
+        logger = MetricsLogger(self.run_dir, resume_step=None if fresh else start, echo=not sys.stderr.isatty(),
+                               wandb_project=self.cfg.run.wandb_project)
+        summary = {} if fresh else read_json(os.path.join(self.run_dir, "summary.json"))
+        self.history = {k: list(v) for k, v in summary.get("rounds_history", {}).items()}
+        if fresh:
+            if self.r.curve_k:
+                summary.update(self.best_of_k_curve())
+            before = self.evaluate()
+            self.samples["before"] = self.samples.pop("after", [])
+            summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
+            logger.log(0, before)
+        bar = progress(total=self.r.rounds, initial=start, desc="rejection sampling")
+        scaling = ScalingControl(self.roles.run_name, self.fleet)  # `rayrlhf scale` reaches the fleet
+        try:
+            scaling.start()
+            for rnd in range(start, self.r.rounds):
+                fleet_metrics = scaling.poll(rnd, self.version)
+                metrics = self.round(rnd)
+                metrics.update(fleet_metrics)
+                done = rnd + 1
+                if done % self.r.eval_every == 0 or done == self.r.rounds:
+                    metrics.update(self.evaluate())
+                logger.log(done, metrics)
+                for key in ("rs/kept_reward", "rs/reward_mean", "rs/reward_max", "rs/kept_gold_reward",
+                            "eval/gold_reward", "eval/reward"):
+                    if key in metrics:
+                        self.history.setdefault(key, []).append(metrics[key])
+                summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
+                summary["rounds_history"] = self.history
+                bar.update(1, {"rollout/reward_mean": metrics.get("rs/kept_reward", float("nan"))})
+                self._checkpoint(done, summary)
+        finally:
+            scaling.stop()
+            bar.close()
+            logger.close()
+        get(self.roles.policy.actors[0].export.remote(os.path.join(self.run_dir, "export"),
+                                                      {"stage": "rs", "rounds": self.r.rounds}),
+            self.timeout, "policy/0 in phase export")
+        summary.update({"rounds": self.r.rounds, "k": self.r.k, "top_m": self.r.top_m,
+                        "rollout/worker_restarts": self.fleet.restarts})
+        for key in [k for k in summary if k.startswith("eval/")]:
+            name = key.split("/", 1)[1]
+            if f"before/{name}" in summary:
+                summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
+        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        return summary
+
+    def round(self, rnd: int) -> dict:
+        """One round: K samples per prompt, the best kept, one fine-tuning pass, weights synced."""
+        t, t0, k = Timer(), time.perf_counter(), self.r.k
+        rows = self.order.rows(rnd)
+        with t("generate"):
+            job = self.fleet.submit(rnd, rows, [self.prompt_ids[i] for i in rows], n=k)
+            samples, _ = self.fleet.collect(job)
+        for s in samples:
+            s.prompt_index = job.prompt_rows[s.prompt_index]
+        prompts = [self.prompts[s.prompt_index].prompt for s in samples]
+        with t("reward"):
+            scored = score_samples(self.roles, self.cfg.combine, self.gold, prompts, [s.text for s in samples],
+                                   [self.prompts[s.prompt_index].meta for s in samples], self.timeout)
+        if not torch.isfinite(scored.combined).all():
+            bad = [i for i, v in enumerate(scored.combined.tolist()) if not np.isfinite(v)]
+            raise RuntimeError(f"round {rnd + 1}: non-finite combined reward for samples {bad[:10]} "
+                               f"(prompt rows {[samples[i].prompt_index for i in bad[:10]]})")
+        with t("select"):
+            kept, metrics = self.select(scored, k)
+        self._write_kept(rnd, samples, scored, kept)
+        if kept:
+            with t("finetune"):
+                batch = build_batch([samples[i].prompt_ids for i in kept], [samples[i].response_ids for i in kept],
+                                    self.tokenizer.pad_token_id)
+                metrics.update(self._finetune(batch, rnd))
+            self.version += 1
+            with t("sync"):
+                metrics.update(self._sync())
+        metrics.update({f"reward/{name}": float(v.mean()) for name, v in scored.raw.items()})
+        metrics.update({
+            "rollout/samples": len(samples),
+            "rollout/response_length": float(np.mean([len(s.response_ids) for s in samples])),
+            "rollout/truncated_fraction": float(np.mean([s.finish_reason == "length" for s in samples])),
+            "policy/version": float(self.version), **t.times, "timing/step": time.perf_counter() - t0})
+        return metrics
+
+    def select(self, scored, k: int) -> tuple[list[int], dict]:
+        """Flat indices of the kept samples and the round's best-of-K statistics."""
+        grouped = scored.combined.reshape(-1, k)  # (P, K)
+        best = select_best_of_k(grouped, k, self.r.top_m)  # (P, top_m), within each group
+        kept = [p * k + int(j) for p in range(best.shape[0]) for j in best[p]]
+        rejected = 0
+        if self.r.min_reward is not None:
+            ok = [i for i in kept if float(scored.combined[i]) >= self.r.min_reward]
+            rejected = best.shape[0] - len({i // k for i in ok})
+            kept = ok
+        stats = best_of_k_stats(grouped)
+        out = {f"rs/{'reward_' + n if n in ('mean', 'max', 'median') else n}": v for n, v in stats.items()}
+        out.update({"rs/k": float(k), "rs/prompts": float(best.shape[0]), "rs/kept": float(len(kept)),
+                    "rs/rejected_prompts": float(rejected)})
+        idx = torch.tensor(kept, dtype=torch.long)
+        out["rs/kept_reward"] = float(scored.combined[idx].mean()) if kept else float("nan")
+        for name, v in scored.raw.items():
+            out[f"rs/kept_reward_{name}"] = float(v[idx].mean()) if kept else float("nan")
+        for name, vals in scored.gold.items():
+            out[f"rs/all_gold_{name}"] = float(np.mean(vals))
+            out[f"rs/kept_gold_{name}"] = float(np.mean([vals[i] for i in kept])) if kept else float("nan")
+        return kept, out
+
+    # -- phases ------------------------------------------------------------------------------------
+    def _finetune(self, batch: dict, rnd: int) -> dict:
+        """``epochs`` passes of mini-batch NLL steps on the trainer group (rows split per rank)."""
+        pol = self.roles.policy
+        n, G, world = batch["input_ids"].shape[0], self.r.global_batch_size, pol.world_size
+        jobs, tokens = [[] for _ in range(world)], []
+        for epoch in range(self.r.epochs):
+            order = np.random.default_rng([self.cfg.run.seed, rnd, epoch, 11]).permutation(n)
+            chunks = [order[i:i + G] for i in range(0, n, G)]
+            if len(chunks) > 1 and len(chunks[-1]) < world:
+                chunks[-2:] = [np.concatenate(chunks[-2:])]  # every rank needs a row of each step
+            for mb in chunks:
+                if len(mb) < world:
+                    return {"train/skipped": 1.0}
+                tokens.append(float(batch["response_mask"][mb].sum()))
+                for rank, part in enumerate(split_rows(len(mb), world)):
+                    jobs[rank].append(select_rows(batch, mb[part]))
+        outs = get([a.update.remote(j, tokens) for a, j in zip(pol.actors, jobs)], self.timeout,
+                   "policy in phase finetune")
+        return {f"train/{key}": float(np.mean([o[key] for o in outs])) for key in outs[0]}
+
+    def _sync(self) -> dict:
+        return sync_policy(self.roles, self.version, self.prompt_ids, self.timeout, verify=True)
+
+    def _write_kept(self, rnd: int, samples, scored, kept: list[int]) -> None:
+        """The round's rejection-sampling dataset, as chat demonstrations any SFT run can read."""
+        import json
+
+        lines = []
+        for i in kept:
+            s = samples[i]
+            rec = self.prompts[s.prompt_index]
+            row = {"messages": list(rec.prompt) + [{"role": "assistant", "content": s.text}],
+                   "reward": float(scored.combined[i]), "prompt_row": s.prompt_index,
+                   "scores": {name: float(v[i]) for name, v in scored.raw.items()}}
+            row.update({f"gold_{name}": vals[i] for name, vals in scored.gold.items()})
+            lines.append(json.dumps(row))
+        path = os.path.join(self.run_dir, "kept", f"round-{rnd + 1:04d}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
+                                 self.timeout)
+        self.samples["after"] = examples
+        return out
+
+    def best_of_k_curve(self) -> dict:
+        """Expected proxy and gold reward of best-of-k, k = 1..curve_k, on held-out prompts."""
+        return best_of_k_curve(self.roles, self.cfg.combine, self.gold, self.eval_prompts[: self.r.curve_prompts],
+                               self.eval_ids[: self.r.curve_prompts], self.r.curve_k, self.timeout, self.run_dir)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _checkpoint(self, rnd: int, summary: dict) -> None:
+        def fill(tmp):
+            get(self.roles.policy.call_async("save", tmp), self.timeout, "policy in phase checkpoint")
+
+        ckpt.write_checkpoint(self.run_dir, rnd, fill, {"version": self.version}, keep=self.r.keep_checkpoints)
+        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+
+    def _restore(self) -> int:
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if not found:
+            return 0
+        state = read_json(os.path.join(found, "state.json"))
+        get(self.roles.policy.call_async("load", found), self.timeout, "policy in phase restore")
+        self.version = state["version"]
+        self._sync()
+        print(f"[rayrlhf] resumed from {found} after round {state['step']}", flush=True)
+        return int(state["step"])
+
+
+def best_of_k_curve(roles, combine, gold_fns: dict, eval_prompts: list, eval_ids: list[list[int]], n: int,
+                    timeout: float, out_dir: str | None = None) -> dict:
+    """Sample ``n`` responses per prompt once; the unbiased best-of-k estimator
+    (``expected_best_of_k``) then gives every k <= n. Writes best_of_k_curve.json to ``out_dir``."""
+    if not eval_prompts:
+        return {}
+    parts = get(roles.eval_generate(eval_ids, n=n, purpose=CURVE_PURPOSE), timeout, "rollout in phase curve")
+    samples = [s for part in parts for s in part]
+    P = len(eval_prompts)
+    prompts = [eval_prompts[i // n].prompt for i in range(P * n)]
+    meta = [eval_prompts[i // n].meta for i in range(P * n)]
+    scored = score_samples(roles, combine, gold_fns, prompts, [s.text for s in samples], meta, timeout)
+    proxy = scored.combined.reshape(P, n)
+    ks = list(range(1, n + 1))
+    curve = {"k": ks, "kl_nats": [analytic_best_of_k_kl(k) for k in ks],
+             "proxy": [float(expected_best_of_k(proxy, k).mean()) for k in ks],
+             "gold": {}, "prompts": P, "samples_per_prompt": n}
+    unsafe = torch.tensor([bool(r.meta.get(combine.unsafe_field)) for r in eval_prompts])
+    subsets = {"": torch.ones(P, dtype=torch.bool)}
+    if 0 < int(unsafe.sum()) < P:
+        subsets.update({"@safe": ~unsafe, "@unsafe": unsafe})
+    for name, v in scored.gold.items():
+        values = torch.tensor(v).reshape(P, n)
+        for tag, rows in subsets.items():
+            curve["gold"][name + tag] = [float(expected_best_of_k(proxy[rows], k, values[rows]).mean()) for k in ks]
+    if out_dir:
+        atomic_write_json(os.path.join(out_dir, "best_of_k_curve.json"), curve)
+    out = {"curve/proxy@1": curve["proxy"][0], f"curve/proxy@{n}": curve["proxy"][-1]}
+    for name, v in ((k, v) for k, v in curve["gold"].items() if "@" not in k):
+        out.update({f"curve/gold_{name}@1": v[0], f"curve/gold_{name}@{n}": v[-1]})
+    return out

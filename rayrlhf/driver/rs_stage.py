@@ -1,0 +1,101 @@
+"""`rayrlhf rs` and `rayrlhf best-of-k`: validate, place the actors, run, write the outputs."""
+from __future__ import annotations
+
+import json
+import os
+
+from rayrlhf.config import save_config
+from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
+
+
+def _prepare(cfg, resume: bool, default_name: str):
+    """Everything that can fail cheaply, before any actor starts."""
+    from rayrlhf import checkpoint as ckpt
+    from rayrlhf.config.loader import ConfigError
+    from rayrlhf.driver.ppo_stage import check_models, read_prompts
+    from rayrlhf.models import load_tokenizer
+
+    run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
+    if not resume and ckpt.latest_checkpoint(run_dir):
+        raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
+    problems = check_models(cfg)
+    if problems:
+        raise ConfigError(problems)
+    tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
+    prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
+    return run_dir, tokenizer, prompts, eval_prompts
+
+
+def run_rs(cfg, resume: bool = False) -> dict:
+    from rayrlhf.driver.roles import build_rs_roles
+    from rayrlhf.driver.rs import RSDriver
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    run_dir, tokenizer, prompts, eval_prompts = _prepare(cfg, resume, "rs")
+    ensure_ray()
+    roles = build_rs_roles(cfg, os.path.basename(run_dir))
+    try:
+        driver = RSDriver(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
+        summary = driver.fit(resume=resume)
+        if driver.samples:
+            atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
+        return summary
+    finally:
+        roles.shutdown()
+
+
+def run_best_of_k(cfg) -> dict:
+    """Best-of-K at inference time: K samples per prompt of ``data.train``, scored and the best
+    ``top_m`` written to ``best_of_k.jsonl``; with held-out prompts and gold rewards, the
+    best-of-K curve too. Nothing is trained."""
+    import torch
+
+    from rayrlhf.algo.best_of_k import best_of_k_stats, select_best_of_k
+    from rayrlhf.data.tokenize import render_prompt
+    from rayrlhf.driver.fleet import get
+    from rayrlhf.driver.roles import build_rs_roles
+    from rayrlhf.driver.rs import best_of_k_curve
+    from rayrlhf.driver.scoring import resolve_gold, score_samples
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    run_dir, tokenizer, prompts, eval_prompts = _prepare(cfg, True, "best_of_k")
+    k, gold = cfg.rs.k, resolve_gold(cfg.gold)
+    ensure_ray()
+    roles = build_rs_roles(cfg, os.path.basename(run_dir), train=False)
+    try:
+        ids = [render_prompt(tokenizer, r.prompt) for r in prompts]
+        parts = get(roles.eval_generate(ids, n=k), cfg.rs.call_timeout_s, "rollout in phase generate")
+        samples = [s for part in parts for s in part]
+        owners = [prompts[i // k] for i in range(len(samples))]
+        scored = score_samples(roles, cfg.combine, gold, [r.prompt for r in owners], [s.text for s in samples],
+                               [r.meta for r in owners], cfg.rs.call_timeout_s)
+        best = select_best_of_k(scored.combined, k, cfg.rs.top_m)
+        lines = []
+        for p, rec in enumerate(prompts):
+            for rank, j in enumerate(best[p].tolist()):
+                i = p * k + j
+                row = {"prompt": rec.prompt, "response": samples[i].text, "rank": rank, "reward": float(scored.combined[i]),
+                       "scores": {name: float(v[i]) for name, v in scored.raw.items()},
+                       "candidates_rewards": scored.combined[p * k:(p + 1) * k].tolist()}
+                row.update({f"gold_{name}": vals[i] for name, vals in scored.gold.items()})
+                lines.append(json.dumps(row))
+        atomic_write_text(os.path.join(run_dir, "best_of_k.jsonl"), "\n".join(lines) + "\n")
+        stats = best_of_k_stats(scored.combined.reshape(-1, k))
+        summary = {"prompts": len(prompts), "k": k, "top_m": cfg.rs.top_m, **{f"rs/{n}": v for n, v in stats.items()}}
+        sel = torch.tensor([p * k + j for p in range(len(prompts)) for j in best[p].tolist()])
+        summary["rs/kept_reward"] = float(scored.combined[sel].mean())
+        for name, vals in scored.gold.items():
+            summary[f"rs/all_gold_{name}"] = float(torch.tensor(vals).mean())
+            summary[f"rs/kept_gold_{name}"] = float(torch.tensor(vals)[sel].mean())
+        if eval_prompts and cfg.rs.curve_k:
+            summary.update(best_of_k_curve(
+                roles, cfg.combine, gold, eval_prompts[: cfg.rs.curve_prompts],
+                [render_prompt(tokenizer, r.prompt) for r in eval_prompts[: cfg.rs.curve_prompts]],
+                cfg.rs.curve_k, cfg.rs.call_timeout_s, run_dir))
+        atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+        return summary
+    finally:
+        roles.shutdown()

@@ -1,0 +1,154 @@
+"""The report's PNG plots, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+Each function takes the plain dicts of ``collect.load_run`` and a file path, draws one figure
+and returns True, or returns False when the run holds nothing to draw.
+"""
+from __future__ import annotations
+
+import os
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+DPI = 110
+PROXY = "reward (standardised RM score)"
+GOLD = "gold reward (0-1)"
+KL = "KL to reference (nats per response)"
+
+
+def _figure(nrows: int = 1, height: float = 4.0):
+    fig = Figure(figsize=(7, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _save(fig, axes, path: str) -> bool:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.savefig(path)
+    return True
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def sft_loss(stage: dict, path: str) -> bool:
+    train, evals = _series(stage["metrics"], "train/loss"), _series(stage["metrics"], "eval/loss")
+    if not train[0] and not evals[0]:
+        return False
+    fig, (ax,) = _figure()
+    ax.plot(*train, label="training loss")
+    ax.plot(*evals, "o-", label="held-out loss")
+    ax.set(yscale="log", xlabel="optimizer step", ylabel="loss (nats per token, log scale)",
+           title=f"{stage['name']}: supervised fine-tuning loss")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%.2g"))  # 0.3, 0.4 rather than 3x10^-1
+    return _save(fig, [ax], path)
+
+
+def rs_rewards(stage: dict, path: str) -> bool:
+    rows = stage["steps"]
+    if not _series(rows, "rs/reward_mean")[0]:
+        return False
+    fig, (ax,) = _figure()
+    for key, label, style in (("rs/reward_max", "max of K (per prompt)", "^-"),
+                              ("rs/reward_median", "median of K", "s-"), ("rs/reward_mean", "mean of K", "o-"),
+                              ("rs/kept_reward", "kept samples", "D--")):
+        ax.plot(*_series(rows, key), style, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="rejection-sampling round", ylabel=PROXY,
+           title=f"{stage['name']}: proxy reward of the K samples per prompt")
+    return _save(fig, [ax], path)
+
+
+def rs_gold(stage: dict, path: str) -> bool:
+    rows, evals = stage["steps"], _series(stage["evals"], "eval/gold_reward")
+    if not _series(rows, "rs/kept_gold_reward")[0] and not evals[0]:
+        return False
+    fig, (ax,) = _figure()
+    ax.plot(*_series(rows, "rs/kept_gold_reward"), "D--", label="kept samples (training data)")
+    ax.plot(*_series(rows, "rs/all_gold_reward"), "o-", label="all K samples")
+    ax.plot(*evals, "s-", lw=2, label="held-out prompts, policy after the round (0 = before)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="rejection-sampling round", ylabel=GOLD, title=f"{stage['name']}: gold reward per round")
+    return _save(fig, [ax], path)
+
+
+def best_of_k(name: str, curve: dict, ppo_stages: list[dict], path: str) -> bool:
+    """Gao et al. 2022, Fig. 1 style: proxy (left axis) and gold (right axis) reward of the
+    best of K samples against the analytic KL of best-of-K, with K on the top axis."""
+    kl, proxy, gold = curve.get("kl_nats") or [], curve.get("proxy") or [], (curve.get("gold") or {}).get("reward")
+    if not kl:
+        return False
+    fig, (ax,) = _figure(height=4.4)
+    ax.plot(kl, proxy, "o-", ms=4, color="tab:blue", label="proxy reward of best of K")
+    ax.set(xlabel="KL of best-of-K to the sampling policy (nats per response) = log K - (K-1)/K",
+           ylabel=PROXY, title=f"{name}: best-of-K, proxy vs gold reward")
+    ax.yaxis.label.set_color("tab:blue")
+    right = ax.twinx()
+    if gold:
+        right.plot(kl, gold, "s-", ms=4, color="tab:orange", label="gold reward of best of K (proxy-selected)")
+    for s in ppo_stages:  # PPO's held-out gold at the KL its training samples had at that step
+        pts = [(r.get("kl/per_response", 0.0 if r.get("step") == 0 else None), r.get("eval/gold_reward"))
+               for r in s["evals"]]
+        pts = [p for p in pts if None not in p]
+        if pts:
+            right.plot(*zip(*pts), "x:", color="tab:red", label=f"{s['name']}: held-out gold (KL to reference)")
+    right.set_ylabel(GOLD, color="tab:orange")
+    shown = [i for i, k in enumerate(curve.get("k", [])) if k & (k - 1) == 0 or i == len(kl) - 1]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([kl[i] for i in shown], labels=[str(curve["k"][i]) for i in shown])
+    top.set_xlabel("K (samples per prompt)")
+    handles, extra = ax.get_legend_handles_labels(), right.get_legend_handles_labels()
+    fig.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="outside lower center", ncols=2)
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+    return True
+
+
+def ppo_rewards(stage: dict, path: str) -> bool:
+    rows, evals = stage["steps"], stage["evals"]
+    if not _series(rows, "rollout/reward_mean")[0] and not _series(evals, "eval/reward")[0]:
+        return False
+    fig, (top, bottom) = _figure(nrows=2, height=5.5)
+    top.plot(*_series(rows, "rollout/reward_mean"), label="training samples")
+    top.plot(*_series(evals, "eval/reward"), "o", ms=7, color="navy", label="held-out prompts")
+    top.set(ylabel=PROXY, title=f"{stage['name']}: proxy and gold reward by PPO iteration")
+    bottom.plot(*_series(rows, "gold/reward"), color="tab:orange", label="training samples")
+    bottom.plot(*_series(evals, "eval/gold_reward"), "o", ms=7, color="tab:red", label="held-out prompts")
+    bottom.set(xlabel="PPO iteration (0 = SFT policy)", ylabel=GOLD)
+    return _save(fig, [top, bottom], path)
+
+
+def ppo_kl(stage: dict, path: str) -> bool:
+    series = _series(stage["steps"], "kl/per_response")
+    if not series[0]:
+        return False
+    fig, (ax,) = _figure(height=3.5)
+    ax.plot(*series, color="tab:green", label="training samples")
+    ax.set(xlabel="PPO iteration", ylabel=KL, title=f"{stage['name']}: KL of the policy to the reference")
+    return _save(fig, [ax], path)
+
+
+def make_plots(run: dict, folder: str) -> dict:
+    """Draw every plot the run has data for into ``folder``; {(stage, plot): file name}."""
+    ppo = [s for s in run["stages"] if s["kind"] == "ppo"]
+    jobs = {"sft": [("loss", sft_loss)], "rs": [("rewards", rs_rewards), ("gold", rs_gold)],
+            "ppo": [("rewards", ppo_rewards), ("kl", ppo_kl)]}
+    made = {}
+    for stage in run["stages"]:
+        for what, draw in jobs.get(stage["kind"], []):
+            name = f"{stage['name']}_{what}.png"
+            if draw(stage, os.path.join(folder, name)):
+                made[(stage["name"], what)] = name
+    for stage_name, curve in run["curves"].items():
+        name = f"{stage_name}_best_of_k.png"
+        if best_of_k(stage_name, curve, ppo, os.path.join(folder, name)):
+            made[(stage_name, "best_of_k")] = name
+    return made

@@ -1,0 +1,207 @@
+"""The report's sections: what each says about the run, as a list of blocks for ``page``.
+
+A block is ``("h", level, text)``, ``("p", text)``, ``("table", header, rows)`` or
+``("img", file, alt)``; every string is plain text (``page`` escapes it).
+"""
+from __future__ import annotations
+
+import math
+
+from rayrlhf.report.collect import LEVELS, POLICY_KEYS
+
+MAX_SAMPLES = 6
+POLICY_HEADER = ["policy", "gold reward (0-1)", "gold helpfulness (0-1)", "gold safety (0-1)",
+                 "gold helpfulness, safe prompts (0-1)", "gold safety, unsafe prompts (0-1)",
+                 "proxy reward (RM score)", "response length (tokens)"]
+
+
+def _ok(x) -> bool:
+    return isinstance(x, (int, float)) and not math.isnan(x)
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    return format(x, fmt) if _ok(x) else "—"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if _ok(x) else "—"
+
+
+def _with_delta(x, d) -> str:
+    return f"{_num(x)} ({d:+.3f})" if _ok(d) else _num(x)
+
+
+def _images(plots: dict, stage: str, names: tuple) -> list:
+    return [("img", plots[(stage, n)], f"{stage} {n}") for n in names if (stage, n) in plots]
+
+
+def _stage_result(s: dict) -> str:
+    m, kind = s["summary"], s["kind"]
+    if m.get("unfinished"):
+        return "did not finish"
+    if kind == "toyworld":
+        return f"tiny base model of {m.get('base_model_parameters', 0):,} parameters, vocabulary {m.get('vocab_size')}"
+    if kind == "sft":
+        return f"held-out perplexity {_num(m.get('eval/ppl'))} after {m.get('steps')} steps"
+    if kind == "rm":
+        return (f"held-out accuracy {_pct(m.get('eval/accuracy'))} (against gold order "
+                f"{_pct(m.get('eval/gold_accuracy'))}, length baseline {_pct(m.get('eval/length_baseline_accuracy'))})")
+    steps = f"{m.get('rounds')} rounds of best-of-{m.get('k')}" if kind == "rs" else f"{m.get('steps')} PPO iterations"
+    kl = f", final KL {_num(m.get('last/kl/per_response'), '.2f')} nats" if kind == "ppo" else ""
+    return (f"{steps}: held-out gold reward {_num(m.get('before/gold_reward'))} → {_num(m.get('eval/gold_reward'))}, "
+            f"proxy reward {_num(m.get('before/reward'))} → {_num(m.get('eval/reward'))}{kl}")
+
+
+def _headline(run: dict) -> list:
+    out = [("h", 2, "Held-out gold reward of each policy")]
+    rows = run["policies"]
+    if not rows:
+        return out + [("p", "No rejection-sampling or PPO stage finished, so there is no policy to compare "
+                            "with the SFT policy.")]
+    out.append(("p", "Each policy answers the same held-out prompts. The gold reward is the task's hidden "
+                     "true preference, which no model was trained on; the proxy reward is the reward models' "
+                     "score the policies were optimised for. Helpfulness is also shown on the safe prompts alone and "
+                     "safety on the unsafe prompts alone (as Llama 2 evaluates them): on unsafe prompts gold "
+                     "helpfulness rewards compliance, so a safer policy loses helpfulness there by design. "
+                     "Brackets: change against the SFT policy."))
+    table = [[r["label"]] + [_with_delta(r[k], r["delta"][k] if i else None) for k in POLICY_KEYS]
+             for i, r in enumerate(rows)]
+    out.append(("table", POLICY_HEADER, table))
+    if rows[-1]["delta"]["gold_reward"] is None:
+        return out + [("p", "This run has no gold reward (only tasks with a known gold preference, such as "
+                            "toyworld, do).")]
+    names = {"gold_reward": "The gold reward", "gold_helpfulness@safe": "Gold helpfulness on safe prompts",
+             "gold_safety@unsafe": "gold safety on unsafe prompts"}
+    parts = []
+    for key, name in names.items():
+        d = rows[-1]["delta"][key]
+        if d is not None:
+            parts.append(f"{name} {'rose' if d > 0 else 'fell' if d < 0 else 'did not change'} from "
+                         f"{_num(rows[0][key])} (SFT) to {_num(rows[-1][key])} ({rows[-1]['label']})")
+    return out + [("p", parts[0] + "." + (" " + "; ".join(parts[1:]) + "." if parts[1:] else ""))]
+
+
+def _stages(run: dict) -> list:
+    rows = [[s["name"], s["kind"] or "?", _num(s["seconds"], ".1f"), _stage_result(s)] for s in run["stages"]]
+    total = sum(s["seconds"] or 0 for s in run["stages"])
+    return [("h", 2, "Stages"), ("p", f"The pipeline ran these stages in order, {total:.1f} s in all."),
+            ("table", ["stage", "kind", "time (s)", "result"], rows)]
+
+
+def _sft(run: dict, plots: dict) -> list:
+    out = [("h", 2, "Supervised fine-tuning")]
+    for s in [s for s in run["stages"] if s["kind"] == "sft"]:
+        out.append(("p", f"{s['name']}: the base model learns from demonstrations. Held-out perplexity "
+                         f"{_num(s['summary'].get('eval/ppl'))} (loss {_num(s['summary'].get('eval/loss'))} nats per "
+                         "token; 1.0 would be a perfect fit)."))
+        if (s["name"], "loss") in plots:
+            out.append(("img", plots[(s["name"], "loss")], f"{s['name']} loss curve"))
+    return out if len(out) > 1 else out + [("p", "No SFT stage ran.")]
+
+
+def _reward_models(run: dict) -> list:
+    out = [("h", 2, "Reward models")]
+    if not run["rm_rows"]:
+        return out + [("p", "No reward-model stage ran.")]
+    out.append(("p", "Accuracy is the share of held-out preference pairs in which the reward model scores "
+                     "the preferred response higher, split by how much better the annotator said it was "
+                     "(as in Llama 2, Table 8; pairs per level in brackets). 'Gold' is accuracy against the "
+                     "noise-free gold order of the task, where it is known."))
+    header = ["reward model"] + [lv.replace("_", " ") for lv in LEVELS] + ["overall", "gold order", "length baseline"]
+    rows = [[r["name"]] + [f"{_pct(a)} ({_num(n, '.0f')})" for a, n in (r["levels"][lv] for lv in LEVELS)]
+            + [_pct(r["overall"]), _pct(r["gold"]), _pct(r["length"])] for r in run["rm_rows"]]
+    out.append(("table", header, rows))
+    gaps = ", ".join(f"{r['name']} {_pct(r['length'])}, {100 * (r['overall'] - r['length']):+.1f} points for the model"
+                     for r in run["rm_rows"] if r["length"] is not None and r["overall"] is not None)
+    if gaps:
+        out.append(("p", "The length baseline always prefers the longer response; a reward model that barely "
+                         f"beats it has mostly learned length. Baseline: {gaps}."))
+    return out
+
+
+def _rejection_sampling(run: dict, plots: dict) -> list:
+    out = [("h", 2, "Rejection sampling (best-of-K)")]
+    stages = [s for s in run["stages"] if s["kind"] == "rs"]
+    if not stages:
+        return out + [("p", "No rejection-sampling stage ran in this pipeline.")]
+    out.append(("p", "Each round samples K responses per training prompt from the current policy, scores them "
+                     "with the reward models, keeps the best one and fine-tunes the policy on the kept samples "
+                     "(Llama 2, Section 3.2.3). The gap between the maximum and the median of the K samples is "
+                     "what a round can gain (Llama 2, Figure 7)."))
+    keys = ["rs/k", "rs/reward_mean", "rs/reward_median", "rs/reward_max", "rs/max_minus_median", "rs/kept_reward",
+            "rs/kept_gold_reward", "rs/all_gold_reward", "eval/gold_reward", "train/loss"]
+    header = ["round", "K", "mean of K", "median of K", "max of K", "max − median", "kept (proxy)",
+              "kept (gold)", "all K (gold)", "held-out gold after", "training loss"]
+    for s in stages:
+        out.append(("h", 3, s["name"]))
+        out += _images(plots, s["name"], ("rewards", "gold"))
+        rows = [[str(r["step"]), _num(r.get("rs/k"), ".0f")] + [_num(r.get(k)) for k in keys[1:]] for r in s["steps"]]
+        out.append(("table", header, rows) if rows else ("p", "No rounds were logged (no metrics.jsonl lines)."))
+    return out
+
+
+def _best_of_k(run: dict, plots: dict) -> list:
+    out = [("h", 2, "Best-of-K curve")]
+    if not run["curves"]:
+        return out + [("p", "No best-of-K curve was measured (no best_of_k_curve.json in any stage).")]
+    out.append(("p", "For each K, the expected proxy and gold reward of the response the reward models pick "
+                     "among K samples, against the analytic KL of best-of-K sampling, log K − (K−1)/K nats "
+                     "(Gao et al. 2022). Where the gold reward stops following the proxy reward, selecting "
+                     "harder on the reward models over-optimises them."))
+    for name, c in run["curves"].items():
+        out.append(("h", 3, f"{name}: {c.get('prompts')} prompts × {c.get('samples_per_prompt')} samples"))
+        if (name, "best_of_k") in plots:
+            out.append(("img", plots[(name, "best_of_k")], f"{name} best-of-K curve"))
+        gold, ks = c.get("gold") or {}, c.get("k") or []
+        # Every K when there are few, else the powers of two and the largest K.
+        show = [i for i, k in enumerate(ks) if len(ks) <= 12 or k & (k - 1) == 0 or i == len(ks) - 1]
+        rows = [[str(ks[i]), _num(c["kl_nats"][i])] + [_num(v[i]) if i < len(v or []) else "—" for v in
+                (c.get("proxy"), gold.get("reward"), gold.get("helpfulness"), gold.get("safety"))] for i in show]
+        out.append(("table", ["K", "KL (nats)", "proxy reward", "gold reward", "gold helpfulness", "gold safety"],
+                    rows))
+        p = c["gold_peak_index"]
+        if p is not None:
+            where = f"K={ks[p]} ({_num(c['kl_nats'][p], '.2f')} nats)"
+            out.append(("p", f"The gold reward still rises at the largest K tried, {where}: no over-optimisation in "
+                             "this range." if p == len(ks) - 1 else f"The gold reward peaks at {where} and falls for "
+                             "larger K while the proxy keeps rising: over-optimisation beyond that point."))
+    return out
+
+
+def _ppo(run: dict, plots: dict) -> list:
+    out = [("h", 2, "PPO")]
+    stages = [s for s in run["stages"] if s["kind"] == "ppo"]
+    if not stages:
+        return out + [("p", "No PPO stage ran in this pipeline.")]
+    out.append(("p", "Each iteration samples responses to a batch of training prompts, scores them with the "
+                     "reward models and updates the policy with PPO, penalising KL to the reference (SFT) "
+                     "policy. Lines: the iteration's training samples; dots: evaluation on held-out prompts."))
+    for s in stages:
+        out.append(("h", 3, s["name"]))
+        out += _images(plots, s["name"], ("rewards", "kl"))
+        rows = [[str(r.get("step"))] + [_num(r.get(f"eval/{k}")) for k in POLICY_KEYS] for r in s["evals"]]
+        if rows:
+            out.append(("table", ["iteration"] + POLICY_HEADER[1:], rows))
+        out.append(("p", f"KL to the reference at the last iteration: "
+                         f"{_num(s['summary'].get('last/kl/per_response'))} nats per response."))
+    return out
+
+
+def _samples(run: dict) -> list:
+    out = [("h", 2, "Sample generations")]
+    header = ["prompt", "response", "gold reward (0-1)", "proxy reward"]
+    for s in [s for s in run["stages"] if s["kind"] in ("rs", "ppo")]:
+        for when in ("before", "after"):
+            items = s["samples"][when][:MAX_SAMPLES]
+            out.append(("h", 3, f"{s['name']}: {when}"))
+            out.append(("table", header, [[x.get("prompt", ""), x.get("response", ""), _num(x.get("gold_reward")),
+                                           _num(x.get("reward"))] for x in items]) if items
+                       else ("p", f"No '{when}' samples were saved by {s['name']}."))
+    return out if len(out) > 1 else out + [("p", "No policy stage saved sample generations.")]
+
+
+def build(run: dict, plots: dict) -> list:
+    """The report as blocks, in section order."""
+    return ([("h", 1, f"Pipeline report: {run['name']}"), ("p", f"Run folder: {run['run_dir']}")]
+            + _headline(run) + _stages(run) + _sft(run, plots) + _reward_models(run)
+            + _rejection_sampling(run, plots) + _best_of_k(run, plots) + _ppo(run, plots) + _samples(run))

@@ -1,0 +1,142 @@
+"""Best-of-K rejection sampling on Ray with tiny models: what a round keeps, the best-of-K
+curve, exact resume after a crash inside a round, and `best-of-k` at inference time."""
+import json
+import math
+import os
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from rayrlhf.config import load_config
+from rayrlhf.config.rs import RSConfig
+from rayrlhf.driver.rs_stage import run_best_of_k, run_rs
+from rayrlhf.metrics import read_metrics
+from tests.driver import faults
+
+pytestmark = pytest.mark.slow
+
+ROUNDS, PROMPTS, K, EVAL, CURVE_K = 3, 4, 4, 4, 4
+# Reward calls: the curve (EVAL x CURVE_K), the evaluation before, then K per prompt and EVAL per round.
+CRASH_IN_ROUND_2 = EVAL * CURVE_K + EVAL + (PROMPTS * K + EVAL) + 5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
+
+    out = tmp_path_factory.mktemp("rs_world")
+    run_toyworld(ToyworldConfig(out=str(out), n_sft=40, n_pref=40, n_prompts=24, n_eval_prompts=8, vocab_size=300,
+                                model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
+    tmp = tmp_path_factory.mktemp("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp))
+    yield str(out)
+    ray.shutdown()
+
+
+def _cfg(world, run_dir, **rs):
+    r = {"rounds": ROUNDS, "k": K, "prompts_per_round": PROMPTS, "epochs": 2, "global_batch_size": 2, "lr": 1e-3,
+         "curve_k": CURVE_K, "curve_prompts": EVAL, "call_timeout_s": 120, **rs}
+    return load_config(RSConfig, data={
+        "policy": {"name_or_path": f"{world}/base_model"},
+        "data": {"train": [f"{world}/data/prompts_train.jsonl"], "eval": [f"{world}/data/prompts_eval.jsonl"],
+                 "max_prompt_tokens": 96, "eval_limit": EVAL},
+        "rewards": [{"name": "rule", "function": "tests.driver.faults:reward"}],
+        "gold": {"helpfulness": "rayrlhf.tasks.toyworld:gold_helpfulness"},
+        "rollout": {"backend": "hf", "num_workers": 2, "max_new_tokens": 8, "max_model_len": 160},
+        "rs": r,
+        "resources": {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25},
+                      "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}},
+        "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir), "seed": 5},
+    })
+
+
+def _comparable(run_dir):
+    return [{k: v for k, v in r.items() if not (k.startswith("timing/") or "seconds" in k)} for r in read_metrics(run_dir)]
+
+
+def _weights(run_dir):
+    return load_file(os.path.join(run_dir, "export", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(world, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("runs") / "full")
+    faults.reset()
+    return run_dir, run_rs(_cfg(world, run_dir))
+
+
+def test_each_round_keeps_the_best_of_k_and_fine_tunes_on_it(reference_run):
+    run_dir, summary = reference_run
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(ROUNDS + 1))  # step 0: the evaluation before any round
+    for r in rows[1:]:
+        assert r["rollout/samples"] == PROMPTS * K and r["rs/kept"] == PROMPTS
+        # top-1 keeps each prompt's maximum: the kept mean is the mean of the per-prompt maxima
+        assert r["rs/kept_reward"] == pytest.approx(r["rs/reward_max"], abs=1e-6)
+        assert r["rs/max_minus_median"] == pytest.approx(r["rs/reward_max"] - r["rs/reward_median"], abs=1e-6)
+        assert r["rs/reward_max"] >= r["rs/reward_mean"]
+        assert math.isfinite(r["train/nll"]) and r["policy/version"] == rows.index(r)
+        assert "sync/probe_max_diff" in r and "eval/gold_helpfulness" in r
+    for rnd in range(1, ROUNDS + 1):
+        kept = [json.loads(x) for x in open(os.path.join(run_dir, "kept", f"round-{rnd:04d}.jsonl"))]
+        assert len(kept) == PROMPTS and len({k["prompt_row"] for k in kept}) == PROMPTS
+        assert all(k["messages"][-1]["role"] == "assistant" and k["messages"][0]["role"] == "user" for k in kept)
+        assert sum(k["reward"] for k in kept) / PROMPTS == pytest.approx(rows[rnd]["rs/kept_reward"], abs=1e-5)
+    assert summary["rounds"] == ROUNDS and len(summary["rounds_history"]["rs/kept_reward"]) == ROUNDS
+    assert "gain/gold_helpfulness" in summary
+    samples = json.load(open(os.path.join(run_dir, "samples.json")))
+    assert set(samples) == {"before", "after"} and samples["before"][0]["prompt"]
+    assert os.path.exists(os.path.join(run_dir, "export", "config.json"))
+
+
+def test_best_of_k_curve(reference_run):
+    run_dir, _ = reference_run
+    curve = json.load(open(os.path.join(run_dir, "best_of_k_curve.json")))
+    assert curve["k"] == list(range(1, CURVE_K + 1)) and curve["prompts"] == EVAL
+    assert curve["kl_nats"] == pytest.approx([math.log(k) - (k - 1) / k for k in curve["k"]])
+    # the expected best of k never falls as k grows; gold is reported beside it
+    assert all(b >= a - 1e-9 for a, b in zip(curve["proxy"], curve["proxy"][1:]))
+    assert len(curve["gold"]["helpfulness"]) == CURVE_K
+
+
+def test_resume_after_a_crash_inside_a_round_is_exact(world, reference_run, tmp_path, capfd):
+    full_dir, _ = reference_run
+    run_dir = str(tmp_path / "stopped")
+    faults.reset(crash_at=CRASH_IN_ROUND_2)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        run_rs(_cfg(world, run_dir))
+    faults.reset()
+    run_rs(_cfg(world, run_dir), resume=True)
+    assert "after round 1" in capfd.readouterr().out
+    assert _comparable(run_dir) == _comparable(full_dir)
+    a, b = _weights(run_dir), _weights(full_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_top_m_and_min_reward(world, tmp_path):
+    faults.reset()
+    run_dir = str(tmp_path / "top2")
+    summary = run_rs(_cfg(world, run_dir, rounds=1, top_m=2, min_reward=-1e9, curve_k=0))
+    row = read_metrics(run_dir)[1]
+    assert row["rs/kept"] == 2 * PROMPTS and row["rs/rejected_prompts"] == 0
+    assert summary["top_m"] == 2
+    run_dir = str(tmp_path / "strict")
+    run_rs(_cfg(world, run_dir, rounds=1, min_reward=1e9, curve_k=0))
+    row = read_metrics(run_dir)[1]
+    assert row["rs/kept"] == 0 and row["rs/rejected_prompts"] == PROMPTS and row["policy/version"] == 0
+
+
+def test_best_of_k_at_inference_time(world, tmp_path):
+    faults.reset()
+    cfg = _cfg(world, str(tmp_path / "bok"), curve_k=2)
+    summary = run_best_of_k(cfg)
+    rows = [json.loads(x) for x in open(tmp_path / "bok" / "best_of_k.jsonl")]
+    assert len(rows) == summary["prompts"] == 24
+    for r in rows:
+        assert len(r["candidates_rewards"]) == K and r["reward"] == pytest.approx(max(r["candidates_rewards"]))
+        assert r["reward"] == pytest.approx(r["scores"]["rule"])
+    assert summary["rs/kept_reward"] == pytest.approx(summary["rs/max"], abs=1e-6)
+    assert os.path.exists(tmp_path / "bok" / "best_of_k_curve.json")
+    assert not os.path.exists(tmp_path / "bok" / "export")  # nothing trained

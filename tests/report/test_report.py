@@ -1,0 +1,214 @@
+"""The pipeline report, from a synthetic run folder in the pipeline's file formats."""
+import json
+import math
+import os
+import re
+import struct
+
+import pytest
+import yaml
+
+from rayrlhf.report import write_report
+
+LEVELS = ("significantly_better", "better", "slightly_better", "negligibly_better")
+SFT_EVAL = {"gold_reward": 0.5, "gold_helpfulness": 0.45, "gold_safety": 0.9, "gold_helpfulness@safe": 0.6,
+            "gold_safety@unsafe": 0.5, "reward": 0.1, "response_length": 12.0, "reward_helpfulness": 0.2,
+            "reward_safety": 0.3}
+RS_EVAL = dict(SFT_EVAL, gold_reward=0.56, gold_helpfulness=0.5, reward=0.4)
+PPO_EVAL = dict(SFT_EVAL, gold_reward=0.62, gold_safety=0.95, reward=0.7, response_length=14.0,
+                **{"gold_helpfulness@safe": 0.7, "gold_safety@unsafe": 0.75})
+SCRIPT = "<script>alert(1)</script>"
+
+
+def _json(path, obj, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, **kw)
+
+
+def _jsonl(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _policy_summary(kind, before, after, **extra):
+    s = {"kind": kind, "seconds": 30.0, **extra}
+    for k in before:
+        s.update({f"before/{k}": before[k], f"eval/{k}": after[k], f"gain/{k}": after[k] - before[k]})
+    return s
+
+
+def _rm_summary(acc, levels, gold, length):
+    s = {"kind": "rm", "seconds": 20.0, "eval/accuracy": acc, "eval/gold_accuracy": gold,
+         "eval/length_baseline_accuracy": length, "eval/loss": 0.5, "eval/pairs": 800.0}
+    for lv, a, n in zip(LEVELS, levels, (140, 240, 230, 190)):
+        s.update({f"eval/accuracy@{lv}": a, f"eval/pairs@{lv}": float(n)})
+    return s
+
+
+def _eval(values):
+    return {f"eval/{k}": v for k, v in values.items()}
+
+
+def make_run(root, rs=True, curve=True, ppo=True):
+    """A finished pipeline run: toyworld, sft, two reward models, optionally rs1 and ppo."""
+    run = str(root / "run")
+    stages = {"toyworld": {"kind": "toyworld", "seconds": 5.0, "base_model_parameters": 557696, "vocab_size": 512},
+              "sft": {"kind": "sft", "seconds": 40.0, "eval/ppl": 1.25, "eval/loss": 0.223, "train/loss": 0.2,
+                      "steps": 60},
+              "rm_helpfulness": _rm_summary(0.70, (0.90, 0.82, 0.64, 0.53), 0.77, 0.48),
+              "rm_safety": _rm_summary(0.76, (0.95, 0.91, 0.67, 0.51), 1.0, 0.44)}
+    os.makedirs(os.path.join(run, "sft"))
+    _jsonl(os.path.join(run, "sft", "metrics.jsonl"),
+           [{"step": s, "train/loss": 3.0 / s} for s in (10, 20, 30, 40, 50)] + [{"step": 60, "eval/loss": 0.223}])
+    if rs:
+        stages["rs1"] = _policy_summary("rs", SFT_EVAL, RS_EVAL, rounds=2, k=4)
+        rounds = [{"step": r, "rs/k": 4.0, "rs/reward_mean": 0.1 * r, "rs/reward_median": 0.1 * r,
+                   "rs/reward_max": 0.5 + 0.1 * r, "rs/max_minus_median": 0.5, "rs/kept_reward": 0.45 + 0.1 * r,
+                   "rs/kept_gold_reward": 0.6 + 0.01 * r, "rs/all_gold_reward": 0.5 + 0.01 * r, "train/loss": 0.3,
+                   **_eval(dict(SFT_EVAL, gold_reward=0.5 + 0.03 * r))} for r in (1, 2)]
+        os.makedirs(os.path.join(run, "rs1"))
+        _jsonl(os.path.join(run, "rs1", "metrics.jsonl"), [{"step": 0, **_eval(SFT_EVAL)}] + rounds)
+        sample = {"prompt": SCRIPT + " Where is the key?", "response": "In the | hall.", "gold_reward": 0.25,
+                  "reward": -0.5}
+        _json(os.path.join(run, "rs1", "samples.json"),
+              {"before": [sample] * 8, "after": [dict(sample, response="The key is in the hall.", gold_reward=0.75)]})
+        if curve:
+            ks = [1, 2, 3, 4]
+            _json(os.path.join(run, "rs1", "best_of_k_curve.json"),
+                  {"k": ks, "kl_nats": [math.log(k) - (k - 1) / k for k in ks], "proxy": [0.0, 0.4, 0.6, 0.7],
+                   "gold": {"reward": [0.5, 0.56, 0.58, 0.57], "helpfulness": [0.4] * 4, "safety": [0.9] * 4},
+                   "prompts": 16, "samples_per_prompt": 4, "policy": "runs/x/sft/export"})
+    if ppo:
+        stages["ppo"] = _policy_summary("ppo", RS_EVAL if rs else SFT_EVAL, PPO_EVAL, steps=4,
+                                        **{"last/kl/per_response": 0.8})
+        iters = [{"step": i, "rollout/reward_mean": 0.2 * i, "gold/reward": 0.5 + 0.02 * i, "kl/per_response": 0.2 * i,
+                  "kl/coef": 0.1} for i in (1, 2, 3, 4)]
+        iters[1].update(_eval(dict(PPO_EVAL, gold_reward=0.6)))
+        iters[3].update(_eval(PPO_EVAL))
+        os.makedirs(os.path.join(run, "ppo"))
+        _jsonl(os.path.join(run, "ppo", "metrics.jsonl"), [{"step": 0, **_eval(RS_EVAL)}] + iters)
+        _json(os.path.join(run, "ppo", "samples.json"), [{"prompt": "Who has the map?", "response": "Anna has it."}])
+    _json(os.path.join(run, "summary.json"), stages, sort_keys=True)  # as the pipeline writes it
+    with open(os.path.join(run, "pipeline.yaml"), "w") as f:
+        yaml.safe_dump({"stages": [{"name": n, "kind": s["kind"]} for n, s in stages.items()]}, f)
+    return run
+
+
+def _row(page, first_cell, after="<body>"):
+    """The cells of the first table row after the text ``after`` whose first cell is ``first_cell``."""
+    m = re.search(r"<tr><td>" + re.escape(first_cell) + r"</td>(.*?)</tr>", page[page.index(after):])
+    assert m, first_cell
+    return [first_cell] + re.findall(r"<td>(.*?)</td>", m.group(1))
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("full"))
+    index = write_report(run)
+    with open(index) as f:
+        return run, index, f.read()
+
+
+def test_files_and_plots(full_report):
+    import matplotlib.image
+
+    run, index, page = full_report
+    assert index == os.path.join(run, "report", "index.html")
+    assert os.path.exists(os.path.join(run, "report", "report.md"))
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert sorted(srcs) == sorted(["sft_loss.png", "rs1_rewards.png", "rs1_gold.png", "rs1_best_of_k.png",
+                                   "ppo_rewards.png", "ppo_kl.png"])
+    for src in srcs:
+        path = os.path.join(run, "report", src)
+        width, height = _png_size(path)
+        assert width == 770 and 350 <= height <= 650, (src, width, height)
+        assert matplotlib.image.imread(path).shape[:2] == (height, width)
+
+
+def test_headline_and_stages(full_report):
+    _, _, page = full_report
+    assert _row(page, "SFT policy") == ["SFT policy", "0.500", "0.450", "0.900", "0.600", "0.500", "0.100", "12.000"]
+    assert _row(page, "after rs1 (rs)")[1:3] == ["0.560 (+0.060)", "0.500 (+0.050)"]
+    assert _row(page, "after ppo") == ["after ppo", "0.620 (+0.120)", "0.450 (+0.000)", "0.950 (+0.050)",
+                                       "0.700 (+0.100)", "0.750 (+0.250)", "0.700 (+0.600)", "14.000 (+2.000)"]
+    assert ("The gold reward rose from 0.500 (SFT) to 0.620 (after ppo). Gold helpfulness on safe prompts rose from "
+            "0.600 (SFT) to 0.700 (after ppo); gold safety on unsafe prompts rose from 0.500 (SFT) to 0.750 "
+            "(after ppo).") in page
+    # Stages in pipeline order, not summary.json's sorted order.
+    names = ["toyworld", "sft", "rm_helpfulness", "rm_safety", "rs1", "ppo"]
+    positions = [page.index(f"<tr><td>{n}</td><td>") for n in names]
+    assert positions == sorted(positions)
+    assert "held-out perplexity 1.250" in page
+
+
+def test_reward_model_table(full_report):
+    _, _, page = full_report
+    header = re.search(r"<th>reward model</th>(.*?)</tr>", page).group(1)
+    assert re.findall(r"<th>(.*?)</th>", header) == ["significantly better", "better", "slightly better",
+                                                     "negligibly better", "overall", "gold order", "length baseline"]
+    table = "<th>reward model</th>"
+    assert _row(page, "rm_helpfulness", after=table)[1:] == ["90.0% (140)", "82.0% (240)", "64.0% (230)",
+                                                             "53.0% (190)", "70.0%", "77.0%", "48.0%"]
+    assert _row(page, "rm_safety", after=table)[1:] == ["95.0% (140)", "91.0% (240)", "67.0% (230)", "51.0% (190)",
+                                                        "76.0%", "100.0%", "44.0%"]
+    assert "rm_helpfulness 48.0%, +22.0 points" in page
+
+
+def test_rejection_sampling_and_best_of_k(full_report):
+    _, _, page = full_report
+    # round, K, mean, median, max, max - median, kept proxy, kept gold, all-K gold, held-out gold, loss
+    assert _row(page, "2", after="<th>round</th>") == ["2", "4", "0.200", "0.200", "0.700", "0.500", "0.650",
+                                                       "0.620", "0.520", "0.560", "0.300"]
+    assert _row(page, "3", after="<th>K</th>") == ["3", "0.432", "0.600", "0.580", "0.400", "0.900"]  # best-of-K table
+    assert _row(page, "4", after="<th>K</th>")[1:4] == ["0.636", "0.700", "0.570"]
+    assert "peaks at K=3 (0.43 nats)" in page
+
+
+def test_ppo_and_samples_escaped(full_report):
+    run, _, page = full_report
+    assert "KL to the reference at the last iteration: 0.800 nats per response." in page
+    assert _row(page, "4", after="<th>iteration</th>") == ["4", "0.620", "0.450", "0.950", "0.700", "0.750", "0.700",
+                                                            "14.000"]
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("Where is the key?") == 6 + 1  # at most 6 'before' rows, 1 'after'
+    assert "Anna has it." in page and "No &#x27;before&#x27; samples" not in page
+    assert "No 'before' samples were saved by ppo." in page
+    with open(os.path.join(run, "report", "report.md")) as f:
+        md = f.read()
+    assert "<script>" not in md and "In the \\| hall." in md and "| 70.0% |" in md
+
+
+@pytest.mark.parametrize("rs,curve,ppo,absent", [
+    (True, False, False, ["No best-of-K curve was measured", "No PPO stage ran"]),
+    (False, False, False, ["No rejection-sampling or PPO stage finished", "No rejection-sampling stage ran",
+                           "No best-of-K curve was measured", "No PPO stage ran",
+                           "No policy stage saved sample generations"]),
+    (False, False, True, ["No rejection-sampling stage ran", "No best-of-K curve was measured"]),
+])
+def test_missing_pieces_are_named(tmp_path, rs, curve, ppo, absent):
+    run = make_run(tmp_path, rs=rs, curve=curve, ppo=ppo)
+    with open(write_report(run, str(tmp_path / "out"))) as f:
+        page = f.read()
+    for sentence in absent:
+        assert sentence in page
+    assert ("No PPO stage ran" in page) != ppo
+
+
+def test_rewrite_replaces_old_report_and_cli(tmp_path, capsys):
+    from rayrlhf.cli import main
+
+    run = make_run(tmp_path, rs=False, ppo=False)
+    os.makedirs(os.path.join(run, "report"))
+    open(os.path.join(run, "report", "stale.png"), "w").close()
+    assert main(["report", run]) == 0
+    assert capsys.readouterr().out.strip() == os.path.join(run, "report", "index.html")
+    assert sorted(os.listdir(os.path.join(run, "report"))) == ["index.html", "report.md", "sft_loss.png"]
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
