@@ -64,23 +64,23 @@ class RewardModelWorker:
 
 
 class FunctionReward:
-    """A rule-based reward: an importable callable ``f(prompt: str, response: str) -> float``.
+    """A rule-based reward: an importable callable ``f(prompt: str, response: str, **args) -> float``.
 
     The prompt passed is the text of the last user message. Runs on the driver (cheap rules) or
     wrapped in an actor like any other source.
     """
 
-    def __init__(self, name: str, path: str):
+    def __init__(self, name: str, path: str, args: dict | None = None):
         from rayrlhf.tasks import resolve
 
-        self.name, self.path = name, path
+        self.name, self.path, self.args = name, path, dict(args or {})
         self.fn = resolve(path)
 
     def __repr__(self) -> str:
         return f"FunctionReward({self.name}={self.path})"
 
     def score(self, prompts: list[list[dict]], responses: list[str], meta: list[dict] | None = None) -> list[float]:
-        return [float(self.fn(last_user_text(p), r)) for p, r in zip(prompts, responses)]
+        return [float(self.fn(last_user_text(p), r, **self.args)) for p, r in zip(prompts, responses)]
 
 
 def last_user_text(messages: list[dict]) -> str:

@@ -138,7 +138,8 @@ def combine_rewards(
         scores: Reward source name to scores. Each Shape: (B,).
         method: ``"linear"`` (weighted sum; ``weights`` may be omitted when there is one
             source) or ``"llama2_gate"``.
-        weights: Weights for ``"linear"``.
+        weights: Weights for ``"linear"``; for ``"llama2_gate"``, weights of further sources
+            (rules such as a length penalty) added to the gated score: R_g + sum_k w_k R_k.
         helpful_key: Name of the helpfulness source for ``"llama2_gate"``.
         safety_key: Name of the safety source for ``"llama2_gate"``.
         unsafe: True where the prompt is a safety prompt, Shape: (B,); ``None`` means none is.
@@ -165,6 +166,10 @@ def combine_rewards(
         if unsafe is None:
             unsafe = torch.zeros_like(safety, dtype=torch.bool)
         combined = llama2_safety_gate(helpful, safety, unsafe, threshold=threshold)
+        # Any other source (a rule such as a length penalty) is added after the gate, weighted.
+        extra = {k: w for k, w in (weights or {}).items() if k not in (helpful_key, safety_key)}
+        if extra:
+            combined = combined + combine_linear(scores, extra)
     else:
         raise ValueError(f"unknown combine method={method!r}; expected one of {COMBINE_METHODS}")
 

@@ -3,7 +3,7 @@ rollout fleet and PPO's hyper-parameters."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import ModelSection, RunSection
@@ -44,7 +44,10 @@ class RewardSourceSection:
     model: str = ""
     """Folder of a reward model (an `rayrlhf rm` export or any HF sequence classifier)."""
     function: str = ""
-    """Or a rule-based reward: "module.path:callable", called as f(prompt, response) -> float."""
+    """Or a rule-based reward: "module.path:callable", called as f(prompt, response, **args) ->
+    float (rayrlhf.rules has a few, e.g. rayrlhf.rules:length_penalty)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the rule function, e.g. {max_words: 10, per_word: 0.1}."""
     normalize: bool = True
     """Standardise a reward model's scores with the held-out mean and std its rm stage recorded."""
 
@@ -52,6 +55,8 @@ class RewardSourceSection:
         out = [] if self.name else ["name: required"]
         if bool(self.model) == bool(self.function):
             out.append("set exactly one of model (a reward-model folder) or function (module:callable)")
+        if self.args and not self.function:
+            out.append("args: only a function source takes arguments")
         return out
 
 
@@ -61,7 +66,9 @@ class CombineSection:
     """linear: the weighted sum of sources; llama2_gate: the safety score where the prompt is
     unsafe or the safety score is below threshold, else helpfulness (Llama 2, section 3.2.3)."""
     weights: dict[str, float] = field(default_factory=dict)
-    """Weight per source for linear; an empty mapping weights every source 1."""
+    """Weight per source for linear (an empty mapping weights every source 1); for llama2_gate,
+    the weight of each source besides helpfulness and safety (e.g. a length rule), added to the
+    gated score."""
     helpful_key: str = "helpfulness"
     """Source used as helpfulness by llama2_gate."""
     safety_key: str = "safety"
@@ -220,6 +227,10 @@ def check_reward_sources(rewards: list[RewardSourceSection], combine: CombineSec
         for field_name, key in (("helpful_key", combine.helpful_key), ("safety_key", combine.safety_key)):
             if key not in names:
                 out.append(f"combine.{field_name}: {key!r} is not a reward source (sources: {names})")
+        for name in names:
+            if name not in (combine.helpful_key, combine.safety_key) and name not in combine.weights:
+                out.append(f"combine.weights.{name}: missing: llama2_gate gates {combine.helpful_key} and "
+                           f"{combine.safety_key}; give source {name!r} a weight to add it to the gated score")
     for r in rewards:
         if r.model and r.name not in resources.rewards:
             out.append(f"resources.rewards.{r.name}: missing: reward model {r.name!r} needs its resources "

@@ -61,3 +61,12 @@ def sync_policy(roles, version: int, prompt_ids: list[list[int]], timeout: float
     weights_ref, checksum_ref = policy0.named_weights_and_checksum.options(num_returns=2).remote()
     checksum = get(checksum_ref, timeout, "policy/0 in phase sync")
     return fleet.sync(weights_ref, checksum, version, probe, trainer_probe, atol)
+
+
+def add_gains(summary: dict) -> dict:
+    """``gain/<x> = eval/<x> - before/<x>`` for every held-out figure measured both times."""
+    for key in [k for k in summary if k.startswith("eval/")]:
+        name = key.split("/", 1)[1]
+        if f"before/{name}" in summary:
+            summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
+    return summary

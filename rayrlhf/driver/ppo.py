@@ -20,7 +20,7 @@ import torch
 from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
-from rayrlhf.driver.common import PromptOrder, Timer, sync_policy
+from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
@@ -113,10 +113,7 @@ class PPODriver:
         get(policy0.export.remote(os.path.join(self.run_dir, "export"), {"stage": "ppo", "steps": self.p.total_steps}),
             self.timeout, "policy/0 in phase export")
         summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
-        for key in [k for k in summary if k.startswith("eval/")]:
-            name = key.split("/", 1)[1]
-            if f"before/{name}" in summary:
-                summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
+        add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 

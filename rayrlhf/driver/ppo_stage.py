@@ -36,15 +36,14 @@ def check_models(cfg) -> list[str]:
     return out
 
 
-def run_ppo(cfg, resume: bool = False) -> dict:
+def prepare_run(cfg, resume: bool, default_name: str):
+    """Everything that can fail cheaply, before any actor starts: the run folder, the model
+    folders, the tokenizer and every prompt; then the resolved config and the data report."""
     from rayrlhf import checkpoint as ckpt
     from rayrlhf.config.loader import ConfigError
-    from rayrlhf.driver.ppo import PPODriver
-    from rayrlhf.driver.roles import build_roles
     from rayrlhf.models import load_tokenizer
-    from rayrlhf.utils.ray_init import ensure_ray
 
-    run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or "ppo"))
+    run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
     if not resume and ckpt.latest_checkpoint(run_dir):
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
     problems = check_models(cfg)
@@ -55,6 +54,15 @@ def run_ppo(cfg, resume: bool = False) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
+    return run_dir, tokenizer, prompts, eval_prompts
+
+
+def run_ppo(cfg, resume: bool = False) -> dict:
+    from rayrlhf.driver.ppo import PPODriver
+    from rayrlhf.driver.roles import build_roles
+    from rayrlhf.utils.ray_init import ensure_ray
+
+    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, "ppo")
     ensure_ray()
     roles = build_roles(cfg, os.path.basename(run_dir))
     try:

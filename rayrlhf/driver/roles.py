@@ -59,7 +59,7 @@ class Roles:
         self.sources: dict = {}
         for r in cfg.rewards:
             if r.function:
-                self.sources[r.name] = FunctionReward(r.name, r.function)
+                self.sources[r.name] = FunctionReward(r.name, r.function, r.args)
                 continue
             role = f"reward/{r.name}"
             self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(

@@ -22,7 +22,7 @@ import torch
 from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
-from rayrlhf.driver.common import PromptOrder, Timer, sync_policy
+from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
@@ -96,10 +96,7 @@ class RSDriver:
             self.timeout, "policy/0 in phase export")
         summary.update({"rounds": self.r.rounds, "k": self.r.k, "top_m": self.r.top_m,
                         "rollout/worker_restarts": self.fleet.restarts})
-        for key in [k for k in summary if k.startswith("eval/")]:
-            name = key.split("/", 1)[1]
-            if f"before/{name}" in summary:
-                summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
+        add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 

@@ -4,29 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from rayrlhf.config import save_config
+from rayrlhf.driver.ppo_stage import prepare_run
 from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
-
-
-def _prepare(cfg, resume: bool, default_name: str):
-    """Everything that can fail cheaply, before any actor starts."""
-    from rayrlhf import checkpoint as ckpt
-    from rayrlhf.config.loader import ConfigError
-    from rayrlhf.driver.ppo_stage import check_models, read_prompts
-    from rayrlhf.models import load_tokenizer
-
-    run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
-    if not resume and ckpt.latest_checkpoint(run_dir):
-        raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
-    problems = check_models(cfg)
-    if problems:
-        raise ConfigError(problems)
-    tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
-    prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
-    os.makedirs(run_dir, exist_ok=True)
-    save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
-    return run_dir, tokenizer, prompts, eval_prompts
 
 
 def run_rs(cfg, resume: bool = False) -> dict:
@@ -34,7 +13,7 @@ def run_rs(cfg, resume: bool = False) -> dict:
     from rayrlhf.driver.rs import RSDriver
     from rayrlhf.utils.ray_init import ensure_ray
 
-    run_dir, tokenizer, prompts, eval_prompts = _prepare(cfg, resume, "rs")
+    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, "rs")
     ensure_ray()
     roles = build_rs_roles(cfg, os.path.basename(run_dir))
     try:
@@ -61,7 +40,7 @@ def run_best_of_k(cfg) -> dict:
     from rayrlhf.driver.scoring import resolve_gold, score_samples
     from rayrlhf.utils.ray_init import ensure_ray
 
-    run_dir, tokenizer, prompts, eval_prompts = _prepare(cfg, True, "best_of_k")
+    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, True, "best_of_k")
     k, gold = cfg.rs.k, resolve_gold(cfg.gold)
     ensure_ray()
     roles = build_rs_roles(cfg, os.path.basename(run_dir), train=False)

@@ -44,7 +44,8 @@ def score_samples(roles, combine, gold_fns: dict, prompts: list, texts: list[str
     raw = roles.score_all(prompts, texts, meta, timeout)
     unsafe = torch.tensor([bool(m.get(combine.unsafe_field, False)) for m in meta])
     combined = combine_rewards(
-        raw, method=combine.method, weights=combine.weights or {k: 1.0 for k in raw},
+        raw, method=combine.method,
+        weights=combine.weights or ({k: 1.0 for k in raw} if combine.method == "linear" else {}),
         helpful_key=combine.helpful_key, safety_key=combine.safety_key, unsafe=unsafe,
         threshold=combine.threshold, transform=combine.transform, whiten=combine.whiten)
     questions = [last_user_text(p) for p in prompts]

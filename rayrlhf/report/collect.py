@@ -71,7 +71,7 @@ def load_run(run_dir: str) -> dict:
         summary = {**(_json(os.path.join(folder, "summary.json")) or {}), **top}
         metrics = _jsonl(os.path.join(folder, "metrics.jsonl"))
         stages.append({"name": name, "kind": summary.get("kind"), "seconds": summary.get("seconds"),
-                       "summary": summary, "metrics": metrics,
+                       "summary": summary, "metrics": metrics, "policy": _policy_path(folder),
                        "samples": _samples(os.path.join(folder, "samples.json")),
                        "curve": _json(os.path.join(folder, "best_of_k_curve.json")),
                        "steps": [r for r in metrics if r.get("step", 0) >= 1],
@@ -81,6 +81,18 @@ def load_run(run_dir: str) -> dict:
             "stages": stages, "policies": _policies(policy_stages),
             "rm_rows": [_rm_row(s) for s in stages if s["kind"] == "rm" and "eval/accuracy" in s["summary"]],
             "curves": {s["name"]: _curve(s["curve"]) for s in stages if s["curve"]}}
+
+
+def _policy_path(folder: str) -> str | None:
+    """The starting policy a stage's resolved config names (rs and ppo stages)."""
+    import yaml
+
+    path = os.path.join(folder, "config.yaml")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    return (cfg.get("policy") or {}).get("name_or_path") if isinstance(cfg, dict) else None
 
 
 def _policies(stages: list[dict]) -> list[dict]:

@@ -149,6 +149,9 @@ def make_plots(run: dict, folder: str) -> dict:
                 made[(stage["name"], what)] = name
     for stage_name, curve in run["curves"].items():
         name = f"{stage_name}_best_of_k.png"
-        if best_of_k(stage_name, curve, ppo, os.path.join(folder, name)):
+        # PPO's points share the curve's KL axis only when PPO starts from the curve's policy.
+        start = next(s["policy"] for s in run["stages"] if s["name"] == stage_name)
+        same = [s for s in ppo if s.get("policy") == start]
+        if best_of_k(stage_name, curve, same, os.path.join(folder, name)):
             made[(stage_name, "best_of_k")] = name
     return made

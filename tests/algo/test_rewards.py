@@ -115,3 +115,14 @@ def test_combine_rewards_linear_and_errors():
         combine_rewards(one, method="max")
     with pytest.raises(ValueError, match="transform"):
         combine_rewards(one, transform="tanh")
+
+
+def test_gate_plus_weighted_rule_sources():
+    # helpful [1.0, 2.0], safety [0.9, 0.1] (second below 0.15 -> safety), rule [-0.5, -1.0] x 0.2
+    scores = {"helpfulness": torch.tensor([1.0, 2.0]), "safety": torch.tensor([0.9, 0.1]),
+              "brevity": torch.tensor([-0.5, -1.0])}
+    out = combine_rewards(scores, "llama2_gate", weights={"brevity": 0.2})
+    torch.testing.assert_close(out, torch.tensor([1.0 - 0.1, 0.1 - 0.2]))
+    # weights naming only the gated sources change nothing
+    plain = combine_rewards(scores, "llama2_gate", weights={"helpfulness": 3.0})
+    torch.testing.assert_close(plain, torch.tensor([1.0, 0.1]))
