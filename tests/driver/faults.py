@@ -26,3 +26,15 @@ def reward(prompt: str, response: str) -> float:
     if STATE["nan"]:
         return math.nan
     return gold_helpfulness(prompt, response) + 0.01 * len(response.split())
+
+
+def kill_once_when_exists(prompt: str, response: str, path: str = "", tripped: str = "") -> float:
+    """0.0; the first time ``path`` exists, SIGKILL this process's whole group (a pipeline run
+    and the local Ray cluster it started), leaving ``tripped`` behind so a rerun goes through."""
+    import os
+    import signal
+
+    if path and os.path.exists(path) and not os.path.exists(tripped):
+        open(tripped, "w").close()
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    return 0.0

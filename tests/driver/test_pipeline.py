@@ -32,6 +32,15 @@ POLICY_STAGE = {
 
 
 def tiny_pipeline(tmp_path, name="tiny") -> str:
+    """The pipeline, with a weight-0 rule source that kills the run the first time the file
+    ``<tmp_path>/kill-after-round-1`` names (the first round's checkpoint) exists."""
+    run = tmp_path / "runs" / name
+    trip = {"name": "trip", "function": "tests.driver.faults:kill_once_when_exists",
+            "args": {"path": str(run / "rs" / "checkpoints" / "step-00000001" / "state.json")
+                     if (tmp_path / "kill-after-round-1").exists() else "",
+                     "tripped": str(tmp_path / "tripped")}}
+    rs_stage = dict(POLICY_STAGE, rewards=POLICY_STAGE["rewards"] + [trip],
+                    combine={"weights": {"safety": 1.0, "trip": 0.0}})
     cfg = {
         "run": {"output_dir": str(tmp_path / "runs"), "name": name, "seed": 1},
         "ray": {"num_cpus": 2},
@@ -47,7 +56,7 @@ def tiny_pipeline(tmp_path, name="tiny") -> str:
                          "eval": ["{toyworld}/data/pref_safety_eval.jsonl"], **DATA_LIMITS},
                 "train": TRAIN, "reward": {"name": "safety"}, "scaling": {"num_workers": 2}}},
             {"name": "rs", "kind": "rs", "config": {
-                "policy": {"name_or_path": "{sft}/export"}, **POLICY_STAGE,
+                "policy": {"name_or_path": "{sft}/export"}, **rs_stage,
                 "rs": {"rounds": 3, "k": 2, "prompts_per_round": 4, "global_batch_size": 4, "lr": 1e-3,
                        "curve_k": 2, "curve_prompts": 4}}},
             {"name": "ppo", "kind": "ppo", "config": {
@@ -127,24 +136,22 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(full_run):
 
 @pytest.mark.slow
 def test_killed_during_rejection_sampling_then_rerun_matches_an_uninterrupted_run(full_run, tmp_path):
-    """SIGKILL the whole pipeline (driver and its local Ray cluster) once the first round's
-    checkpoint exists; the same command again skips the finished stages, resumes rejection
-    sampling from its checkpoint, and ends with the uninterrupted run's results."""
+    """SIGKILL the whole pipeline (driver and its local Ray cluster) in the second round; the
+    same command again skips the finished stages, resumes rejection sampling from the first
+    round's checkpoint, and ends with the uninterrupted run's results."""
     full_tmp, _, _ = full_run
     full = full_tmp / "runs" / "tiny"
+    (tmp_path / "kill-after-round-1").touch()
     path = tiny_pipeline(tmp_path)
     run = tmp_path / "runs" / "tiny"
     for stage in ("toyworld", "sft", "rm_safety"):  # finished earlier: the same folders, markers included
         shutil.copytree(full / stage, run / stage)
-    proc = subprocess.Popen([sys.executable, "-m", "rayrlhf", "pipeline", "--config", path], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    marker = run / "rs" / "checkpoints" / "step-00000001" / "state.json"
-    try:
-        wait_for(lambda: marker.exists() or proc.poll() is not None, timeout=600)
-        assert proc.poll() is None, "the pipeline ended before the first round's checkpoint"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # The driver kills itself and its Ray cluster (the rule source) in round 2, once round 1's
+    # checkpoint exists; the subprocess runs in its own session so the kill spares this one.
+    proc = subprocess.run([sys.executable, "-m", "rayrlhf", "pipeline", "--config", path], capture_output=True,
+                          text=True, start_new_session=True, timeout=900)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (tmp_path / "tripped").exists()
     assert not (run / "rs" / "DONE.json").exists()
 
     again = _cli("pipeline", "--config", path)
@@ -163,13 +170,3 @@ def _comparable(stage_dir):
     rows = [json.loads(x) for x in open(stage_dir / "metrics.jsonl")]
     return [{k: v for k, v in r.items() if not (k.startswith("timing/") or "seconds" in k or k == "sync/share_of_step")}
             for r in rows]
-
-
-def wait_for(condition, timeout: float, poll: float = 0.5):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(poll)
