@@ -57,19 +57,26 @@ def prepare_run(cfg, resume: bool, default_name: str):
     return run_dir, tokenizer, prompts, eval_prompts
 
 
-def run_ppo(cfg, resume: bool = False) -> dict:
-    from rayrlhf.driver.ppo import PPODriver
-    from rayrlhf.driver.roles import build_roles
+def run_policy_stage(cfg, resume: bool, default_name: str, build_roles, driver_class) -> dict:
+    """Validate, place the actors ``build_roles`` names, run ``driver_class``'s loop, and write
+    its held-out generations before and after; the actors are removed whatever happens."""
     from rayrlhf.utils.ray_init import ensure_ray
 
-    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, "ppo")
+    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, default_name)
     ensure_ray()
     roles = build_roles(cfg, os.path.basename(run_dir))
     try:
-        driver = PPODriver(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
+        driver = driver_class(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
         summary = driver.fit(resume=resume)
         if driver.samples:
             atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
         return summary
     finally:
         roles.shutdown()
+
+
+def run_ppo(cfg, resume: bool = False) -> dict:
+    from rayrlhf.driver.ppo import PPODriver
+    from rayrlhf.driver.roles import build_roles
+
+    return run_policy_stage(cfg, resume, "ppo", build_roles, PPODriver)

@@ -4,26 +4,15 @@ from __future__ import annotations
 import json
 import os
 
-from rayrlhf.driver.ppo_stage import prepare_run
+from rayrlhf.driver.ppo_stage import prepare_run, run_policy_stage
 from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
 
 
 def run_rs(cfg, resume: bool = False) -> dict:
     from rayrlhf.driver.roles import build_rs_roles
     from rayrlhf.driver.rs import RSDriver
-    from rayrlhf.utils.ray_init import ensure_ray
 
-    run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, "rs")
-    ensure_ray()
-    roles = build_rs_roles(cfg, os.path.basename(run_dir))
-    try:
-        driver = RSDriver(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
-        summary = driver.fit(resume=resume)
-        if driver.samples:
-            atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
-        return summary
-    finally:
-        roles.shutdown()
+    return run_policy_stage(cfg, resume, "rs", build_rs_roles, RSDriver)
 
 
 def run_best_of_k(cfg) -> dict:
