@@ -1,6 +1,5 @@
 """The real CLI end to end on tiny models: `rayrlhf pipeline`, `rayrlhf sft` on bad data."""
 import json
-import os
 import shutil
 import signal
 import subprocess

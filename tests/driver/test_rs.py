@@ -5,7 +5,6 @@ import math
 import os
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +13,7 @@ from rayrlhf.config.rs import RSConfig
 from rayrlhf.driver.rs_stage import run_best_of_k, run_rs
 from rayrlhf.metrics import read_metrics
 from tests.driver import faults
+from tests.driver.tiny import world_on_local_ray
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +24,7 @@ CRASH_IN_ROUND_2 = EVAL * CURVE_K + EVAL + (PROMPTS * K + EVAL) + 5
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
-
-    out = tmp_path_factory.mktemp("rs_world")
-    run_toyworld(ToyworldConfig(out=str(out), n_sft=40, n_pref=40, n_prompts=24, n_eval_prompts=8, vocab_size=300,
-                                model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
-    tmp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp))
-    yield str(out)
-    ray.shutdown()
+    yield from world_on_local_ray(tmp_path_factory, "rs_world")
 
 
 def _cfg(world, run_dir, **rs):

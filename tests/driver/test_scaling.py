@@ -24,6 +24,7 @@ from rayrlhf.driver.fleet import RolloutFleet, SyncMismatchError
 from rayrlhf.placement import ActorFactory, create_placement_groups, plan_placement
 from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.types import Sample
+from tests.driver.tiny import tiny_world
 
 PROMPTS, N = 6, 2
 WEIGHTS = {"w": torch.full((4,), 3.0)}
@@ -291,12 +292,7 @@ def scripted_reward(prompt: str, response: str) -> float:
 
 @pytest.fixture(scope="module")
 def world(cluster, tmp_path_factory):
-    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
-
-    out = tmp_path_factory.mktemp("scale_world")
-    run_toyworld(ToyworldConfig(out=str(out), n_sft=40, n_pref=40, n_prompts=40, n_eval_prompts=8, vocab_size=300,
-                                model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
-    return str(out)
+    return tiny_world(tmp_path_factory.mktemp("scale_world"), n_prompts=40)
 
 
 def _ppo_cfg(world, run_dir):

@@ -1,0 +1,20 @@
+"""The tiny toyworld the driver tests share, and their module's local Ray cluster."""
+import ray
+
+
+def tiny_world(out, n_prompts: int = 24) -> str:
+    """Toyworld data, tokenizer and a one-layer base model in ``out``, in seconds."""
+    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
+
+    run_toyworld(ToyworldConfig(out=str(out), n_sft=40, n_pref=40, n_prompts=n_prompts, n_eval_prompts=8,
+                                vocab_size=300,
+                                model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
+    return str(out)
+
+
+def world_on_local_ray(tmp_path_factory, name: str):
+    """Module fixture body: a tiny world, then a 2-CPU local Ray cluster until the module ends."""
+    out = tiny_world(tmp_path_factory.mktemp(name))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield out
+    ray.shutdown()
