@@ -30,6 +30,11 @@ class PromptDataSection:
     """Split of hub datasets."""
     max_prompt_tokens: int = 256
     """Longer prompts are reported as problems before anything starts."""
+    too_long: Literal["error", "drop"] = "error"
+    """Prompts over max_prompt_tokens: error (stop before any actor starts and list them) or
+    drop (leave them out, print how many, and list them in data_report.json)."""
+    limit: Optional[int] = None
+    """Read at most this many rows per source (quick experiments)."""
     eval_limit: Optional[int] = None
     """Evaluate on at most this many held-out prompts."""
 

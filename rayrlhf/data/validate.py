@@ -210,3 +210,38 @@ def load_validated(
                     len(result.records) - len(kept), len(bad))
         return kept
     return result.records
+
+
+def read_splits(data, kind: str, tokenizer=None, max_response_tokens: int | None = None) -> tuple[dict, dict]:
+    """Read and check every train and eval source of a data section; one error for all problems.
+
+    ``data`` has ``train``, ``eval``, ``format``, ``split``, ``max_prompt_tokens``, ``too_long``
+    and ``limit``. Returns ({"train": records, "eval": records}, a report per source). With
+    ``too_long: drop`` the rows whose only problems are token limits are left out, counted in
+    the report and printed; every other problem still stops the run.
+    """
+    problems, report = [], {"sources": {}}
+    parts: dict[str, list] = {"train": [], "eval": []}
+    for split, sources in (("train", data.train), ("eval", data.eval)):
+        for source in sources:
+            result, found = validate_source(
+                source, kind, format=data.format, split=data.split, tokenizer=tokenizer,
+                max_prompt_tokens=data.max_prompt_tokens, max_response_tokens=max_response_tokens,
+                limit=data.limit,
+            )
+            records, dropped_long = result.records, []
+            if data.too_long == "drop":
+                records, found, dropped_long = drop_too_long(records, found)
+            problems.extend(found)
+            parts[split].extend(records)
+            n_long = len({p.line for p in dropped_long})
+            report["sources"][source] = {"format": result.format, "rows": result.n_rows,
+                                         "records": len(records), "problems": len(found),
+                                         "dropped": dict(result.dropped, too_long=n_long),
+                                         "too_long": [str(p) for p in dropped_long]}
+            if n_long:
+                print(f"[rayrlhf] {source}: left out {n_long} rows over the token limits "
+                      "(data.too_long: drop; listed in data_report.json)", flush=True)
+    if problems:
+        raise DataValidationError(problems)
+    return parts, report

@@ -4,24 +4,13 @@ from __future__ import annotations
 import os
 
 from rayrlhf.config import save_config
-from rayrlhf.data.validate import DataValidationError, validate_source
+from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json
 
 
 def read_prompts(cfg, tokenizer) -> tuple[list, list, dict]:
-    d = cfg.data
-    problems, parts, report = [], {"train": [], "eval": []}, {"sources": {}}
-    for split, sources in (("train", d.train), ("eval", d.eval)):
-        for source in sources:
-            result, found = validate_source(source, "prompt", format=d.format, split=d.split, tokenizer=tokenizer,
-                                            max_prompt_tokens=d.max_prompt_tokens)
-            problems.extend(found)
-            parts[split].extend(result.records)
-            report["sources"][source] = {"format": result.format, "rows": result.n_rows,
-                                         "records": len(result.records), "problems": len(found)}
-    if problems:
-        raise DataValidationError(problems)
-    evals = parts["eval"][: d.eval_limit] if d.eval_limit else parts["eval"]
+    parts, report = read_splits(cfg.data, "prompt", tokenizer)
+    evals = parts["eval"][: cfg.data.eval_limit] if cfg.data.eval_limit else parts["eval"]
     return parts["train"], evals, report
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 from rayrlhf.config import RMConfig, SFTConfig, save_config
-from rayrlhf.data.validate import DataValidationError, drop_too_long, validate_source
+from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
 
 STAGES = {"sft": SFTConfig, "rm": RMConfig}
@@ -43,29 +43,7 @@ def held_out(record, seed: int, fraction: float) -> bool:
 def read_data(stage: str, cfg, tokenizer) -> tuple[list, list, dict]:
     """Read and validate train and eval sources; raise one error listing every problem."""
     d = cfg.data
-    kind = KIND[stage]
-    problems, report = [], {"sources": {}}
-    parts = {"train": [], "eval": []}
-    for split, sources in (("train", d.train), ("eval", d.eval)):
-        for source in sources:
-            result, found = validate_source(
-                source, kind, format=d.format, split=d.split, tokenizer=tokenizer,
-                max_prompt_tokens=d.max_prompt_tokens, max_response_tokens=d.max_response_tokens, limit=d.limit,
-            )
-            records, dropped_long = result.records, []
-            if d.too_long == "drop":
-                records, found, dropped_long = drop_too_long(records, found)
-            problems.extend(found)
-            parts[split].extend(records)
-            report["sources"][source] = {"format": result.format, "rows": result.n_rows,
-                                         "records": len(records), "problems": len(found),
-                                         "dropped": dict(result.dropped, too_long=len({p.line for p in dropped_long})),
-                                         "too_long": [str(p) for p in dropped_long]}
-            if dropped_long:
-                print(f"[rayrlhf] {source}: left out {len({p.line for p in dropped_long})} rows over the token "
-                      f"limits (data.too_long: drop; listed in data_report.json)", flush=True)
-    if problems:
-        raise DataValidationError(problems)
+    parts, report = read_splits(d, KIND[stage], tokenizer, max_response_tokens=d.max_response_tokens)
     train, evals = parts["train"], parts["eval"]
     if not evals and d.eval_fraction > 0:
         split = {True: [], False: []}
