@@ -1,7 +1,6 @@
 """Bucketed weight broadcast over its own process group (gloo here, NCCL on GPU clusters)."""
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
