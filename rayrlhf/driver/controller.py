@@ -127,6 +127,15 @@ class ScalingControl:
         _wait_released(controller_name(self.run_name), self.timeout)
 
 
+def restore_fleet_size(fleet, state: dict) -> None:
+    """A resumed run asks for the rollout worker count it had at its checkpoint (a count set with
+    `rayrlhf scale` outlives a restart); the first ``poll`` moves the fleet there."""
+    n = state.get("rollout_workers")
+    if n and n != fleet.target:
+        print(f"[rayrlhf] rollout workers: {fleet.target} -> {n} (the count at the checkpoint)", flush=True)
+        fleet.resize(int(n))
+
+
 def _answers(name: str, timeout: float) -> bool:
     import ray
 

@@ -21,7 +21,7 @@ from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
-from rayrlhf.driver.controller import ScalingControl
+from rayrlhf.driver.controller import ScalingControl, restore_fleet_size
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
@@ -278,7 +278,7 @@ class PPODriver:
                 self.timeout, "policy and critic in phase checkpoint")
 
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
-                 "bad_steps": self.bad_steps}
+                 "bad_steps": self.bad_steps, "rollout_workers": self.fleet.target}
         ckpt.write_checkpoint(self.run_dir, step, fill, state, keep=self.p.keep_checkpoints)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
 
@@ -293,6 +293,7 @@ class PPODriver:
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters.update(state.get("counters", {}))
         self.bad_steps = state.get("bad_steps", 0)
+        restore_fleet_size(self.fleet, state)
         self._sync()
         print(f"[rayrlhf] resumed from {found} at step {state['step']}", flush=True)
         return int(state["step"])

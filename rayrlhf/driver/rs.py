@@ -23,7 +23,7 @@ from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
-from rayrlhf.driver.controller import ScalingControl
+from rayrlhf.driver.controller import ScalingControl, restore_fleet_size
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
@@ -217,7 +217,8 @@ class RSDriver:
         def fill(tmp):
             get(self.roles.policy.call_async("save", tmp), self.timeout, "policy in phase checkpoint")
 
-        ckpt.write_checkpoint(self.run_dir, rnd, fill, {"version": self.version}, keep=self.r.keep_checkpoints)
+        ckpt.write_checkpoint(self.run_dir, rnd, fill, {"version": self.version, "rollout_workers": self.fleet.target},
+                              keep=self.r.keep_checkpoints)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
 
     def _restore(self) -> int:
@@ -227,6 +228,7 @@ class RSDriver:
         state = read_json(os.path.join(found, "state.json"))
         get(self.roles.policy.call_async("load", found), self.timeout, "policy in phase restore")
         self.version = state["version"]
+        restore_fleet_size(self.fleet, state)
         self._sync()
         print(f"[rayrlhf] resumed from {found} after round {state['step']}", flush=True)
         return int(state["step"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rayrlhf import checkpoint as ckpt
 from rayrlhf.config import load_config
 from rayrlhf.config.rs import RSConfig
 from rayrlhf.driver.rs_stage import run_best_of_k, run_rs
@@ -99,6 +100,8 @@ def test_resume_after_a_crash_inside_a_round_is_exact(world, reference_run, tmp_
     faults.reset(crash_at=CRASH_IN_ROUND_2)
     with pytest.raises(RuntimeError, match="driver killed"):
         run_rs(_cfg(world, run_dir))
+    state = json.load(open(os.path.join(ckpt.latest_checkpoint(run_dir), "state.json")))
+    assert state["step"] == 1 and state["rollout_workers"] == 2  # the fleet of 2; a resumed run asks for it again
     faults.reset()
     run_rs(_cfg(world, run_dir), resume=True)
     assert "after round 1" in capfd.readouterr().out

@@ -346,3 +346,20 @@ def test_ppo_run_scaled_from_the_command_uses_every_prompt_once(world, tmp_path,
     assert "rollout/1 joined, serving version" in out and "rollout/1 left after its last job was collected" in out
     with pytest.raises(ValueError):
         ray.get_actor(controller_name("scaled"))  # the run's controller ended with it
+
+
+def test_a_resumed_run_asks_for_the_worker_count_of_its_checkpoint(capsys):
+    from rayrlhf.driver.controller import restore_fleet_size
+
+    class Fleet:
+        target = 1
+
+        def resize(self, n):
+            self.target = n
+
+    fleet = Fleet()
+    restore_fleet_size(fleet, {"version": 3})  # a checkpoint from before the count was recorded
+    assert fleet.target == 1 and capsys.readouterr().out == ""
+    restore_fleet_size(fleet, {"version": 3, "rollout_workers": 3})
+    assert fleet.target == 3
+    assert "rollout workers: 1 -> 3 (the count at the checkpoint)" in capsys.readouterr().out
