@@ -77,7 +77,8 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
 def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
     from rayrlhf.data.tokenize import render_prompt
     from rayrlhf.driver.ppo_stage import run_ppo
-    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
+    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
+    from rayrlhf.models.tiny import TinyModelSpec
     from rayrlhf.models import load_tokenizer
     from rayrlhf.rollout.worker import vllm_available
     from rayrlhf.utils.ray_init import ensure_ray
@@ -85,7 +86,7 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
     tmp = tempfile.mkdtemp(prefix="rayrlhf-bench-")
     world = os.path.join(tmp, "world")
     info = run_toyworld(ToyworldConfig(out=world, n_sft=200, n_pref=200, n_prompts=400, n_eval_prompts=10,
-                                       model=TinyModelSection(hidden_size=hidden, num_layers=layers,
+                                       model=TinyModelSpec(hidden_size=hidden, num_layers=layers,
                                                               num_heads=max(1, hidden // 64),
                                                               intermediate_size=hidden * 3)))
     tok = load_tokenizer(f"{world}/base_model")

@@ -7,26 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from rayrlhf.models.tiny import TinyModelSpec
 from rayrlhf.utils.fs import atomic_dir, atomic_write_json
-
-
-@dataclass
-class TinyModelSection:
-    hidden_size: int = 128
-    """Width of the tiny Llama (head_dim = hidden_size / num_heads must be >= 32 for vLLM CPU)."""
-    num_layers: int = 2
-    """Transformer blocks."""
-    num_heads: int = 4
-    """Attention heads."""
-    intermediate_size: int = 384
-    """MLP width."""
-    max_position_embeddings: int = 256
-    """Longest sequence the model can take."""
-    tie_word_embeddings: bool = False
-    """Share the input embedding and the LM head."""
 
 
 @dataclass
@@ -49,7 +33,7 @@ class ToyworldConfig:
     """Share of SFT and preference rows written to the *_eval files."""
     vocab_size: int = 512
     """Size of the byte-level BPE vocabulary trained on the task's text."""
-    model: TinyModelSection = field(default_factory=TinyModelSection)
+    model: TinyModelSpec = field(default_factory=TinyModelSpec)
     """The tiny base model."""
 
 
@@ -78,8 +62,7 @@ def run_toyworld(cfg: ToyworldConfig) -> dict:
         corpus = [t for key in ("sft_train", "pref_helpfulness_train", "pref_safety_train")
                   for t in _texts(files[key])]
         tok = train_tiny_tokenizer(corpus, vocab_size=cfg.vocab_size, out_dir=os.path.join(tmp, "tokenizer"))
-        spec = TinyModelSpec(num_kv_heads=cfg.model.num_heads, **asdict(cfg.model))
-        model = build_tiny_llama(tok, spec, seed=cfg.seed, out_dir=os.path.join(tmp, "base_model"))
+        model = build_tiny_llama(tok, cfg.model, seed=cfg.seed, out_dir=os.path.join(tmp, "base_model"))
         n_params = sum(p.numel() for p in model.parameters())
         info = {"files": {k: os.path.join(out, os.path.relpath(v, tmp)) for k, v in files.items()},
                 "tokenizer": os.path.join(out, "tokenizer"), "base_model": os.path.join(out, "base_model"),

@@ -7,19 +7,33 @@ refuses smaller heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 
 @dataclass
 class TinyModelSpec:
+    """The size of a tiny Llama (also the `model` section of `rayrlhf toyworld`)."""
+
     hidden_size: int = 128
+    """Width (head_dim = hidden_size / num_heads must be >= 32 for vLLM's CPU attention)."""
     num_layers: int = 2
+    """Transformer blocks."""
     num_heads: int = 4
-    num_kv_heads: int = 4
+    """Attention heads."""
+    num_kv_heads: Optional[int] = None
+    """Key/value heads (grouped-query attention); empty: as many as num_heads."""
     intermediate_size: int = 384
+    """MLP width."""
     max_position_embeddings: int = 256
+    """Longest sequence the model can take."""
     tie_word_embeddings: bool = False
+    """Share the input embedding and the LM head."""
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     def validate(self) -> list[str]:
         out = []
@@ -30,7 +44,7 @@ class TinyModelSpec:
                 f"head_dim {self.hidden_size // self.num_heads} < 32: vLLM's CPU attention cannot serve it; "
                 "raise hidden_size or lower num_heads"
             )
-        if self.num_heads % self.num_kv_heads:
+        if self.num_heads % self.kv_heads:
             out.append("num_heads must be a multiple of num_kv_heads")
         return out
 
@@ -49,7 +63,7 @@ def build_tiny_llama(tokenizer, spec: TinyModelSpec | None = None, seed: int = 0
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
+        num_key_value_heads=spec.kv_heads,
         head_dim=spec.hidden_size // spec.num_heads,
         max_position_embeddings=spec.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,

@@ -4,11 +4,12 @@ import ray
 
 def tiny_world(out, n_prompts: int = 24) -> str:
     """Toyworld data, tokenizer and a one-layer base model in ``out``, in seconds."""
-    from rayrlhf.driver.toyworld_stage import TinyModelSection, ToyworldConfig, run_toyworld
+    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
+    from rayrlhf.models.tiny import TinyModelSpec
 
     run_toyworld(ToyworldConfig(out=str(out), n_sft=40, n_pref=40, n_prompts=n_prompts, n_eval_prompts=8,
                                 vocab_size=300,
-                                model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
+                                model=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
     return str(out)
 
 

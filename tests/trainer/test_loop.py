@@ -17,11 +17,12 @@ from rayrlhf.trainer.sft import SFTTask
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from rayrlhf.driver.toyworld_stage import ToyworldConfig, TinyModelSection, run_toyworld
+    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
+    from rayrlhf.models.tiny import TinyModelSpec
 
     out = tmp_path_factory.mktemp("tw")
     cfg = ToyworldConfig(out=str(out), n_sft=240, n_pref=240, n_prompts=20, n_eval_prompts=10, vocab_size=300,
-                         model=TinyModelSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128))
+                         model=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128))
     run_toyworld(cfg)
     return str(out)
 
