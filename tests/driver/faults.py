@@ -12,6 +12,27 @@ def reset(**kw):
     STATE.update(kw)
 
 
+def kill_and_wait(actor, timeout: float = 60.0) -> None:
+    """ray.kill returns before the actor is gone: wait until a call to it fails, so what the
+    test does next meets a dead actor."""
+    import time
+
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+        except RayActorError:
+            return
+        except GetTimeoutError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"actor still answers {timeout} s after ray.kill")
+
+
 def reward(prompt: str, response: str) -> float:
     """Deterministic: toyworld's gold helpfulness, with the faults a test asked for."""
     import ray
@@ -22,7 +43,7 @@ def reward(prompt: str, response: str) -> float:
     if STATE["crash_at"] is not None and STATE["calls"] == STATE["crash_at"]:
         raise RuntimeError("driver killed")
     if STATE["kill_at"] is not None and STATE["calls"] == STATE["kill_at"]:
-        ray.kill(ray.get_actor(STATE["kill_actor"]), no_restart=True)
+        kill_and_wait(ray.get_actor(STATE["kill_actor"]))
     if STATE["nan"]:
         return math.nan
     return gold_helpfulness(prompt, response) + 0.01 * len(response.split())

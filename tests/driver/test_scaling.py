@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from rayrlhf.cli import main
@@ -24,6 +24,7 @@ from rayrlhf.driver.fleet import RolloutFleet, SyncMismatchError
 from rayrlhf.placement import ActorFactory, create_placement_groups, plan_placement
 from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.types import Sample
+from tests.driver.faults import kill_and_wait
 from tests.driver.tiny import tiny_world
 
 PROMPTS, N = 6, 2
@@ -119,6 +120,16 @@ def wait_for(condition, timeout=60.0, what="condition"):
         time.sleep(0.05)
 
 
+def is_dead(actor) -> bool:
+    try:
+        ray.get(actor.ready.remote(), timeout=10)
+    except RayActorError:
+        return True
+    except GetTimeoutError:
+        pass
+    return False
+
+
 def generate(fleet, step):
     """One job over PROMPTS prompts; asserts every prompt got exactly N samples, none twice."""
     samples, _ = fleet.collect(fleet.submit(step, list(range(PROMPTS)), [[1, p] for p in range(PROMPTS)]))
@@ -178,21 +189,20 @@ def test_scale_down_drains_jobs_in_flight_first(fleets):
     assert {s.prompt_index for s in samples} == set(range(PROMPTS)) and len(samples) == PROMPTS * N
     assert fleet.restarts == 0  # the leaving worker finished its shard itself
     assert fleet.poll_scaling()["rollout/workers_draining"] == 0
-    with pytest.raises(RayActorError):
-        ray.get(leaving.ready.remote(), timeout=30)
+    wait_for(lambda: is_dead(leaving), what="the drained worker to be killed")
     assert len(fleet.collect(second)[0]) == PROMPTS * N
 
 
 def test_dead_workers_are_replaced_and_dead_leavers_are_not(fleets):
     fleet = fleets("dead", n=2)
-    ray.kill(fleet.workers[1])
+    kill_and_wait(fleet.workers[1])
     generate(fleet, 0)  # its shard is redone by a replacement with the current weights
     assert fleet.restarts == 1
     assert ray.get(fleet.workers[1].call_log.remote()) == ["load_weights v1", "probe", "generate"]
     job = fleet.submit(1, list(range(PROMPTS)), [[1, p] for p in range(PROMPTS)])
     fleet.resize(1)
     assert fleet.poll_scaling()["rollout/workers_draining"] == 1
-    ray.kill(job.workers[1].actor)  # dies while leaving, its shard not collected
+    kill_and_wait(job.workers[1].actor)  # dies while leaving, its shard not collected
     samples, _ = fleet.collect(job)
     assert collections.Counter(s.prompt_index for s in samples) == {p: N for p in range(PROMPTS)}
     assert fleet.restarts == 1  # taken over by the serving worker, not replaced
