@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 import pytest
 import yaml
 
 from rayrlhf import jobs
+from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)
@@ -243,16 +243,6 @@ def _stop_head(proc, temp_dir: str, gcs_port: int) -> None:
         p.kill()
 
 
-def _wait_until(check, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def head():
     """`ray start --head` on 127.0.0.1 with token auth, its own ports and temp dir; stopped after."""
@@ -285,7 +275,7 @@ def head():
             return False
 
     try:
-        _wait_until(up, 120, "the head node's dashboard")
+        wait_for(up, 120, "the head node's dashboard", every=0.5)
         yield {"address": address, "token": token, "token_file": token_file, "dashboard_port": dash,
                "temp_dir": temp_dir}
     finally:
@@ -403,6 +393,6 @@ def test_submit_tiny_pipeline_as_a_job(head, tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout if re.search(r": (SUCCEEDED|FAILED|STOPPED)", r.stdout) else None
 
-    status = _wait_until(plain_done, 400, "the plain `ray job submit` job", every=3)
+    status = wait_for(plain_done, 400, "the plain `ray job submit` job", every=3)
     assert f"job {plain_id}: SUCCEEDED" in status, status
     _check_run(str(tmp_path / "runs" / "via-ray-job-submit"))

@@ -14,7 +14,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 import types
 import urllib.request
 
@@ -28,6 +27,7 @@ from rayrlhf.metrics import MetricsLogger
 from rayrlhf.rollout.types import Sample
 from rayrlhf.telemetry import RayMetrics, RolloutMeter, Series, mirror, sanitize, series_for, worker_tags
 from rayrlhf.utils.progress import actor_progress
+from tests.waiting import wait_for
 
 DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "cluster", "grafana", "rayrlhf-dashboard.json")
 RUN = "tele-run"
@@ -216,17 +216,6 @@ def scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
     return out
 
 
-def wait_for(check, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
 def one(samples: dict, name: str, **labels) -> float:
     found = [v for ls, v in samples.get(name, []) if all(ls.get(k) == w for k, w in labels.items())]
     assert len(found) == 1, (name, labels, samples.get(name))
@@ -247,7 +236,7 @@ def test_driver_and_actor_metrics_reach_prometheus(metrics_port, tmp_path):
                 "ray_rayrlhf_sync_bytes", "ray_rayrlhf_kl_per_response", "ray_rayrlhf_rollout_tokens_per_second",
                 "ray_rayrlhf_rollout_generated_tokens_total"}
     samples = wait_for(lambda: (s := scrape(metrics_port)) and expected <= set(s) and s, 60,
-                       f"{sorted(expected)} on the metrics endpoint")
+                       f"{sorted(expected)} on the metrics endpoint", every=0.2)
 
     assert one(samples, "ray_rayrlhf_reward", run=RUN, source="helpfulness") == 0.25
     assert one(samples, "ray_rayrlhf_reward", run=RUN, source="safety") == -0.5

@@ -12,25 +12,29 @@ def reset(**kw):
     STATE.update(kw)
 
 
-def kill_and_wait(actor, timeout: float = 60.0) -> None:
-    """ray.kill returns before the actor is gone: wait until a call to it fails, so what the
-    test does next meets a dead actor."""
-    import time
-
+def is_dead(actor) -> bool:
+    """Whether a call to ``actor`` fails because it is gone (a slow answer is not death)."""
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=10)
+    except RayActorError:
+        return True
+    except GetTimeoutError:
+        pass
+    return False
+
+
+def kill_and_wait(actor, timeout: float = 60.0) -> None:
+    """ray.kill returns before the actor is gone: wait until a call to it fails, so what the
+    test does next meets a dead actor."""
+    import ray
+
+    from tests.waiting import wait_for
+
     ray.kill(actor, no_restart=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ray.get(actor.__ray_ready__.remote(), timeout=10)
-        except RayActorError:
-            return
-        except GetTimeoutError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"actor still answers {timeout} s after ray.kill")
+    wait_for(lambda: is_dead(actor), timeout, "the killed actor to be gone")
 
 
 def reward(prompt: str, response: str) -> float:

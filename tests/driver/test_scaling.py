@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from rayrlhf.cli import main
@@ -24,8 +22,9 @@ from rayrlhf.driver.fleet import RolloutFleet, SyncMismatchError
 from rayrlhf.placement import ActorFactory, create_placement_groups, plan_placement
 from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.types import Sample
-from tests.driver.faults import kill_and_wait
+from tests.driver.faults import is_dead, kill_and_wait
 from tests.driver.tiny import tiny_world
+from tests.waiting import wait_for
 
 PROMPTS, N = 6, 2
 WEIGHTS = {"w": torch.full((4,), 3.0)}
@@ -111,23 +110,6 @@ def fleets(cluster):
     for fleet, groups in made:
         fleet.shutdown()
         groups.remove()
-
-
-def wait_for(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        time.sleep(0.05)
-
-
-def is_dead(actor) -> bool:
-    try:
-        ray.get(actor.ready.remote(), timeout=10)
-    except RayActorError:
-        return True
-    except GetTimeoutError:
-        pass
-    return False
 
 
 def generate(fleet, step):
