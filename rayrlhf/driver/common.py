@@ -1,5 +1,5 @@
-"""Pieces the PPO and rejection-sampling loops share: phase timers, the prompt order, and
-sending the policy's weights to the rollout fleet."""
+"""Pieces the PPO and rejection-sampling loops share: phase timers, the prompt order, sending
+the policy's weights to the rollout fleet, and their checkpoints."""
 from __future__ import annotations
 
 import time
@@ -70,3 +70,40 @@ def add_gains(summary: dict) -> dict:
         if f"before/{name}" in summary:
             summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]
     return summary
+
+
+def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: dict, keep: int,
+                         summary: dict, timeout: float) -> None:
+    """Checkpoint ``step`` of a PPO or rejection-sampling loop, atomically: every trained group
+    saves into the new folder, ``state`` (plus the fleet's worker count) goes to state.json;
+    then the run's summary.json."""
+    import os
+
+    from rayrlhf import checkpoint as ckpt
+    from rayrlhf.utils.fs import atomic_write_json
+
+    def fill(tmp):
+        get([ref for group in trained for ref in group.call_async("save", tmp)], timeout,
+            f"{'+'.join(g.role for g in trained)} in phase checkpoint")
+
+    ckpt.write_checkpoint(run_dir, step, fill, {**state, "rollout_workers": fleet.target}, keep=keep)
+    atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+
+
+def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> tuple[str, dict] | None:
+    """The latest checkpoint's (folder, state) after every trained group loaded it and the fleet
+    was asked for the worker count it had; None when the run has none."""
+    import os
+
+    from rayrlhf import checkpoint as ckpt
+    from rayrlhf.driver.controller import restore_fleet_size
+    from rayrlhf.utils.fs import read_json
+
+    found = ckpt.latest_checkpoint(run_dir)
+    if not found:
+        return None
+    state = read_json(os.path.join(found, "state.json"))
+    get([ref for group in trained for ref in group.call_async("load", found)], timeout,
+        f"{'+'.join(g.role for g in trained)} in phase restore")
+    restore_fleet_size(fleet, state)
+    return found, state

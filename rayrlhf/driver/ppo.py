@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
-from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
-from rayrlhf.driver.controller import ScalingControl, restore_fleet_size
+from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
+                                   sync_policy)
+from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
@@ -273,27 +273,20 @@ class PPODriver:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self, step: int, summary: dict) -> None:
-        def fill(tmp):
-            get(self.roles.policy.call_async("save", tmp) + self.roles.critic.call_async("save", tmp),
-                self.timeout, "policy and critic in phase checkpoint")
-
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
-                 "bad_steps": self.bad_steps, "rollout_workers": self.fleet.target}
-        ckpt.write_checkpoint(self.run_dir, step, fill, state, keep=self.p.keep_checkpoints)
-        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+                 "bad_steps": self.bad_steps}
+        save_loop_checkpoint(self.run_dir, step, [self.roles.policy, self.roles.critic], self.fleet, state,
+                             self.p.keep_checkpoints, summary, self.timeout)
 
     def _restore(self) -> int:
-        found = ckpt.latest_checkpoint(self.run_dir)
-        if not found:
+        loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy, self.roles.critic], self.fleet, self.timeout)
+        if not loaded:
             return 0
-        state = read_json(os.path.join(found, "state.json"))
-        get(self.roles.policy.call_async("load", found) + self.roles.critic.call_async("load", found),
-            self.timeout, "policy and critic in phase restore")
+        found, state = loaded
         self.version = state["version"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters.update(state.get("counters", {}))
         self.bad_steps = state.get("bad_steps", 0)
-        restore_fleet_size(self.fleet, state)
         self._sync()
         print(f"[rayrlhf] resumed from {found} at step {state['step']}", flush=True)
         return int(state["step"])

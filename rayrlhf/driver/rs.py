@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from rayrlhf import checkpoint as ckpt
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
-from rayrlhf.driver.common import PromptOrder, Timer, add_gains, sync_policy
-from rayrlhf.driver.controller import ScalingControl, restore_fleet_size
+from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
+                                   sync_policy)
+from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
@@ -214,21 +214,15 @@ class RSDriver:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _checkpoint(self, rnd: int, summary: dict) -> None:
-        def fill(tmp):
-            get(self.roles.policy.call_async("save", tmp), self.timeout, "policy in phase checkpoint")
-
-        ckpt.write_checkpoint(self.run_dir, rnd, fill, {"version": self.version, "rollout_workers": self.fleet.target},
-                              keep=self.r.keep_checkpoints)
-        atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        save_loop_checkpoint(self.run_dir, rnd, [self.roles.policy], self.fleet, {"version": self.version},
+                             self.r.keep_checkpoints, summary, self.timeout)
 
     def _restore(self) -> int:
-        found = ckpt.latest_checkpoint(self.run_dir)
-        if not found:
+        loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy], self.fleet, self.timeout)
+        if not loaded:
             return 0
-        state = read_json(os.path.join(found, "state.json"))
-        get(self.roles.policy.call_async("load", found), self.timeout, "policy in phase restore")
+        found, state = loaded
         self.version = state["version"]
-        restore_fleet_size(self.fleet, state)
         self._sync()
         print(f"[rayrlhf] resumed from {found} after round {state['step']}", flush=True)
         return int(state["step"])
