@@ -8,6 +8,8 @@ measured against a baseline in the same process tree:
   ppo/async_over_sync           end-to-end samples/s, async (max_staleness 1) / sync
   ppo/sync_share_of_step        weight-sync seconds / step seconds (sync mode)
   ppo/step_over_bound           async step seconds / max(generation, training + sync)
+  rm/kwise_over_pairs           reward-model comparisons/s on ranked lists of 4, each list one
+                                example (responses scored once) / every pair its own example
 Warm-up iterations are excluded. Ratios, not absolute times, are what carries across machines.
 """
 from __future__ import annotations
@@ -36,6 +38,36 @@ def _rollout_ratio(model_dir: str, prompt_ids, n: int, max_new_tokens: int) -> d
         out["rollout/vllm_tokens_per_s"] = tokens_per_second(vl, prompt_ids, n=n)
         out["rollout/vllm_over_hf"] = out["rollout/vllm_tokens_per_s"] / out["rollout/hf_tokens_per_s"]
         del vl
+    return out
+
+
+def _rm_ranked_ratio(world: str, lists: int = 48, lists_per_batch: int = 8) -> dict:
+    """Forward + backward over the same ranked lists' comparisons, K-wise and pair by pair."""
+    import time
+
+    from rayrlhf.config import RMConfig, load_config
+    from rayrlhf.data.validate import validate_source
+    from rayrlhf.trainer.rm import RMTask, encode_pair_records
+
+    source = f"{world}/data/pref_ranked_train.jsonl"
+    records = [r for r in validate_source(source, "preference")[0].records if r.source.line <= lists]
+    out = {}
+    for mode in ("kwise", "pairs"):
+        cfg = load_config(RMConfig, data={"model": {"name_or_path": f"{world}/base_model"},
+                                          "data": {"train": [source]}, "reward": {"ranked_lists": mode}})
+        task = RMTask(cfg)
+        model = task.build_model()
+        examples, _ = encode_pair_records(records, task.tokenizer, 256, cfg.reward)
+        step = len(examples) * lists_per_batch // lists  # the same comparisons per batch in both modes
+        batches = [task.collate(examples[i:i + step]) for i in range(0, len(examples), step)]
+        task.loss(model, batches[0], float(step))[0].backward()  # warm-up
+        t0, pairs = time.perf_counter(), 0.0
+        for batch in batches:
+            loss, stats = task.loss(model, batch, float(step))
+            loss.backward()
+            pairs += stats["pairs"]
+        out[f"rm/{mode}_comparisons_per_s"] = pairs / (time.perf_counter() - t0)
+    out["rm/kwise_over_pairs"] = out["rm/kwise_comparisons_per_s"] / out["rm/pairs_comparisons_per_s"]
     return out
 
 
@@ -95,6 +127,7 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
     ids = [render_prompt(tok, p) for p in prompts]
     out = {"model/parameters": info["base_model_parameters"], "machine/cpus": os.cpu_count()}
     out.update(_rollout_ratio(f"{world}/base_model", ids, n=4, max_new_tokens=32))
+    out.update(_rm_ranked_ratio(world))
     ensure_ray()
     backend = "vllm" if vllm_available() else "hf"
     figures = {}
@@ -111,7 +144,8 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
     out["ppo/step_over_bound"] = a["step_seconds"] / bound
     out["goals"] = {"ppo/async_over_sync >= 1.3": out["ppo/async_over_sync"] >= 1.3,
                     "ppo/sync_share_of_step < 0.05": out["ppo/sync_share_of_step"] < 0.05,
-                    "rollout/vllm_over_hf >= 1.5": out.get("rollout/vllm_over_hf", 0.0) >= 1.5}
+                    "rollout/vllm_over_hf >= 1.5": out.get("rollout/vllm_over_hf", 0.0) >= 1.5,
+                    "rm/kwise_over_pairs >= 2": out["rm/kwise_over_pairs"] >= 2}
     return out
 
 

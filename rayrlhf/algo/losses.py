@@ -55,7 +55,8 @@ def pairwise_reward_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     margin: torch.Tensor | float | None = None,
-    num_pairs: int | None = None,
+    num_pairs: int | float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Binary ranking loss of a reward model on preference pairs.
 
@@ -67,7 +68,11 @@ def pairwise_reward_loss(
         chosen_rewards: Scores of the preferred responses. Shape: (B,).
         rejected_rewards: Scores of the other responses. Shape: (B,).
         margin: Per-pair margin m. Shape: (B,) or a float; ``None`` means 0.
-        num_pairs: If given, divide the summed loss by this (the global pair count).
+        num_pairs: If given, divide the summed loss by this (the global pair count; with
+            ``weights``, the global count of what the weights sum to one over).
+        weights: Per-pair weights. Shape: (B,). The C(K,2) pairs of one ranked list of K
+            responses each weigh 1 / C(K,2), so every list counts once (Ouyang et al. 2022,
+            Sec. 3.5: all pairs of a ranking as one batch element). ``None`` means 1.
 
     Returns:
         ``(loss, stats)`` with stats ``accuracy`` (fraction with r_c > r_r), ``chosen_mean``,
@@ -76,7 +81,11 @@ def pairwise_reward_loss(
     diff = chosen_rewards - rejected_rewards  # (B,)
     logits = diff if margin is None else diff - margin
     losses = -F.logsigmoid(logits)
-    loss = losses.mean() if num_pairs is None else losses.sum() / num_pairs
+    if weights is not None:
+        losses = losses * weights
+    if num_pairs is None:
+        num_pairs = weights.sum() if weights is not None else losses.numel()
+    loss = losses.sum() / num_pairs
     with torch.no_grad():
         stats = {
             "accuracy": (diff > 0).float().mean(),
@@ -222,7 +231,11 @@ def dpo_loss(
         ref_rejected_logps: Same for rejected responses. Shape: (B,).
         beta: Strength of the implicit KL constraint.
         label_smoothing: Assumed probability in [0, 0.5) that a label is flipped.
-        num_pairs: If given, divide the summed loss by this (the global pair count).
+        num_pairs: If given, divide the summed loss by this (the global pair count; with
+            ``weights``, the global count of what the weights sum to one over).
+        weights: Per-pair weights. Shape: (B,). The C(K,2) pairs of one ranked list of K
+            responses each weigh 1 / C(K,2), so every list counts once (Ouyang et al. 2022,
+            Sec. 3.5: all pairs of a ranking as one batch element). ``None`` means 1.
 
     Returns:
         ``(loss, stats)`` with stats ``reward_accuracy``, ``reward_margin``,

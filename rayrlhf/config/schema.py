@@ -169,6 +169,10 @@ class RewardSection:
     """Multiplies every margin."""
     reward_l2: float = 0.0
     """Penalty on the squared reward (keeps scores centred; 0 turns it off)."""
+    ranked_lists: Literal["kwise", "pairs"] = "kwise"
+    """Ranked lists of K responses: kwise (one example per list, each response scored once, the
+    loss averaged over its K(K-1)/2 pairs, as InstructGPT trains; a micro-batch of n lists holds
+    n*K sequences) or pairs (every pair its own example, 2 sequences each)."""
 
     def validate(self) -> list[str]:
         unknown = [k for k in self.margin_values if k not in MARGIN_LEVELS]

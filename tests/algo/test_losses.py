@@ -106,6 +106,20 @@ def test_pairwise_loss_shards_sum_to_full_batch():
     torch.testing.assert_close(l0 + l1, full)
 
 
+def test_pairwise_loss_weights_make_each_ranked_list_count_once():
+    # one ranked list of 3 (pairs a>b, a>c, b>c, weight 1/3 each) and one plain pair (weight 1),
+    # over 2 examples: ((l_ab + l_ac + l_bc) / 3 + l_pair) / 2
+    r = {"a": 1.0, "b": 0.0, "c": -1.0}
+    chosen = torch.tensor([r["a"], r["a"], r["b"], 0.5])
+    rejected = torch.tensor([r["b"], r["c"], r["c"], 1.0])
+    weights = torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0])
+    loss, _ = pairwise_reward_loss(chosen, rejected, weights=weights, num_pairs=2)
+    expected = ((softplus(1.0) + softplus(2.0) + softplus(1.0)) / 3 + softplus(-0.5)) / 2
+    assert loss.item() == pytest.approx(expected)  # (0.25115 + 0.97408) / 2 = 0.61262
+    # without num_pairs the weights' sum (2) divides
+    assert pairwise_reward_loss(chosen, rejected, weights=weights)[0].item() == pytest.approx(expected)
+
+
 # ---------------------------------------------------------------- PPO policy
 
 
