@@ -84,10 +84,30 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
     problems: list[str] = []
     cfg = from_dict(cls, raw, "", problems)
     if not problems:
+        absolute_model_paths(cfg)
         problems.extend(validate_tree(cfg, ""))
     if problems:
         raise ConfigError(problems, source=path)
     return cfg
+
+
+MODEL_PATH_FIELDS = ("name_or_path", "tokenizer", "model")
+
+
+def absolute_model_paths(cfg) -> None:
+    """Model and tokenizer paths that name an existing local folder become absolute, in place.
+
+    Ray workers (Ray Train's above all) run in folders of their own, where a path relative to
+    the directory the command ran in names nothing; hub names and missing paths stay as given.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in MODEL_PATH_FIELDS and isinstance(value, str) and value and not os.path.isabs(value) \
+                and os.path.exists(value):
+            setattr(cfg, f.name, os.path.abspath(value))
+        for item in value if isinstance(value, list) else [value]:
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                absolute_model_paths(item)
 
 
 def from_dict(cls: type, data: Any, path: str, problems: list[str]):

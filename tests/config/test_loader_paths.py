@@ -1,0 +1,23 @@
+"""Local model paths become absolute when a config loads: Ray workers run in other folders."""
+import os
+
+from rayrlhf.config import RMConfig, load_config
+from rayrlhf.config.ppo import PPOConfig
+
+
+def test_relative_local_model_paths_become_absolute(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "sft" / "export").mkdir(parents=True)
+    (tmp_path / "runs" / "rm" / "export").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(RMConfig, data={"model": {"name_or_path": "runs/sft/export"}, "data": {"train": ["x.jsonl"]}})
+    assert cfg.model.name_or_path == str(tmp_path / "runs" / "sft" / "export")
+    assert cfg.data.train == ["x.jsonl"]  # data is read by the driver, where relative paths hold
+    ppo = load_config(PPOConfig, data={
+        "policy": {"name_or_path": "./runs/sft/export", "tokenizer": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "data": {"train": ["p.jsonl"]},
+        "rewards": [{"name": "helpfulness", "model": "runs/rm/export"}, {"name": "hub", "model": "org/missing-rm"}],
+        "resources": {"rewards": {"helpfulness": {"cpus_per_worker": 1}, "hub": {"cpus_per_worker": 1}}},
+    })
+    assert ppo.policy.name_or_path == os.path.join(str(tmp_path), "runs", "sft", "export")
+    assert ppo.policy.tokenizer == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name stays a hub name
+    assert [r.model for r in ppo.rewards] == [str(tmp_path / "runs" / "rm" / "export"), "org/missing-rm"]
