@@ -110,6 +110,30 @@ def absolute_model_paths(cfg) -> None:
                 absolute_model_paths(item)
 
 
+def _looks_local(value: str) -> bool:
+    """A path, not a hub name ("org/name" or "name")."""
+    return os.path.isabs(value) or value.startswith(".") or value.count("/") > 1 or (os.sep != "/" and os.sep in value)
+
+
+def check_model_paths(cfg, where: str = "") -> list[str]:
+    """Model and tokenizer fields that name a local folder which is not there (or, for models,
+    has no config.json): said before any actor starts, by dotted key."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        if f.name in MODEL_PATH_FIELDS and isinstance(value, str) and value and _looks_local(value):
+            need = "tokenizer_config.json" if f.name == "tokenizer" else "config.json"
+            if not os.path.isdir(value):
+                out.append(f"{key}: {value} is not a folder (nor a hub name like org/name)")
+            elif not os.path.exists(os.path.join(value, need)):
+                out.append(f"{key}: {value} has no {need}; expected a Hugging Face model folder")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                out += check_model_paths(item, f"{key}[{i}]." if isinstance(value, list) else f"{key}.")
+    return out
+
+
 def from_dict(cls: type, data: Any, path: str, problems: list[str]):
     """Convert ``data`` into an instance of dataclass ``cls``; append problems, never raise."""
     where = path or "(top level)"

@@ -14,28 +14,17 @@ def read_prompts(cfg, tokenizer) -> tuple[list, list, dict]:
     return parts["train"], evals, report
 
 
-def check_models(cfg) -> list[str]:
-    """Model folders that do not exist, said before any actor starts."""
-    out = []
-    paths = [("policy.name_or_path", cfg.policy.name_or_path)]
-    paths += [(f"rewards[{i}].model", r.model) for i, r in enumerate(cfg.rewards) if r.model]
-    for key, path in paths:
-        if path.startswith(("/", ".")) and not os.path.exists(os.path.join(path, "config.json")):
-            out.append(f"{key}: {path} is not a model folder (no config.json)")
-    return out
-
-
 def prepare_run(cfg, resume: bool, default_name: str):
     """Everything that can fail cheaply, before any actor starts: the run folder, the model
     folders, the tokenizer and every prompt; then the resolved config and the data report."""
     from rayrlhf import checkpoint as ckpt
-    from rayrlhf.config.loader import ConfigError
+    from rayrlhf.config.loader import ConfigError, check_model_paths
     from rayrlhf.models import load_tokenizer
 
     run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
     if not resume and ckpt.latest_checkpoint(run_dir):
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
-    problems = check_models(cfg)
+    problems = check_model_paths(cfg)
     if problems:
         raise ConfigError(problems)
     tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)

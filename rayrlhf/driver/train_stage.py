@@ -12,6 +12,7 @@ import os
 import sys
 
 from rayrlhf.config import RMConfig, SFTConfig, save_config
+from rayrlhf.config.loader import ConfigError, check_model_paths
 from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
 
@@ -66,6 +67,9 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
         if not resume and (ckpt.latest_checkpoint(run_dir) or os.path.exists(os.path.join(run_dir, "summary.json"))):
             raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, "
                              "or set run.name to start a new one")
+    problems = check_model_paths(cfg)
+    if problems:
+        raise ConfigError(problems)
     task = make_task(stage, cfg)
     train_recs, eval_recs, report = read_data(stage, cfg, task.tokenizer)
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1

@@ -1,6 +1,8 @@
 """Local model paths become absolute when a config loads: Ray workers run in other folders."""
 import os
 
+import pytest
+
 from rayrlhf.config import RMConfig, load_config
 from rayrlhf.config.ppo import PPOConfig
 
@@ -21,3 +23,23 @@ def test_relative_local_model_paths_become_absolute(tmp_path, monkeypatch):
     assert ppo.policy.name_or_path == os.path.join(str(tmp_path), "runs", "sft", "export")
     assert ppo.policy.tokenizer == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub name stays a hub name
     assert [r.model for r in ppo.rewards] == [str(tmp_path / "runs" / "rm" / "export"), "org/missing-rm"]
+
+
+def test_missing_local_model_folders_are_named_before_anything_starts(tmp_path, monkeypatch):
+    from rayrlhf.config.loader import ConfigError, check_model_paths
+    from rayrlhf.driver.train_stage import prepare
+
+    (tmp_path / "runs" / "sft" / "export").mkdir(parents=True)  # a folder, but no config.json
+    monkeypatch.chdir(tmp_path)
+    ppo = load_config(PPOConfig, data={
+        "policy": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},  # a hub name: not checked here
+        "data": {"train": ["p.jsonl"]},
+        "rewards": [{"name": "helpfulness", "model": "runs/rm_typo/export"}],
+        "resources": {"rewards": {"helpfulness": {"cpus_per_worker": 1}}},
+    })
+    assert check_model_paths(ppo) == [
+        "rewards[0].model: runs/rm_typo/export is not a folder (nor a hub name like org/name)"]
+    rm = load_config(RMConfig, data={"model": {"name_or_path": "runs/sft/export"}, "data": {"train": ["x.jsonl"]},
+                                     "run": {"output_dir": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match=r"model.name_or_path: .*runs/sft/export has no config.json"):
+        prepare("rm", rm, resume=False)
