@@ -8,13 +8,12 @@ from rayrlhf.models import load_causal_lm
 from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.worker import RolloutWorker
+from tests.driver.tiny import local_ray
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
+    yield from local_ray(tmp_path_factory)
 
 
 class SlowWorker:

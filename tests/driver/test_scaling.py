@@ -23,7 +23,7 @@ from rayrlhf.placement import ActorFactory, create_placement_groups, plan_placem
 from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.types import Sample
 from tests.driver.faults import is_dead, kill_and_wait
-from tests.driver.tiny import tiny_world
+from tests.driver.tiny import local_ray, tiny_world
 from tests.waiting import wait_for
 
 PROMPTS, N = 6, 2
@@ -33,9 +33,7 @@ TRAINER_PROBE = [12.0]  # what FakeWorker.probe_logprobs reports for WEIGHTS
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
+    yield from local_ray(tmp_path_factory)
 
 
 class FakeWorker:

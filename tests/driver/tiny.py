@@ -13,9 +13,13 @@ def tiny_world(out, n_prompts: int = 24) -> str:
     return str(out)
 
 
+def local_ray(tmp_path_factory, value=None):
+    """Module fixture body: a 2-CPU local Ray cluster (yielding ``value``) until the module ends."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield value
+    ray.shutdown()
+
+
 def world_on_local_ray(tmp_path_factory, name: str):
     """Module fixture body: a tiny world, then a 2-CPU local Ray cluster until the module ends."""
-    out = tiny_world(tmp_path_factory.mktemp(name))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield out
-    ray.shutdown()
+    yield from local_ray(tmp_path_factory, tiny_world(tmp_path_factory.mktemp(name)))
