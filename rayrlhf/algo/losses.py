@@ -231,11 +231,7 @@ def dpo_loss(
         ref_rejected_logps: Same for rejected responses. Shape: (B,).
         beta: Strength of the implicit KL constraint.
         label_smoothing: Assumed probability in [0, 0.5) that a label is flipped.
-        num_pairs: If given, divide the summed loss by this (the global pair count; with
-            ``weights``, the global count of what the weights sum to one over).
-        weights: Per-pair weights. Shape: (B,). The C(K,2) pairs of one ranked list of K
-            responses each weigh 1 / C(K,2), so every list counts once (Ouyang et al. 2022,
-            Sec. 3.5: all pairs of a ranking as one batch element). ``None`` means 1.
+        num_pairs: If given, divide the summed loss by this (the global pair count).
 
     Returns:
         ``(loss, stats)`` with stats ``reward_accuracy``, ``reward_margin``,

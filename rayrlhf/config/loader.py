@@ -94,20 +94,27 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
 MODEL_PATH_FIELDS = ("name_or_path", "tokenizer", "model")
 
 
+def _model_paths(cfg, where: str = ""):
+    """(section, field, value, dotted key) of every non-empty model or tokenizer path in ``cfg``."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        if f.name in MODEL_PATH_FIELDS and isinstance(value, str) and value:
+            yield cfg, f.name, value, key
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                yield from _model_paths(item, f"{key}[{i}]." if isinstance(value, list) else f"{key}.")
+
+
 def absolute_model_paths(cfg) -> None:
     """Model and tokenizer paths that name an existing local folder become absolute, in place.
 
     Ray workers (Ray Train's above all) run in folders of their own, where a path relative to
     the directory the command ran in names nothing; hub names and missing paths stay as given.
     """
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in MODEL_PATH_FIELDS and isinstance(value, str) and value and not os.path.isabs(value) \
-                and os.path.exists(value):
-            setattr(cfg, f.name, os.path.abspath(value))
-        for item in value if isinstance(value, list) else [value]:
-            if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                absolute_model_paths(item)
+    for section, name, value, _ in list(_model_paths(cfg)):
+        if not os.path.isabs(value) and os.path.exists(value):
+            setattr(section, name, os.path.abspath(value))
 
 
 def _looks_local(value: str) -> bool:
@@ -115,22 +122,18 @@ def _looks_local(value: str) -> bool:
     return os.path.isabs(value) or value.startswith(".") or value.count("/") > 1 or (os.sep != "/" and os.sep in value)
 
 
-def check_model_paths(cfg, where: str = "") -> list[str]:
+def check_model_paths(cfg) -> list[str]:
     """Model and tokenizer fields that name a local folder which is not there (or, for models,
     has no config.json): said before any actor starts, by dotted key."""
     out = []
-    for f in dataclasses.fields(cfg):
-        value, key = getattr(cfg, f.name), f"{where}{f.name}"
-        if f.name in MODEL_PATH_FIELDS and isinstance(value, str) and value and _looks_local(value):
-            need = "tokenizer_config.json" if f.name == "tokenizer" else "config.json"
-            if not os.path.isdir(value):
-                out.append(f"{key}: {value} is not a folder (nor a hub name like org/name)")
-            elif not os.path.exists(os.path.join(value, need)):
-                out.append(f"{key}: {value} has no {need}; expected a Hugging Face model folder")
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                out += check_model_paths(item, f"{key}[{i}]." if isinstance(value, list) else f"{key}.")
+    for _, name, value, key in _model_paths(cfg):
+        if not _looks_local(value):
+            continue
+        need = "tokenizer_config.json" if name == "tokenizer" else "config.json"
+        if not os.path.isdir(value):
+            out.append(f"{key}: {value} is not a folder (nor a hub name like org/name)")
+        elif not os.path.exists(os.path.join(value, need)):
+            out.append(f"{key}: {value} has no {need}; expected a Hugging Face model folder")
     return out
 
 

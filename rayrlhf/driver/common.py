@@ -2,11 +2,15 @@
 the policy's weights to the rollout fleet, and their checkpoints."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
+from rayrlhf import checkpoint as ckpt
+from rayrlhf.driver.controller import restore_fleet_size
 from rayrlhf.driver.fleet import get
+from rayrlhf.utils.fs import atomic_write_json, read_json
 
 
 class Timer:
@@ -77,11 +81,6 @@ def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: d
     """Checkpoint ``step`` of a PPO or rejection-sampling loop, atomically: every trained group
     saves into the new folder, ``state`` (plus the fleet's worker count) goes to state.json;
     then the run's summary.json."""
-    import os
-
-    from rayrlhf import checkpoint as ckpt
-    from rayrlhf.utils.fs import atomic_write_json
-
     def fill(tmp):
         get([ref for group in trained for ref in group.call_async("save", tmp)], timeout,
             f"{'+'.join(g.role for g in trained)} in phase checkpoint")
@@ -93,12 +92,6 @@ def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: d
 def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> tuple[str, dict] | None:
     """The latest checkpoint's (folder, state) after every trained group loaded it and the fleet
     was asked for the worker count it had; None when the run has none."""
-    import os
-
-    from rayrlhf import checkpoint as ckpt
-    from rayrlhf.driver.controller import restore_fleet_size
-    from rayrlhf.utils.fs import read_json
-
     found = ckpt.latest_checkpoint(run_dir)
     if not found:
         return None
