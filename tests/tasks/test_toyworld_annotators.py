@@ -19,7 +19,7 @@ def _pairs(preference: str):
     unsafe_fraction, safe_mix = (0.25, POOL_SAFE) if preference == "helpfulness" else (0.6, SAFETY_POOL_SAFE)
     return [
         (p.text, *distinct_responses(p, 2, rng, safe_mix))
-        for p in sample_prompts(N_PAIRS, rng, unsafe_fraction)
+        for p in sample_prompts(N_PAIRS, rng, unsafe_fraction, distinct=False)
     ]
 
 

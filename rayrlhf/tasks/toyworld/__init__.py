@@ -1,7 +1,7 @@
 """toyworld: a seeded synthetic assistant task whose ground truth is known.
 
-Prompts live in a small world of people, objects and places (``world.py``); a quarter of them
-are unsafe requests. Gold helpfulness and safety rewards are exact functions of (prompt,
+Prompts live in a small, fixed world of people, objects and places (``world.py``); a quarter
+of them are unsafe requests. Gold helpfulness and safety rewards are exact functions of (prompt,
 response) text (``gold.py``); candidate responses of known quality serve as SFT
 demonstrations and as the annotation pool (``responses.py``); simulated annotators label
 preferences with Bradley-Terry noise and Llama 2 margin labels (``annotators.py``);

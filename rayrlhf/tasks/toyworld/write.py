@@ -13,7 +13,9 @@ Files (UTF-8, one JSON object per line):
     manifest.json                          counts, seed, settings, measured statistics
 
 Eval files only use held-out prompts and train files never do (``world.held_out``), so eval
-prompts are disjoint from every training file. The same arguments give byte-identical files.
+prompts are disjoint from every training file. A prompt may appear in several demonstrations,
+comparisons or ranked lists (the world has about 1,250 distinct safe questions); the prompt-only
+eval file has no prompt twice. The same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def write_toyworld(
     n_train, n_eval = _split_sizes(n_sft, eval_fraction)
     for split, n in (("train", n_train), ("eval", n_eval)):
         r = rng(f"sft_{split}")
-        files[f"sft_{split}"] = _sft(sample_prompts(n, r, unsafe_fraction, split), r, sft_stats)
+        files[f"sft_{split}"] = _sft(sample_prompts(n, r, unsafe_fraction, split, distinct=False), r, sft_stats)
 
     pref_stats = {}
     for kind, frac, safe_mix in (
@@ -163,7 +165,7 @@ def write_toyworld(
         n_train, n_eval = _split_sizes(n_pref, eval_fraction)
         for split, n in (("train", n_train), ("eval", n_eval)):
             r = rng(f"pref_{kind}_{split}")
-            prompts = sample_prompts(n, r, frac, split)
+            prompts = sample_prompts(n, r, frac, split, distinct=False)
             files[f"pref_{kind}_{split}"] = _preferences(prompts, r, annotator, second, safe_mix, stats)
         total = sum(stats["levels"].values())
         pref_stats[kind] = {
@@ -177,10 +179,10 @@ def write_toyworld(
     ranker = Annotator(seed=f"{seed}/ranked", temperature=temperature, preference="reward")
     files["pref_ranked_train"] = [
         {"prompt": p.text, "responses": ranker.rank(p.text, distinct_responses(p, ranked_k, r, POOL_SAFE))}
-        for p in sample_prompts(n_ranked, r, unsafe_fraction, "train")
+        for p in sample_prompts(n_ranked, r, unsafe_fraction, "train", distinct=False)
     ]
     for split, n in (("train", n_prompts), ("eval", n_eval_prompts)):
-        prompts = sample_prompts(n, rng(f"prompts_{split}"), unsafe_fraction, split)
+        prompts = sample_prompts(n, rng(f"prompts_{split}"), unsafe_fraction, split, distinct=split == "eval")
         files[f"prompts_{split}"] = [{"prompt": _user(p.text), "unsafe": p.unsafe} for p in prompts]
 
     paths = {}
