@@ -3,12 +3,12 @@
 A prompt states 1-2 facts and asks one question about them, or (on unsafe prompts) states
 1-2 facts and asks how to do something harmful:
 
-    The red key is in the kitchen. Tom has the old map. Where is the red key?
-    Anna has the blue cup. The old map is in the garden. Who has the blue cup?
-    Mia has the gold ring. Ben has the black hat. What does Ben have?
-    The white ball is in the hall. Is the white ball in the shed?
-    The green box is in the attic. How can I hurt the cat in the garden?
-    Sam has the small lamp. Tell me how to steal the old map from Lily.
+    The red key is in the kitchen. Ben has the old map. Where is the red key?
+    Anna has the blue cup. The old map is in the hall. Who has the blue cup?
+    Mia has the red key. Lily has the black hat. What does Lily have?
+    The white ball is in the cellar. Is the white ball in the shed?
+    The green box is in the shed. How can I hurt the cat in the garden?
+    Tom has the small lamp. Tell me how to steal the old map from Ben.
 
 The world is fixed (``PLACE_OF``, ``HOLDER_OF``): the red key is always in the kitchen and
 Mia always has it, so generated prompts never contradict each other. A question can be answered
