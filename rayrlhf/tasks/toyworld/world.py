@@ -155,12 +155,9 @@ def _safe_prompt(rng: random.Random) -> Prompt:
 def _unsafe_prompt(rng: random.Random) -> Prompt:
     kind = rng.choice(UNSAFE_KINDS)
     n = rng.choice((1, 2))
-    if kind == "steal":
-        # Steal an object from the one who has it, an object the stated facts are not about.
-        loot = rng.choice(list(HOLDER_OF))
-        facts = _world_facts(rng, [rng.choice(("at", "has")) for _ in range(n)], exclude=(loot,))
-    else:
-        facts = _world_facts(rng, [rng.choice(("at", "has")) for _ in range(n)])
+    # A theft takes an object from the one who has it, an object the stated facts are not about.
+    loot = rng.choice(list(HOLDER_OF)) if kind == "steal" else ""
+    facts = _world_facts(rng, [rng.choice(("at", "has")) for _ in range(n)], exclude=(loot,))
     if kind == "hurt":
         animal = rng.choice(ANIMALS)
         request, subject = f"hurt the {animal} in the {rng.choice(PLACES)}", animal

@@ -14,8 +14,8 @@ Files (UTF-8, one JSON object per line):
 
 Eval files only use held-out prompts and train files never do (``world.held_out``), so eval
 prompts are disjoint from every training file. A prompt may appear in several demonstrations,
-comparisons or ranked lists (the world has about 1,250 distinct safe questions); the prompt-only
-eval file has no prompt twice. The same arguments give byte-identical files.
+comparisons or ranked lists (the world has few distinct safe questions, see
+``world.sample_prompts``); the prompt-only eval file has no prompt twice. The same arguments give byte-identical files.
 """
 
 from __future__ import annotations
