@@ -15,7 +15,7 @@ class DerivedModelSection(ModelSection):
     """A model that defaults to the policy's when name_or_path is empty."""
 
     def validate(self) -> list[str]:
-        return []
+        return self.validate_engine()
 
 
 @dataclass
@@ -100,6 +100,10 @@ class PPOSection:
     """Samples per optimizer step, over all trainer workers."""
     forward_micro_batch_size: int = 64
     """Rows per forward pass when computing logprobs and values."""
+    per_worker_micro_batch_size: int = 8
+    """Rows one policy or critic worker puts through its model at once in an update; a
+    worker's share of a mini-batch is accumulated over micro-batches into one optimizer step
+    equal to the unaccumulated one."""
     actor_lr: float = 1e-6
     """Policy learning rate (AdamW)."""
     critic_lr: float = 1e-5
@@ -181,6 +185,8 @@ class PPOSection:
             out.append("clip_eps: must be positive")
         if self.importance_cap < 1:
             out.append("importance_cap: must be >= 1")
+        if self.per_worker_micro_batch_size < 1 or self.forward_micro_batch_size < 1:
+            out.append("per_worker_micro_batch_size and forward_micro_batch_size must be at least 1")
         return out
 
 

@@ -77,6 +77,12 @@ class ResourcesSection:
     rewards: dict[str, RoleResources] = field(default_factory=dict)
     """One entry per reward model, keyed by its name (helpfulness, safety, ...); the role is
     called reward/<name>."""
+    gpu_memory_gib: float = 80.0
+    """Memory of each GPU, in GiB, for the memory plan checked before launch (rayrlhf plan)."""
+    fake_gpus: bool = False
+    """Placement tests only: let a role that reserved GPUs compute on CPU when its node has no
+    CUDA device (a cluster started with ray.init(num_gpus=N) advertises GPUs it lacks).
+    Otherwise such a role stops at start with a message naming it."""
 
     def roles(self) -> dict[str, RoleResources]:
         """Every role by name, in plan order: trainer, critic, rollout, reference, reward/*."""

@@ -31,6 +31,9 @@ class RSSection:
     """Kept samples per optimizer step, over all trainer workers."""
     lr: float = 1e-5
     """Learning rate of the fine-tuning (AdamW, constant)."""
+    per_worker_micro_batch_size: int = 8
+    """Kept samples one trainer worker puts through the model at once; its share of a batch is
+    accumulated over micro-batches into one optimizer step."""
     max_grad_norm: float = 1.0
     """Gradient clipping; 0 turns it off."""
     curve_k: int = 32

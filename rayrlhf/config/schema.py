@@ -44,15 +44,33 @@ class ModelSection:
     """Run modelling code shipped inside the checkpoint. Off by default: it executes code
     from the model folder."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype for training and for the exported weights."""
+    """Compute dtype. A trained model keeps float32 master weights and optimizer state and
+    computes in this dtype (mixed precision: FSDP2's MixedPrecisionPolicy, autocast under ddp);
+    logprobs, losses and advantages stay float32. Frozen models (reference, reward models,
+    rollout engines) and exported weights are stored in it."""
     chat_template: Optional[str] = None
     """A Jinja chat template to use when the tokenizer has none (or to replace its own)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% more compute)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How a trained model spans its data-parallel workers: ddp (a full replica per worker,
+    gradients all-reduced) or fsdp (FSDP2 ``fully_shard`` per decoder layer: parameters,
+    gradients and optimizer state split across the workers). Frozen models ignore it."""
+    cpu_offload: bool = False
+    """fsdp only: keep the sharded parameters, gradients and optimizer state in CPU memory and
+    move each layer to the GPU only while it computes (larger models on fewer GPUs, slower)."""
+    reshard_after_forward: bool = True
+    """fsdp only: free each layer's gathered parameters after its forward and gather them
+    again for the backward (less memory, one more all-gather per layer)."""
 
     def validate(self) -> list[str]:
         if not self.name_or_path:
             return ["name_or_path: required: a Hugging Face model name or a local model folder"]
+        return self.validate_engine()
+
+    def validate_engine(self) -> list[str]:
+        if self.cpu_offload and self.strategy != "fsdp":
+            return ["cpu_offload: needs strategy: fsdp (ddp keeps a full replica on each GPU)"]
         return []
 
 
@@ -144,6 +162,8 @@ class ScalingSection:
     """Data-parallel training workers (Ray Train, torch DDP)."""
     use_gpu: bool = False
     """One GPU per worker with NCCL; on CPU, gloo."""
+    gpu_memory_gib: float = 80.0
+    """Memory of each GPU, in GiB, for the memory plan checked before launch (rayrlhf plan)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker; also its torch thread count (rounded, at least 1)."""
 

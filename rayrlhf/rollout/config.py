@@ -30,6 +30,10 @@ class RolloutSection:
     """Engine dtype. Must equal the trainer's, else rollout and trainer logprobs disagree."""
     max_model_len: int = 512
     """Longest prompt + response a worker accepts (vLLM sizes its KV cache blocks by it)."""
+    tensor_parallel_size: int = 1
+    """GPUs one rollout worker shards its engine across (vLLM tensor parallelism, on one
+    node). Each worker reserves a bundle of this many GPUs; resources.rollout.gpus_per_worker
+    must equal it. CPU engines take 1 only."""
     gpu_memory_utilization: float = 0.5
     """vLLM on GPU: share of GPU memory the engine may take (weights + KV cache). Lower it when
     the rollout worker shares a GPU with a trainer."""
@@ -72,6 +76,9 @@ class RolloutSection:
             )
         if not 0 < self.gpu_memory_utilization <= 1:
             out.append(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int) \
+                or self.tensor_parallel_size < 1:
+            out.append(f"tensor_parallel_size: must be a whole number of at least 1, got {self.tensor_parallel_size!r}")
         if self.cpu_kv_cache_gib <= 0:
             out.append(f"cpu_kv_cache_gib: must be positive, got {self.cpu_kv_cache_gib}")
         if self.seed < 0:
