@@ -323,9 +323,11 @@ def test_non_blocking_groups_return_at_once_and_report_pending(cluster):
 
 
 def write_config(tmp_path, resources: dict) -> str:
+    """A PPO config (rayrlhf plan reads the whole config: placement and memory)."""
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name_or_path": "x"}, "ppo": {"whatever": 1},
-                                    "resources": resources}))
+    path.write_text(yaml.safe_dump({"policy": {"name_or_path": "Qwen/Qwen2.5-0.5B"}, "data": {"train": ["p.jsonl"]},
+                                    "rewards": [{"name": "brevity", "function": "rayrlhf.rules:length_penalty"}],
+                                    "ppo": {"global_mini_batch_size": 32}, "resources": resources}))
     return str(path)
 
 

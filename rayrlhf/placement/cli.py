@@ -1,13 +1,17 @@
-"""``rayrlhf plan``: print the placement plan of a config and check that the cluster holds it.
+"""``rayrlhf plan``: the placement plan and the GPU memory plan of a config, before launch.
 
     rayrlhf plan --config jobs/ppo.yaml                         # the cluster Ray finds (or none)
     rayrlhf plan --config jobs/ppo.yaml --address 10.0.0.1:6379 resources.rollout.num_workers=8
-    rayrlhf plan --config jobs/ppo.yaml --no-cluster            # bundles only
+    rayrlhf plan --config jobs/ppo.yaml --no-cluster            # bundles and memory only
     rayrlhf plan --config jobs/ppo.yaml --probe                 # also start a tiny actor per worker
+    rayrlhf plan --config jobs/qwen0.5b_hh_rlhf.yaml --no-cluster --gpu-memory-gib 40
 
-With a cluster, the placement groups are created for a moment to learn which node each bundle
-goes to, then removed. No model is loaded. Exit status: 0 fits, 1 the cluster cannot hold the
-plan (or the cluster named by --address is unreachable), 2 the config is invalid.
+Any command's config: sft, rm, ppo, rs, or a pipeline (every sft/rm/rs/ppo stage in turn),
+told apart by its top-level keys or named with --command. With a cluster, the placement groups
+of ppo/rs are created for a moment to learn which node each bundle goes to, then removed. No
+model is loaded: the memory plan reads each model's config.json (rayrlhf.engine.memory). Exit
+status: 0 fits, 1 the cluster cannot hold the plan (or the cluster named by --address is
+unreachable) or a GPU role does not fit its GPU's memory, 2 the config is invalid.
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ from dataclasses import dataclass, field
 from rayrlhf.config.loader import ConfigError, apply_overrides, load_config, read_yaml
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.placement.plan import add_resources, check_fits, format_resources, node_resources, plan_placement
-from rayrlhf.placement.report import format_plan
+from rayrlhf.placement.report import format_plan, format_train_workers
+
+COMMANDS = ("sft", "rm", "ppo", "rs", "pipeline")
 
 
 @dataclass
 class PlanConfig:
     resources: ResourcesSection = field(default_factory=ResourcesSection)
-    """Workers and resources per role (the only section `rayrlhf plan` reads)."""
+    """Workers and resources per role (all a config without model sections gives `rayrlhf plan`)."""
 
 
 def load_resources(path: str, overrides: list[str] | None = None) -> ResourcesSection:
@@ -40,10 +46,61 @@ def load_resources(path: str, overrides: list[str] | None = None) -> ResourcesSe
         raise ConfigError(e.problems, source=path) from None
 
 
+def detect_command(raw: dict) -> str | None:
+    """Which command a config is for, from its top-level keys (None: cannot tell)."""
+    if "stages" in raw:
+        return "pipeline"
+    if "policy" in raw and "ppo" in raw:
+        return "ppo"
+    if "rs" in raw:
+        return "rs"
+    if "model" in raw:
+        return "rm" if "reward" in raw else "sft"
+    return None
+
+
+@dataclass
+class Stage:
+    label: str | None
+    """``stage rm_safety (rm)`` inside a pipeline."""
+    command: str
+    cfg: object
+    known: dict | None = None
+    """Model folders the pipeline has not written yet -> their config (the memory plan's)."""
+
+
+def load_stages(path: str, overrides: list[str], command: str | None) -> list[Stage] | None:
+    """The typed config(s) to plan; None for a resources-only file (placement only)."""
+    command = command or detect_command(apply_overrides(read_yaml(path), list(overrides)))
+    if command is None:
+        if "resources" in read_yaml(path):
+            return None
+        raise ConfigError(["cannot tell which command this config is for (no stages, policy, rs or model "
+                           f"section): pass --command ({', '.join(COMMANDS)})"], source=path)
+    if command == "pipeline":
+        from rayrlhf.driver.pipeline import load_pipeline
+        from rayrlhf.engine.memory import pipeline_model_configs
+
+        pipe, run_dir, configs = load_pipeline(path, overrides)
+        known = pipeline_model_configs(pipe, run_dir, configs)
+        return [Stage(f"stage {spec.name} ({spec.kind})", spec.kind, c, known)
+                for spec, c in zip(pipe.stages, configs) if spec.kind in ("sft", "rm", "ppo", "rs")]
+    from rayrlhf.config.ppo import PPOConfig
+    from rayrlhf.config.rs import RSConfig
+    from rayrlhf.config.schema import RMConfig, SFTConfig
+
+    cls = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "rs": RSConfig}[command]
+    return [Stage(None, command, load_config(cls, path, overrides))]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rayrlhf plan", description="Print the placement plan of a config "
-                                "and check that the Ray cluster can hold it. Loads no model.")
-    p.add_argument("--config", required=True, help="YAML file with a top-level resources: section")
+    p = argparse.ArgumentParser(prog="rayrlhf plan", description="Print the placement plan and the GPU memory "
+                                "plan of a config, and check that the Ray cluster can hold it. Loads no model.")
+    p.add_argument("--config", required=True, help="YAML file of any command (sft, rm, ppo, rs, pipeline)")
+    p.add_argument("--command", choices=COMMANDS, default=None, help="the command the config is for "
+                   "(default: told from its top-level keys)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU in GiB (default: "
+                   "the config's resources.gpu_memory_gib / scaling.gpu_memory_gib)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a "
                    "running local cluster)")
     p.add_argument("--no-cluster", action="store_true", help="plan only; do not look for a cluster")
@@ -55,29 +112,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_main(argv: list[str] | None = None) -> int:
+    from rayrlhf.engine.memory import format_memory, plan_memory, planned_roles
+
     args = build_parser().parse_args(argv)
     try:
-        plan = plan_placement(load_resources(args.config, args.overrides))
+        stages = load_stages(args.config, args.overrides, args.command)
+        if stages is None:
+            placements = [(None, plan_placement(load_resources(args.config, args.overrides)), None)]
+        else:
+            placements = []
+            for st in stages:
+                if args.gpu_memory_gib is not None:
+                    section = st.cfg.scaling if st.command in ("sft", "rm") else st.cfg.resources
+                    section.gpu_memory_gib = args.gpu_memory_gib
+                placement = (plan_placement(st.cfg.resources, roles=planned_roles(st.command, st.cfg))
+                             if st.command in ("ppo", "rs") else None)
+                placements.append((st, placement, plan_memory(st.command, st.cfg, st.known)))
     except ConfigError as e:
         print(f"rayrlhf plan: {e}", file=sys.stderr)
         return 2
-    if args.no_cluster:
-        print(format_plan(plan))
-        print("(--no-cluster: run without it, or with --address, to see which node each bundle goes to)")
-        return 0
-    connected_here = _connect(args.address)
-    if connected_here is None:
-        print(format_plan(plan))
-        where = f"at {args.address}" if args.address else "(none running; pass --address)"
-        print(f"rayrlhf plan: no Ray cluster reachable {where}", file=sys.stderr)
-        return 1 if args.address else 0
+    connected_here = None if args.no_cluster or not any(p for _, p, _ in placements) else _connect(args.address)
+    code = 0
     try:
-        return _plan_on_cluster(plan, args)
+        for st, placement, memory in placements:
+            if st is not None and st.label:
+                print(f"== {st.label} ==")
+            if placement is not None:
+                code = max(code, _placement(placement, args, connected_here))
+            elif st is not None:
+                print(format_train_workers(st.cfg.scaling))
+            if memory is None:
+                print("memory: not planned (a resources-only config; pass --command to plan a command's config)")
+                continue
+            print(format_memory(memory))
+            if memory.problems():
+                where = f" ({st.label})" if st.label else ""
+                print(f"rayrlhf plan: {len(memory.problems())} role(s) do not fit their GPU memory{where}; "
+                      "the problems above say what would fit", file=sys.stderr)
+                code = max(code, 1)
+            print()
     finally:
         if connected_here:
             import ray
 
             ray.shutdown()
+    return code
+
+
+def _placement(plan, args, connected_here) -> int:
+    """Today's placement part: bundles only, or checked (and probed) on the cluster."""
+    if args.no_cluster:
+        print(format_plan(plan))
+        print("(--no-cluster: run without it, or with --address, to see which node each bundle goes to)")
+        return 0
+    if connected_here is None:
+        print(format_plan(plan))
+        where = f"at {args.address}" if args.address else "(none running; pass --address)"
+        print(f"rayrlhf plan: no Ray cluster reachable {where}", file=sys.stderr)
+        return 1 if args.address else 0
+    return _plan_on_cluster(plan, args)
 
 
 def _plan_on_cluster(plan, args) -> int:
