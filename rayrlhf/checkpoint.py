@@ -45,18 +45,34 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def rng_state() -> dict:
-    return {
+    out = {
         "torch": torch.get_rng_state(),
         "python": list(_listify(random.getstate())),
         "numpy": _numpy_state(),
     }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(_tuplify(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
+
+
+def save_rng(path: str) -> None:
+    """This process's RNG state (tensors and numbers only)."""
+    torch.save(rng_state(), path)
+
+
+def load_rng(path: str) -> None:
+    """Restore ``save_rng``'s file when there is one (``weights_only``: no arbitrary pickle)."""
+    if os.path.exists(path):
+        set_rng_state(torch.load(path, weights_only=True))
 
 
 def _numpy_state():

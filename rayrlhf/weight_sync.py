@@ -81,13 +81,28 @@ def _is_loopback(addr: str) -> bool:
 
 def send(group, named_tensors: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
     """Rank 0: broadcast every tensor, bucket by bucket; returns bytes sent."""
-    tensors = list(named_tensors.values())
-    sent = 0
-    for bucket in plan_buckets(tensor_meta(named_tensors), bucket_bytes):
-        flat = torch.cat([tensors[i].detach().reshape(-1) for i in bucket])
+    return send_streamed(group, tensor_meta(named_tensors), lambda names: [named_tensors[n] for n in names],
+                         bucket_bytes)["bytes"]
+
+
+def send_streamed(group, meta: list[tuple[str, tuple, str]], fetch, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict:
+    """Broadcast the tensors ``meta`` describes, fetching each bucket's full tensors only when
+    it is sent (``fetch(names) -> tensors``: under FSDP, gathered with ``full_tensor()``), so
+    no more than one bucket of full weights exists at a time. ``group`` None: take part in the
+    gathers only (the other trainer ranks). Returns bytes sent and the weights' checksum."""
+    from rayrlhf.rollout.checksum import combine_digests, tensor_digest
+
+    sent, digests = 0, {}
+    for bucket in plan_buckets(meta, bucket_bytes):
+        names = [meta[i][0] for i in bucket]
+        tensors = fetch(names)
+        if group is None:
+            continue
+        digests.update({n: tensor_digest(n, t) for n, t in zip(names, tensors)})
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
         group.broadcast([flat], _root(0)).wait()
         sent += flat.numel() * flat.element_size()
-    return sent
+    return {"bytes": sent, "checksum": combine_digests(digests) if group is not None else ""}
 
 
 def receive(group, meta: list[tuple[str, tuple, str]], bucket_bytes: int = DEFAULT_BUCKET_BYTES,

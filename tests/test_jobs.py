@@ -155,7 +155,8 @@ def test_token_goes_out_through_rays_own_header_code(tmp_path):
 
 # ---- job configs for real models --------------------------------------------------------------
 
-REAL_MODEL_JOBS = ["qwen0.5b_hh_rlhf.yaml", "qwen0.5b_rm_static.yaml", "qwen1.5b_stack_exchange_rm.yaml"]
+REAL_MODEL_JOBS = ["llama2_7b_recipe.yaml", "qwen0.5b_hh_rlhf.yaml", "qwen0.5b_rm_static.yaml",
+                   "qwen1.5b_stack_exchange_rm.yaml"]
 
 
 def pipeline_job_configs() -> list[str]:
@@ -187,11 +188,20 @@ def test_real_model_job_settings(name):
 
     cfg, run_dir, configs = load_pipeline(os.path.join(REPO, "jobs", name), [])
     assert run_dir.startswith("/mnt/shared/"), "multi-node runs need a folder every node sees"
+    models = ("Qwen/", "meta-llama/", run_dir)
     for spec, stage in zip(cfg.stages, configs):
+        if spec.kind in ("rs", "ppo"):
+            # The RL stages: every model role on GPUs, in bfloat16, the rollout in the policy's dtype.
+            assert stage.resources.trainer.gpus_per_worker > 0 and stage.resources.rollout.gpus_per_worker > 0
+            assert stage.policy.dtype == stage.rollout.dtype == "bfloat16", spec.name
+            assert stage.policy.name_or_path.startswith(models), spec.name
+            assert all(r.model.startswith(run_dir) for r in stage.rewards if r.model), spec.name
+            assert not stage.policy.trust_remote_code
+            continue
         per_step = stage.train.per_worker_micro_batch_size * stage.scaling.num_workers
         assert stage.train.global_batch_size % per_step == 0, spec.name
         assert stage.scaling.use_gpu and stage.model.dtype == "bfloat16", spec.name
-        assert stage.model.name_or_path.startswith(("Qwen/", run_dir)), spec.name
+        assert stage.model.name_or_path.startswith(models), spec.name
         assert not stage.model.trust_remote_code
 
 

@@ -1,17 +1,20 @@
 """One actor class for every model role that runs forward passes on rollout batches.
 
 ``kind`` selects the model and what ``update`` optimises:
-  policy     causal LM; logprobs; clipped PPO policy loss, or with hp objective=sft the NLL of
-             kept samples (rejection sampling) (trainable, a DDP group of N)
+  policy     causal LM; logprobs; clipped PPO policy loss, or with ``PolicyLoss(objective="sft")``
+             the NLL of kept samples (rejection sampling) (trainable, a DDP or FSDP group of N)
   critic     scalar head on every token; values; clipped value loss (trainable)
   reference  the frozen initial policy; logprobs for the KL term (and DPO)
-The algorithm itself (losses, GAE, KL) lives in ``rayrlhf.algo``; this class only moves
-tensors through models, optimizers and the process group.
+The algorithm itself (losses, GAE, KL) lives in ``rayrlhf.algo``; devices, wrapping, precision
+and micro-batches live in ``rayrlhf.engine``; this class only says which model and which loss.
+It runs as a Ray actor and, unchanged, as a plain object (tests/gpu).
+
+Under FSDP the methods in ``COLLECTIVE`` gather sharded weights, so every rank must call them
+together (``rayrlhf.placement.Leader`` does); rank 0 returns the result.
 """
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.distributed as dist
@@ -19,13 +22,18 @@ import torch.distributed as dist
 from rayrlhf.algo.kl import kl_penalty
 from rayrlhf.algo.logprobs import token_logprobs
 from rayrlhf.algo.losses import ppo_policy_loss, value_loss
+from rayrlhf.engine.settings import CriticLoss, EngineSettings, PolicyLoss
 
 KINDS = ("policy", "critic", "reference")
 
 
 class ModelWorker:
-    def __init__(self, kind: str, model_path: str, hp: dict, rank: int = 0, world: int = 1, name: str = "",
-                 trust_remote_code: bool = False, dtype: str = "float32", seed: int = 0, num_threads: int = 1):
+    COLLECTIVE = frozenset({"probe", "named_weights", "named_weights_and_checksum", "broadcast_weights", "export"})
+    """Methods every rank of a sharded group must enter together."""
+
+    def __init__(self, kind: str, model_path: str, engine: EngineSettings, loss: PolicyLoss | CriticLoss | None = None,
+                 rank: int = 0, world: int = 1, name: str = "", trust_remote_code: bool = False, seed: int = 0,
+                 num_threads: int = 1):
         from rayrlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
         from rayrlhf.utils.quiet import quiet_libraries
 
@@ -34,23 +42,46 @@ class ModelWorker:
         quiet_libraries()
         torch.set_num_threads(max(1, num_threads))
         torch.manual_seed(seed)
-        self.kind, self.rank, self.world, self.name, self.hp = kind, rank, world, name or kind, dict(hp)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        if kind == "critic":
-            self.model = load_scalar_model(model_path, dtype, trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
-        else:
-            self.model = load_causal_lm(model_path, dtype, trust_remote_code)
+        self.kind, self.rank, self.world, self.name = kind, rank, world, name or kind
+        self.settings, self.loss_cfg = engine, loss
+        if kind == "policy" and not isinstance(loss, PolicyLoss):
+            raise TypeError("a policy worker needs loss=PolicyLoss(...)")
+        if kind == "critic" and not isinstance(loss, CriticLoss):
+            raise TypeError("a critic worker needs loss=CriticLoss(...)")
         self.trainable = kind != "reference"
-        self.ddp = None
-        self.optimizer = None
-        if self.trainable:
-            from rayrlhf.trainer.optim import build_optimizer
+        self.temperature = loss.temperature if isinstance(loss, PolicyLoss) else 1.0
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        # Trained models load in float32 (the master weights), frozen ones in the compute dtype.
+        load_dtype = "float32" if self.trainable else engine.dtype
+        if kind == "critic":
+            from rayrlhf.models.value import TokenValues
 
-            self.optimizer = build_optimizer(self.model, hp["lr"], hp.get("weight_decay", 0.0), hp.get("betas", (0.9, 0.95)))
-            self.model.train()
+            self._hf = load_scalar_model(model_path, load_dtype, trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
+            self._module = TokenValues(self._hf)
         else:
-            self.model.eval()
-            self.model.requires_grad_(False)
+            self._hf = self._module = load_causal_lm(model_path, load_dtype, trust_remote_code)
+        if self.trainable:
+            # PPO's ratio is 1 at the first mini-batch only if the update computes what the
+            # rollout and the old-logprob pass computed: no dropout in RL.
+            _disable_dropout(self._hf)
+        self.engine = None
+        if world == 1:
+            self._build_engine()
+
+    def _build_engine(self) -> None:
+        from rayrlhf.engine import Engine
+
+        self.engine = Engine(self._module, self.settings, rank=self.rank, world=self.world,
+                             trainable=self.trainable, hf_model=self._hf)
+
+    @property
+    def model(self):
+        """The transformers model (unwrapped; sharded in place under FSDP)."""
+        return self._hf
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
 
     def __repr__(self) -> str:
         return f"ModelWorker({self.name})"
@@ -62,58 +93,48 @@ class ModelWorker:
         return ray.util.get_node_ip_address()
 
     def free_port(self) -> int:
-        import socket
+        from rayrlhf.placement.actors import free_addr_port
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return s.getsockname()[1]
+        return free_addr_port(loopback=False)[1]
 
     def setup_group(self, master_addr: str, master_port: int) -> bool:
-        """Join the role's torch.distributed process group (gloo on CPU, NCCL on GPU); each actor
-        is its own process, so the default group is this role's group."""
-        if self.world == 1:
-            return True
+        """Join the role's torch.distributed process group (NCCL for CUDA tensors, gloo on
+        CPU), then build the engine on it; each actor is its own process, so the default group
+        is this role's group."""
         from datetime import timedelta
 
+        from rayrlhf.engine.device import backend_for, resolve_device
         from rayrlhf.weight_sync import make_store
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        s = self.settings
+        device = resolve_device(s.wants_gpu, s.role, s.config_key, s.fake_gpus)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         # Our own store, so that on a local cluster rank 0 listens on loopback only.
         store = make_store(master_addr, master_port, self.world, self.rank == 0, timedelta(minutes=10))
-        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
-        from torch.nn.parallel import DistributedDataParallel
-
-        self.ddp = DistributedDataParallel(self.model)
+        dist.init_process_group(backend_for(device), store=store, rank=self.rank, world_size=self.world)
+        self._build_engine()
         return True
 
     # -- forward passes ----------------------------------------------------------------------
-    def _logits(self, model, batch, temperature: float | None = None):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    def _logprobs(self, model, mb, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logprobs, logits) under softmax(logits / T), in float32."""
+        logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits.float()
         # The rollout samples from softmax(logits / T): the ratio and the KL must use that policy.
-        t = self.hp.get("temperature", 1.0) if temperature is None else temperature
-        return logits / t if t and t != 1.0 else logits
+        if temperature and temperature != 1.0:
+            logits = logits / temperature
+        return token_logprobs(logits, mb["input_ids"]), logits
 
-    def _values(self, model, batch):
-        inner = model.module if hasattr(model, "module") else model
-        base = getattr(inner, inner.base_model_prefix)
-        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        # V(s_t) for column t: the state after tokens 0..t, before token t+1 is generated.
-        return inner.score(hidden[:, :-1]).float().squeeze(-1)
+    def _forward_fn(self, temperature: float):
+        if self.kind == "critic":
+            return lambda model, mb: model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
+        return lambda model, mb: self._logprobs(model, mb, temperature)[0]
 
-    @torch.no_grad()
-    def forward(self, batch: dict, micro_batch: int = 64, temperature: float | None = None) -> torch.Tensor:
+    def forward(self, batch: dict, micro_batch: int | None = None, temperature: float | None = None) -> torch.Tensor:
         """logprobs (policy, reference) or values (critic); Shape: (B, T-1)."""
-        self.model.eval()
-        outs = []
-        for i in range(0, batch["input_ids"].shape[0], micro_batch):
-            mb = {k: v[i:i + micro_batch] for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            if self.kind == "critic":
-                outs.append(self._values(self.model, mb))
-            else:
-                outs.append(token_logprobs(self._logits(self.model, mb, temperature), mb["input_ids"]))
-        if self.trainable:
-            self.model.train()
-        return torch.cat(outs, dim=0) * batch["response_mask"]
+        t = self.temperature if temperature is None else temperature
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        return self.engine.forward(inputs, self._forward_fn(t), micro_batch) * batch["response_mask"]
 
     def probe(self, token_ids: list[int]) -> list[float]:
         """Logprob of each token after the first: compared with the rollout engine's after a sync."""
@@ -126,26 +147,15 @@ class ModelWorker:
         """One optimizer step per mini-batch (this worker's rows of it); returns mean stats.
 
         ``num_tokens[i]`` is the response-token count of global mini-batch i over all workers:
-        each rank divides its token sum by it and DDP averages, so the step equals the
-        full-batch step whatever the number of workers.
+        each rank divides its token sum by it and DDP/FSDP average, so the step equals the
+        full-batch step whatever the number of workers and micro-batches.
         """
-        model = self.ddp or self.model
-        self.model.train()
+        import time
+
         totals: dict[str, float] = {}
         t0 = time.perf_counter()
         for mb, n_tok in zip(minibatches, num_tokens):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, stats = self._loss(model, mb, n_tok)
-            (loss * self.world).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hp.get("max_grad_norm") or float("inf"))
-            stats["grad_norm"] = float(grad_norm)
-            stats["loss"] = float(loss.detach()) * self.world
-            # The gradient norm is taken after DDP's all-reduce, so every rank skips together.
-            if not torch.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                stats["skipped"] = 1.0
-            else:
-                self.optimizer.step()
+            stats = self.engine.step(mb, lambda model, micro, n=n_tok: self._loss(model, micro, n))
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         out = {k: v / max(1, len(minibatches)) for k, v in totals.items()}
@@ -153,48 +163,58 @@ class ModelWorker:
         return out
 
     def _loss(self, model, mb: dict, n_tok: float):
+        """This micro-batch's share of the global loss, and its stats as shares too: a mean
+        over the micro-batch's tokens is weighted by its tokens / the global count x world, so
+        adding micro-batches and averaging ranks gives the token mean of the mini-batch."""
         mask = mb["response_mask"]
-        if self.hp.get("objective") == "sft":
+        share = float(mask.sum()) / n_tok * self.world
+        cfg = self.loss_cfg
+        if self.kind == "critic":
+            values = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
+            loss, stats = value_loss(values, mb["values"], mb["returns"], mask, clip_range=cfg.value_clip,
+                                     num_tokens=n_tok)
+            out = {k: float(v) * share for k, v in stats.items()}
+            out["loss"] = float(loss.detach()) * self.world
+            return loss, out
+        if cfg.objective == "sft":
             # Rejection-sampling fine-tuning (Llama 2, 3.2.3): the NLL of the kept responses at
             # temperature 1, prompt tokens masked, normalised by the global token count.
-            logprobs = token_logprobs(self._logits(model, mb, 1.0), mb["input_ids"])
+            logprobs, _ = self._logprobs(model, mb, 1.0)
             loss = -(logprobs * mask).sum() / n_tok
-            return loss, {"nll": float(loss.detach()) * self.world}
-        if self.kind == "critic":
-            values = self._values(model, mb)
-            loss, stats = value_loss(values, mb["values"], mb["returns"], mask, clip_range=self.hp.get("value_clip"),
-                                     num_tokens=n_tok)
-            return loss, {k: float(v) for k, v in stats.items()}
-        logits = self._logits(model, mb)
-        logprobs = token_logprobs(logits, mb["input_ids"])
+            return loss, {"nll": float(loss.detach()) * self.world, "loss": float(loss.detach()) * self.world}
+        logprobs, logits = self._logprobs(model, mb, cfg.temperature)
         loss, stats = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
-                                      clip_eps=self.hp["clip_eps"], clip_eps_high=self.hp.get("clip_eps_high"),
-                                      dual_clip=self.hp.get("dual_clip"), num_tokens=n_tok)
-        stats = {k: float(v) for k, v in stats.items()}
-        if self.hp.get("kl_in") == "loss":
-            # KL as a loss term (Shao et al. 2024, eq. 3, k3 estimator) instead of in the reward.
-            kl = kl_penalty(logprobs, mb["ref_logprobs"], self.hp.get("kl_estimator", "k3"))
+                                      clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+                                      dual_clip=cfg.dual_clip, num_tokens=n_tok)
+        out = {k: float(v) * share for k, v in stats.items()}
+        if cfg.kl_in == "loss":
+            # KL as a loss term (Shao et al. 2024, eq. 3) instead of in the reward.
+            kl = kl_penalty(logprobs, mb["ref_logprobs"], cfg.kl_estimator)
             kl_loss = (kl * mask).sum() / n_tok
-            loss = loss + self.hp["kl_coef"] * kl_loss
-            stats["kl_loss"] = float(kl_loss.detach()) * self.world
-        entropy_coef = self.hp.get("entropy_coef", 0.0)
-        if entropy_coef:
+            loss = loss + cfg.kl_coef * kl_loss
+            out["kl_loss"] = float(kl_loss.detach()) * self.world
+        if cfg.entropy_coef:
             from rayrlhf.algo.logprobs import entropy_from_logits
 
-            ent = entropy_from_logits(logits)[:, :-1]
-            ent_term = (ent * mask).sum() / n_tok
-            loss = loss - entropy_coef * ent_term
-            stats["entropy"] = float(ent_term.detach()) * self.world
-        return loss, stats
+            ent_term = (entropy_from_logits(logits)[:, :-1] * mask).sum() / n_tok
+            loss = loss - cfg.entropy_coef * ent_term
+            out["entropy"] = float(ent_term.detach()) * self.world
+        out["loss"] = float(loss.detach()) * self.world
+        return loss, out
 
     def set_lr(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        self.engine.set_lr(lr)
 
     # -- weights and checkpoints ---------------------------------------------------------------
     def named_weights(self) -> dict:
-        """The full state dict on CPU (rank 0 holds complete weights after each update)."""
-        return {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
+        """The full weights (each tied tensor once) on rank 0's CPU, in the configured dtype;
+        other ranks take part in the gathering under FSDP and return {}."""
+        out: dict = {}
+        for bucket in self.engine.iter_full_weights(256 << 20):
+            if self.rank == 0:
+                # A copy: on CPU the bucket may alias the live parameters.
+                out.update({k: v.to("cpu", copy=True).contiguous() for k, v in bucket.items()})
+        return out
 
     def named_weights_and_checksum(self) -> tuple[dict, str]:
         """Weights plus their checksum; called with num_returns=2 so the driver fetches only the
@@ -202,7 +222,7 @@ class ModelWorker:
         from rayrlhf.rollout.checksum import weights_checksum
 
         weights = self.named_weights()
-        return weights, weights_checksum(weights)
+        return weights, weights_checksum(weights) if self.rank == 0 else ""
 
     def join_broadcast(self, addr: str, port: int, world: int, backend: str = "gloo") -> bool:
         """Rank 0 of the weight-broadcast group to the rollout workers (``rayrlhf.weight_sync``)."""
@@ -211,48 +231,60 @@ class ModelWorker:
         self._bcast = make_group(backend, addr, port, 0, world)
         return True
 
-    def weights_meta_and_checksum(self) -> tuple[list, str]:
-        from rayrlhf.rollout.checksum import weights_checksum
-        from rayrlhf.weight_sync import tensor_meta
+    def weights_meta(self) -> list:
+        """(name, full shape, dtype) of every weight ``broadcast_weights`` sends; no gathering."""
+        from rayrlhf.engine.state import named_state
 
-        weights = self.named_weights()
-        return tensor_meta(weights), weights_checksum(weights)
+        dtype = str(getattr(torch, self.settings.dtype)).removeprefix("torch.")
+        return [(k, tuple(v.shape), dtype if v.is_floating_point() else str(v.dtype).removeprefix("torch."))
+                for k, v in named_state(self._hf).items()]
 
-    def broadcast_weights(self, bucket_bytes: int) -> int:
-        from rayrlhf.weight_sync import send
+    def broadcast_weights(self, bucket_bytes: int) -> dict:
+        """Stream the weights to the rollout workers bucket by bucket (rank 0 broadcasts; under
+        FSDP every rank gathers each bucket's tensors with it); rank 0 returns bytes and checksum."""
+        from rayrlhf.engine.state import named_state
+        from rayrlhf.models.load import DTYPES
+        from rayrlhf.weight_sync import send_streamed
 
-        return send(self._bcast, {k: v.detach() for k, v in self.model.state_dict().items()}, bucket_bytes)
+        named, dtype = named_state(self._hf), DTYPES[self.settings.dtype]
+        device = self.engine.device
+
+        def fetch(names):
+            out = []
+            for n in names:
+                t = named[n]
+                t = t.full_tensor() if hasattr(t, "full_tensor") else t
+                out.append((t.to(dtype) if t.is_floating_point() else t).detach().to(device))
+            return out
+
+        group = getattr(self, "_bcast", None) if self.rank == 0 else None
+        return send_streamed(group, self.weights_meta(), fetch, bucket_bytes)
 
     def save(self, folder: str) -> None:
-        """Weights (safetensors), optimizer state and this rank's RNG; rank 0 writes the model."""
-        from safetensors.torch import save_model
+        """Weights and optimizer state (safetensors + JSON, sharded under FSDP) and this rank's RNG."""
+        from rayrlhf.checkpoint import save_rng
 
-        from rayrlhf.checkpoint import rng_state
-
-        os.makedirs(folder, exist_ok=True)
-        if self.rank == 0:
-            save_model(self.model, os.path.join(folder, f"{self.kind}.safetensors"))
-            if self.optimizer is not None:
-                torch.save(self.optimizer.state_dict(), os.path.join(folder, f"{self.kind}-optimizer.pt"))
-        torch.save(rng_state(), os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt"))
+        self.engine.save(folder, self.kind)
+        save_rng(os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt"))
 
     def load(self, folder: str) -> None:
-        from safetensors.torch import load_model
+        from rayrlhf.checkpoint import load_rng
 
-        from rayrlhf.checkpoint import set_rng_state
+        self.engine.load(folder, self.kind)
+        load_rng(os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt"))
 
-        load_model(self.model, os.path.join(folder, f"{self.kind}.safetensors"))
-        opt = os.path.join(folder, f"{self.kind}-optimizer.pt")
-        if self.optimizer is not None and os.path.exists(opt):
-            self.optimizer.load_state_dict(torch.load(opt, weights_only=True))
-        rng = os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt")
-        if os.path.exists(rng):
-            set_rng_state(torch.load(rng, weights_only=True))
-
-    def export(self, out_dir: str, extra: dict | None = None) -> str:
-        from rayrlhf.models import export_hf
-
-        return export_hf(self.model, self.tokenizer, out_dir, extra=extra)
+    def export(self, out_dir: str, extra: dict | None = None) -> str | None:
+        return self.engine.export(self.tokenizer, out_dir, extra=extra)
 
     def ping(self) -> str:
         return self.name
+
+
+def _disable_dropout(model) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    cfg = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), float):
+            setattr(cfg, key, 0.0)

@@ -18,7 +18,8 @@ class RewardModelWorker:
     """A trained scalar reward model (an `rayrlhf rm` export or any HF sequence classifier)."""
 
     def __init__(self, name: str, model_path: str, normalize: bool = True, trust_remote_code: bool = False,
-                 dtype: str = "float32", micro_batch: int = 64, max_len: int = 1024, num_threads: int = 1):
+                 dtype: str = "float32", micro_batch: int = 64, max_len: int = 1024, num_threads: int = 1,
+                 wants_gpu: bool = False, fake_gpus: bool = False, config_key: str = "resources.rewards"):
         from rayrlhf.models import load_scalar_model, load_tokenizer
         from rayrlhf.utils.quiet import quiet_libraries
 
@@ -26,8 +27,11 @@ class RewardModelWorker:
         torch.set_num_threads(max(1, num_threads))
         self.name, self.micro_batch, self.max_len = name, micro_batch, max_len
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        from rayrlhf.engine.device import resolve_device
+
+        self.device = resolve_device(wants_gpu, name, config_key, fake_gpus)
         self.model = load_scalar_model(model_path, dtype, trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
-        self.model.eval().requires_grad_(False)
+        self.model.to(self.device).eval().requires_grad_(False)
         # Scores are standardised with the held-out statistics the rm stage recorded, so
         # several reward models combine on one scale (and Llama 2's threshold applies).
         self.mean, self.std = 0.0, 1.0
@@ -55,7 +59,7 @@ class RewardModelWorker:
             chunk = rows[i:i + self.micro_batch]
             ids = pad_right(chunk, pad)
             mask = pad_right([[1] * len(r) for r in chunk], 0)
-            r = self.model(input_ids=ids, attention_mask=mask).logits.float().squeeze(-1)
+            r = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float().squeeze(-1).cpu()
             out.extend(((r - self.mean) / self.std).tolist())
         return out
 

@@ -159,8 +159,10 @@ class PPOSection:
     """Send weights to the rollout workers every N updates."""
     verify_sync: bool = True
     """After each sync, compare each worker's weights checksum and probe logprobs with the trainer's."""
-    probe_atol: float = 1e-3
-    """Largest probe-logprob difference accepted between rollout worker and trainer."""
+    probe_atol: Optional[float] = None
+    """Largest probe-logprob difference accepted between rollout worker and trainer; null
+    follows the dtype (float32 1e-3, float16 0.05, bfloat16 0.15: low-precision kernels of the
+    engine and the trainer round differently, while stale weights differ by far more)."""
     eval_every: int = 10
     """Evaluate on the held-out prompts every N iterations (and before the first, and at the end):
     one sample per prompt at the rollout temperature, with the same seed each time."""
@@ -214,6 +216,7 @@ class PPOConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        out += check_rollout_matches(self.policy, self.rollout, self.resources)
         trainers = self.resources.trainer.num_workers
         if self.ppo.global_mini_batch_size % trainers:
             out.append(f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size}) must be a multiple of "
@@ -249,4 +252,24 @@ def check_reward_sources(rewards: list[RewardSourceSection], combine: CombineSec
     for k in combine.weights:
         if k not in names:
             out.append(f"combine.weights: {k!r} is not a reward source (sources: {names})")
+    return out
+
+
+PROBE_ATOL = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.15}
+
+
+def probe_atol(configured: Optional[float], dtype: str) -> float:
+    return configured if configured is not None else PROBE_ATOL[dtype]
+
+
+def check_rollout_matches(policy: ModelSection, rollout: RolloutSection, resources: ResourcesSection) -> list[str]:
+    """The rollout engine must sample from the weights the trainer computes with."""
+    out = []
+    if rollout.dtype != policy.dtype:
+        out.append(f"rollout.dtype: {rollout.dtype} differs from policy.dtype {policy.dtype}: behaviour "
+                   f"logprobs would come from other numbers than the trainer's; set rollout.dtype: {policy.dtype}")
+    tp, gpus = rollout.tensor_parallel_size, resources.rollout.gpus_per_worker
+    if tp > 1 and gpus != tp:
+        out.append(f"rollout.tensor_parallel_size: {tp} shards each engine over {tp} GPUs, so each rollout worker "
+                   f"needs a bundle of {tp}: set resources.rollout.gpus_per_worker: {tp} (now {gpus:g})")
     return out

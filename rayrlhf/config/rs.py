@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rayrlhf.config.ppo import CombineSection, PromptDataSection, RewardSourceSection, check_reward_sources
+from rayrlhf.config.ppo import (CombineSection, PromptDataSection, RewardSourceSection, check_reward_sources,
+                                check_rollout_matches)
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import ModelSection, RunSection
 from rayrlhf.rollout.config import RolloutSection
@@ -84,6 +85,7 @@ class RSConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        out += check_rollout_matches(self.policy, self.rollout, self.resources)
         trainers = self.resources.trainer.num_workers
         if self.rs.global_batch_size % trainers:
             out.append(f"rs.global_batch_size ({self.rs.global_batch_size}) must be a multiple of "

@@ -55,7 +55,7 @@ def sync_policy(roles, version: int, prompt_ids: list[list[int]], timeout: float
                 mode: str = "object_store", bucket_mb: int = 256, atol: float = 1e-3, backend: str = "gloo") -> dict:
     """Send trainer rank 0's weights to every rollout worker as ``version`` and verify them: each
     worker's checksum, and (``verify``) its logprobs on a probe sequence against the trainer's."""
-    fleet, policy0 = roles.fleet, roles.policy.actors[0]
+    fleet, policy0 = roles.fleet, roles.policy_leader
     probe = prompt_ids[0] + prompt_ids[-1][:8] if verify else None
     trainer_probe = get(policy0.probe.remote(probe), timeout, "policy/0 in phase sync") if probe else None
     if mode == "broadcast":

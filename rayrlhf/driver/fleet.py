@@ -313,12 +313,14 @@ class RolloutFleet:
         """Broadcast the trainer's weights to every worker in buckets and verify them."""
         trainer, _ = self._broadcast
         t0 = time.perf_counter()
-        meta, checksum = get(trainer.weights_meta_and_checksum.remote(), self.timeout, "policy/0 in phase sync")
+        meta = get(trainer.weights_meta.remote(), self.timeout, "policy/0 in phase sync")
+        # The trainer streams bucket by bucket (gathering each from its shards under FSDP) and
+        # hashes what it sent; the checksum is known once the last bucket is out.
         sent = trainer.broadcast_weights.remote(bucket_bytes)
         live = self._live()
         recv = [m.actor.receive_weights.remote(meta, version, bucket_bytes) for m in live]
         reports = dict(zip(live, get(recv, self.timeout, "rollout workers in phase sync (broadcast)")))
-        get(sent, self.timeout, "policy/0 in phase sync (broadcast)")
+        checksum = get(sent, self.timeout, "policy/0 in phase sync (broadcast)")["checksum"]
         self._weights = None
         return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
 

@@ -19,6 +19,7 @@ import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
+from rayrlhf.config.ppo import probe_atol
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
                                    sync_policy)
 from rayrlhf.driver.controller import ScalingControl
@@ -109,7 +110,7 @@ class PPODriver:
             bar.close()
             logger.close()
             self.ledger.close()
-        policy0 = self.roles.policy.actors[0]
+        policy0 = self.roles.policy_leader
         get(policy0.export.remote(os.path.join(self.run_dir, "export"), {"stage": "ppo", "steps": self.p.total_steps}),
             self.timeout, "policy/0 in phase export")
         summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
@@ -258,9 +259,10 @@ class PPODriver:
         return out
 
     def _sync(self) -> dict:
-        backend = "nccl" if self.cfg.resources.trainer.gpus_per_worker else "gloo"
+        res = self.cfg.resources
+        backend = "nccl" if res.trainer.gpus_per_worker and not res.fake_gpus else "gloo"
         return sync_policy(self.roles, self.version, self.prompt_ids, self.timeout, verify=self.p.verify_sync,
-                           mode=self.p.weight_sync, bucket_mb=self.p.sync_bucket_mb, atol=self.p.probe_atol,
+                           mode=self.p.weight_sync, bucket_mb=self.p.sync_bucket_mb, atol=probe_atol(self.p.probe_atol, self.cfg.policy.dtype),
                            backend=backend)
 
     # -- evaluation -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The actors of a PPO run, placed by ``rayrlhf.placement`` from the config's resources.
 
-    policy      ModelWorker(kind=policy) x N, one torch.distributed group
+    policy      ModelWorker(kind=policy) x N, one torch.distributed group (DDP or FSDP)
     critic      ModelWorker(kind=critic) x N, its own group
     reference   ModelWorker(kind=reference) x R (rows split across replicas)
     reward/<n>  RewardModelWorker x replicas per reward model; rule-based sources run here
@@ -15,21 +15,23 @@ from rayrlhf.actors.batch import split_rows
 from rayrlhf.actors.model_worker import ModelWorker
 from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
 from rayrlhf.driver.fleet import RolloutFleet, get
+from rayrlhf.engine.settings import CriticLoss, EngineSettings, PolicyLoss, RoleSpec
+from rayrlhf.placement import Leader
 from rayrlhf.rollout.common import derive_seed
 from rayrlhf.rollout.worker import RolloutWorker
 
 
 class Roles:
-    def __init__(self, cfg, run_name: str, *, policy_hp: dict | None, critic_hp: dict | None, reference: bool,
-                 timeout: float, max_restarts: int):
-        """Place and start the actors ``cfg`` asks for. Without ``policy_hp`` there is no trainer
-        (best-of-K at inference time), without ``critic_hp`` no critic, without ``reference`` no
+    def __init__(self, cfg, run_name: str, *, policy: RoleSpec | None, critic: RoleSpec | None,
+                 reference: RoleSpec | None, timeout: float, max_restarts: int):
+        """Place and start the actors ``cfg`` asks for. Without ``policy`` there is no trainer
+        (best-of-K at inference time), without ``critic`` no critic, without ``reference`` no
         reference model (rejection sampling needs neither)."""
         from rayrlhf.placement import RayActorGroup, create_placement_groups, plan_placement
 
         self.cfg = cfg
         res = cfg.resources
-        wanted = ["rollout"] + (["trainer"] if policy_hp else []) + (["critic"] if critic_hp else [])
+        wanted = ["rollout"] + (["trainer"] if policy else []) + (["critic"] if critic else [])
         wanted += ["reference"] if reference else []
         wanted += [f"reward/{r.name}" for r in cfg.rewards if not r.function]
         self.plan = plan_placement(res, roles=[r for r in res.roles() if r in wanted])
@@ -41,21 +43,24 @@ class Roles:
             return RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
                                  run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=timeout)
 
-        def model_kwargs(kind, section, hp, world):
+        def model_kwargs(kind, section, spec: RoleSpec, world):
             path = getattr(section, "name_or_path", None) or cfg.policy.name_or_path
-            return lambda rank: dict(kind=kind, model_path=path, hp=hp, rank=rank, world=world,
-                                     name=f"{run_name}/{kind}/{rank}", trust_remote_code=section.trust_remote_code,
-                                     dtype=cfg.policy.dtype, seed=seed, num_threads=_threads(res, kind))
+            return lambda rank: dict(kind=kind, model_path=path, engine=spec.engine, loss=spec.loss, rank=rank,
+                                     world=world, name=f"{run_name}/{kind}/{rank}",
+                                     trust_remote_code=section.trust_remote_code, seed=seed,
+                                     num_threads=_threads(res, kind))
 
-        self.policy = (group("trainer", ModelWorker, model_kwargs("policy", cfg.policy, policy_hp, res.trainer.num_workers))
-                       if policy_hp else None)
-        self.critic = (group("critic", ModelWorker, model_kwargs("critic", cfg.critic, critic_hp, res.critic.num_workers))
-                       if critic_hp else None)
-        self.reference = (group("reference", ModelWorker, model_kwargs("reference", cfg.reference, {}, 1))
+        self.policy = (group("trainer", ModelWorker, model_kwargs("policy", cfg.policy, policy, res.trainer.num_workers))
+                       if policy else None)
+        self.critic = (group("critic", ModelWorker, model_kwargs("critic", cfg.critic, critic, res.critic.num_workers))
+                       if critic else None)
+        self.reference = (group("reference", ModelWorker, model_kwargs("reference", cfg.reference, reference, 1))
                           if reference else None)
         for g in (self.policy, self.critic):
             if g is not None:
                 _join_group(g)
+        # Rank 0 of the policy as one handle: calls that gather sharded weights reach every rank.
+        self.policy_leader = Leader(self.policy, ModelWorker.COLLECTIVE) if policy else None
         self.sources: dict = {}
         for r in cfg.rewards:
             if r.function:
@@ -64,7 +69,9 @@ class Roles:
             role = f"reward/{r.name}"
             self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(
                 name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, normalize=r.normalize,
-                dtype=cfg.policy.dtype, num_threads=_threads(res, role)))
+                dtype=cfg.policy.dtype, num_threads=_threads(res, role),
+                wants_gpu=res.rewards[r.name].gpus_per_worker > 0, fake_gpus=res.fake_gpus,
+                config_key=f"resources.rewards.{r.name}.gpus_per_worker"))
         self.gold = dict(cfg.gold)
         rollout_role = self.plan.roles["rollout"]
         pg = self.pgs[self.plan.group_of("rollout")]
@@ -127,21 +134,45 @@ def _join_group(group) -> None:
     ray.get([a.setup_group.remote(addr, port) for a in group.actors])
 
 
+def _engine(cfg, section, role: str, key: str, **kwargs) -> EngineSettings:
+    res = cfg.resources.roles()[role]
+    return EngineSettings.from_model(section if section.name_or_path else _inherit(section, cfg.policy),
+                                     role=role, config_key=key, wants_gpu=res.gpus_per_worker > 0,
+                                     fake_gpus=cfg.resources.fake_gpus, **kwargs)
+
+
+def _inherit(section, policy):
+    """A critic or reference section without a model of its own runs as the policy does,
+    except for the keys it sets itself."""
+    from dataclasses import fields, replace
+
+    default = type(section)()
+    own = {f.name: getattr(section, f.name) for f in fields(section)
+           if getattr(section, f.name) != getattr(default, f.name)}
+    return replace(policy, **{k: v for k, v in own.items() if k in {f.name for f in fields(policy)}})
+
+
 def build_roles(cfg, run_name: str) -> Roles:
     """The actors of a PPO run: policy, critic, reference, reward sources, rollout fleet."""
     p = cfg.ppo
-    base_hp = {"temperature": cfg.rollout.temperature or 1.0, "max_grad_norm": p.max_grad_norm}
-    policy_hp = dict(base_hp, lr=p.actor_lr, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
-                     dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
-                     entropy_coef=p.entropy_coef)
-    critic_hp = dict(base_hp, lr=p.critic_lr, value_clip=p.value_clip)
-    return Roles(cfg, run_name, policy_hp=policy_hp, critic_hp=critic_hp, reference=True,
+    train = dict(max_grad_norm=p.max_grad_norm, micro_batch_size=p.per_worker_micro_batch_size,
+                 forward_micro_batch_size=p.forward_micro_batch_size)
+    policy = RoleSpec(_engine(cfg, cfg.policy, "trainer", "policy", lr=p.actor_lr, **train), PolicyLoss(
+        objective="ppo", temperature=cfg.rollout.temperature or 1.0, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
+        dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+        entropy_coef=p.entropy_coef))
+    critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train), CriticLoss(p.value_clip))
+    reference = RoleSpec(_engine(cfg, cfg.reference, "reference", "reference",
+                                 forward_micro_batch_size=p.forward_micro_batch_size))
+    return Roles(cfg, run_name, policy=policy, critic=critic, reference=reference,
                  timeout=p.call_timeout_s, max_restarts=p.max_worker_restarts)
 
 
 def build_rs_roles(cfg, run_name: str, train: bool = True) -> Roles:
     """The actors of rejection sampling: the trainer (when ``train``), reward sources, rollout fleet."""
     r = cfg.rs
-    policy_hp = {"lr": r.lr, "max_grad_norm": r.max_grad_norm, "objective": "sft", "temperature": 1.0}
-    return Roles(cfg, run_name, policy_hp=policy_hp if train else None, critic_hp=None, reference=False,
+    policy = RoleSpec(_engine(cfg, cfg.policy, "trainer", "policy", lr=r.lr, max_grad_norm=r.max_grad_norm,
+                              micro_batch_size=r.per_worker_micro_batch_size),
+                      PolicyLoss(objective="sft", temperature=1.0))
+    return Roles(cfg, run_name, policy=policy if train else None, critic=None, reference=None,
                  timeout=r.call_timeout_s, max_restarts=r.max_worker_restarts)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.config.ppo import PROBE_ATOL
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
                                    sync_policy)
@@ -91,7 +92,7 @@ class RSDriver:
             scaling.stop()
             bar.close()
             logger.close()
-        get(self.roles.policy.actors[0].export.remote(os.path.join(self.run_dir, "export"),
+        get(self.roles.policy_leader.export.remote(os.path.join(self.run_dir, "export"),
                                                       {"stage": "rs", "rounds": self.r.rounds}),
             self.timeout, "policy/0 in phase export")
         summary.update({"rounds": self.r.rounds, "k": self.r.k, "top_m": self.r.top_m,
@@ -181,7 +182,10 @@ class RSDriver:
         return {f"train/{key}": float(np.mean([o[key] for o in outs])) for key in outs[0]}
 
     def _sync(self) -> dict:
-        return sync_policy(self.roles, self.version, self.prompt_ids, self.timeout, verify=True)
+        res = self.cfg.resources
+        return sync_policy(self.roles, self.version, self.prompt_ids, self.timeout, verify=True,
+                           atol=PROBE_ATOL[self.cfg.policy.dtype],
+                           backend="nccl" if res.trainer.gpus_per_worker and not res.fake_gpus else "gloo")
 
     def _write_kept(self, rnd: int, samples, scored, kept: list[int]) -> None:
         """The round's rejection-sampling dataset, as chat demonstrations any SFT run can read."""

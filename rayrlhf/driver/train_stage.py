@@ -110,8 +110,7 @@ def _worker_loop(config: dict) -> None:
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     train_ex, eval_ex = ray.get(config["train"]), ray.get(config["eval"])
     summary = train(make_task(stage, cfg), cfg, train_ex, eval_ex, config["run_dir"], info,
-                    resume=config["resume"], wrap_model=ray.train.torch.prepare_model,
-                    progress=config.get("progress", False))
+                    resume=config["resume"], progress=config.get("progress", False))
     ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
 
 

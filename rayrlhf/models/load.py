@@ -53,17 +53,26 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None) -> str:
+def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None, state_dict: dict | None = None,
+              dtype: str | None = None) -> str:
     """Write a plain HF folder (config.json, model.safetensors, tokenizer) atomically.
 
     transformers and vLLM load the result directly; no merge step. ``extra`` is written to
-    ``rayrlhf.json`` (what produced it: stage, step, metrics).
+    ``rayrlhf.json`` (what produced it: stage, step, metrics). ``state_dict``: the full
+    weights to write instead of the model's own (gathered from an FSDP-sharded model);
+    ``dtype``: the dtype they are stored in, recorded in config.json.
     """
     from rayrlhf.utils.fs import atomic_dir
 
     model = unwrap(model)
+    if state_dict is None:
+        state_dict = {k: v.detach() for k, v in model.state_dict().items()}
+        if dtype is not None:
+            state_dict = {k: v.to(_dtype(dtype)) if v.is_floating_point() else v for k, v in state_dict.items()}
+    if dtype is not None:
+        model.config.dtype = dtype
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             with open(os.path.join(tmp, "rayrlhf.json"), "w", encoding="utf-8") as f:

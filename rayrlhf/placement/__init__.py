@@ -24,7 +24,7 @@ from rayrlhf.placement.report import format_plan
 _LAZY = {
     "RayActorGroup": "actors", "ActorFactory": "actors", "Probe": "actors", "ActorCallError": "actors",
     "ActorCallTimeout": "actors", "describe_worker": "actors", "free_addr_port": "actors",
-    "probe_plan": "actors",
+    "probe_plan": "actors", "Leader": "actors",
     "PlacementGroups": "groups", "PlacementTimeoutError": "groups", "WorkerGroups": "groups",
     "create_placement_groups": "groups", "locate_bundles": "groups",
     "plan_main": "cli", "load_resources": "cli",

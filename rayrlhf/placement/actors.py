@@ -294,6 +294,45 @@ class RayActorGroup:
         self._actors = []
 
 
+class Leader:
+    """Rank 0 of a group as one actor handle. A call of a method in ``collective`` is sent to
+    every rank in the same order (under FSDP each rank must take part in gathering sharded
+    weights) and the returned ref(s) are rank 0's; any other method goes to rank 0 alone.
+
+        leader = Leader(policy_group, ModelWorker.COLLECTIVE)
+        weights_ref, checksum_ref = leader.named_weights_and_checksum.options(num_returns=2).remote()
+    """
+
+    def __init__(self, group: RayActorGroup, collective: frozenset[str] | set[str]):
+        self.group, self.collective = group, frozenset(collective)
+
+    def __getattr__(self, method: str) -> "_LeaderMethod":
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return _LeaderMethod(self, method, {})
+
+    def __repr__(self) -> str:
+        return f"Leader({self.group.role}/0 of {self.group.world_size})"
+
+
+class _LeaderMethod:
+    def __init__(self, leader: Leader, method: str, options: dict):
+        self.leader, self.method, self.opts = leader, method, options
+
+    def options(self, **options) -> "_LeaderMethod":
+        return _LeaderMethod(self.leader, self.method, {**self.opts, **options})
+
+    def remote(self, *args, **kwargs):
+        actors = self.leader.group.actors
+        if self.method not in self.leader.collective:
+            actors = actors[:1]
+        refs = []
+        for a in actors:
+            m = getattr(a, self.method)
+            refs.append((m.options(**self.opts) if self.opts else m).remote(*args, **kwargs))
+        return refs[0]
+
+
 def _accepted_kwargs(cls) -> set[str]:
     """Keyword names the constructor takes (every name when it has **kwargs)."""
     target = getattr(cls, "__ray_metadata__", None)

@@ -14,22 +14,33 @@ from typing import Mapping, Sequence
 import torch
 
 
+def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    """SHA-256 of one tensor's name, dtype, shape and raw bytes."""
+    t = t.detach()
+    h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    # view(uint8) reinterprets the bytes (works for bf16, which numpy lacks); it needs a
+    # contiguous tensor with at least one dimension.
+    h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
+    return h.digest()
+
+
+def combine_digests(digests: Mapping[str, bytes]) -> str:
+    """The checksum of a set of tensors from their digests, in name order: a sender that
+    streams tensors one bucket at a time computes the same value as a receiver holding all."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(digests[name])
+    return h.hexdigest()
+
+
 def weights_checksum(named_tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over sorted names, dtypes, shapes and raw bytes of every tensor.
+    """SHA-256 over the sorted per-tensor digests (names, dtypes, shapes and raw bytes).
 
     Exact: any change to any bit of any tensor changes it. SHA-256 uses the CPU's SHA
     instructions on x86 (about 22 ms for 10M float32 parameters, 40 MB, measured here; BLAKE2b
     took twice as long). Tensors on a GPU are copied to the host first.
     """
-    h = hashlib.sha256()
-    for name in sorted(named_tensors):
-        t = named_tensors[name].detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        # view(uint8) reinterprets the bytes (works for bf16, which numpy lacks); it needs a
-        # contiguous tensor with at least one dimension.
-        raw = t.contiguous().cpu().reshape(-1).view(torch.uint8)
-        h.update(raw.numpy().data)
-    return h.hexdigest()
+    return combine_digests({name: tensor_digest(name, t) for name, t in named_tensors.items()})
 
 
 def probe_matches(a: Sequence[float], b: Sequence[float], atol: float) -> tuple[bool, float]:

@@ -34,7 +34,9 @@ class HFBackend:
         self.cfg = cfg or RolloutSection()
         self.tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_path, dtype=self.cfg.dtype, trust_remote_code=trust_remote_code)
-        self.model.eval()
+        # The GPU of the worker's bundle where there is one (Ray sets CUDA_VISIBLE_DEVICES).
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
         self.tied = bool(getattr(self.model.config.get_text_config(), "tie_word_embeddings", False))
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -71,17 +73,20 @@ class HFBackend:
                                           top_k=max(cfg.top_k, 0))
         # fork_rng: generate samples from the global generator; seeding a private copy makes
         # the call reproducible without disturbing anyone else's random stream.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(seed)
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, do_sample=not greedy,
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                do_sample=not greedy,
                 max_new_tokens=cfg.max_new_tokens,
                 eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
                 output_scores=True, return_dict_in_generate=True, **sampling, **NEUTRAL,
             )
-        new_tokens = out.sequences[:, width:]  # (B*n, steps); rows are prompt-major
+        new_tokens = out.sequences[:, width:].cpu()  # (B*n, steps); rows are prompt-major
         # scores: processed logits (after temperature / top-k / top-p), one (B*n, V) per step.
-        scores = torch.stack(out.scores, dim=1).float()  # (B*n, steps, V)
+        scores = torch.stack(out.scores, dim=1).float().cpu()  # (B*n, steps, V)
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         return self._samples(prompt_ids, n, new_tokens.tolist(), logprobs.tolist())
 
@@ -113,5 +118,5 @@ class HFBackend:
     @torch.no_grad()
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         ids = torch.tensor([token_ids])
-        logits = self.model(input_ids=ids).logits[0, :-1].float()  # (T-1, V)
+        logits = self.model(input_ids=ids.to(self.device)).logits[0, :-1].float().cpu()  # (T-1, V)
         return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()

@@ -53,6 +53,14 @@ class VLLMBackend:
 
         self.cfg = cfg = cfg or RolloutSection()
         extra = {}
+        if cfg.tensor_parallel_size > 1:
+            if current_platform.is_cpu():
+                raise ValueError(f"rollout.tensor_parallel_size: {cfg.tensor_parallel_size} needs GPUs; vLLM's CPU "
+                                 "build runs one engine per worker here: set it to 1")
+            # The TP ranks run as processes of this worker, on the GPUs of its bundle (Ray set
+            # CUDA_VISIBLE_DEVICES to them); reload_weights reaches each through collective_rpc.
+            extra["tensor_parallel_size"] = cfg.tensor_parallel_size
+            extra["distributed_executor_backend"] = "mp"
         if current_platform.is_cpu():
             # On CPU gpu_memory_utilization would reserve a share of host RAM; an explicit
             # KV cache size is predictable and also skips the memory-profiling warm-up.

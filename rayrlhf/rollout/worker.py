@@ -28,6 +28,9 @@ def make_backend(model_path: str, cfg: RolloutSection, tokenizer_path: str | Non
                  trust_remote_code: bool = False) -> RolloutBackend:
     """The engine ``cfg.backend`` names; "auto" takes vLLM when it imports, else transformers."""
     problems = cfg.validate()
+    if cfg.tensor_parallel_size > 1 and not torch.cuda.is_available():
+        problems.append(f"tensor_parallel_size: {cfg.tensor_parallel_size} shards one engine over several GPUs, "
+                        "but this worker sees no CUDA device: set rollout.tensor_parallel_size: 1 on CPU")
     if problems:
         raise ValueError("rollout config: " + "; ".join(problems))
     backend = cfg.backend

@@ -22,9 +22,10 @@ import torch
 import torch.distributed as dist
 
 from rayrlhf import checkpoint as ckpt
+from rayrlhf.engine import Engine, EngineSettings
 from rayrlhf.metrics import MetricsLogger
-from rayrlhf.trainer.optim import build_optimizer, build_scheduler
-from rayrlhf.utils.fs import atomic_write_json
+from rayrlhf.trainer.optim import build_scheduler
+from rayrlhf.utils.fs import atomic_write_json, read_json
 from rayrlhf.utils.progress import actor_progress
 
 
@@ -58,6 +59,14 @@ class WorkerInfo:
         if self.distributed:
             dist.barrier()
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -70,13 +79,20 @@ def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> np.
     return epoch_order(n, seed, epoch)[pos * global_batch:(pos + 1) * global_batch]
 
 
+def engine_settings(cfg, info: WorkerInfo, stage: str) -> EngineSettings:
+    t = cfg.train
+    return EngineSettings.from_model(
+        cfg.model, role=stage, config_key="model", lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
+        max_grad_norm=t.max_grad_norm, micro_batch_size=t.per_worker_micro_batch_size,
+        forward_micro_batch_size=t.per_worker_micro_batch_size, wants_gpu=cfg.scaling.use_gpu)
+
+
 def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, info: WorkerInfo,
-          resume: bool = False, wrap_model=None, progress: bool = False) -> dict:
+          resume: bool = False, progress: bool = False) -> dict:
     """Train ``task`` on the examples; rank 0 writes metrics, checkpoints, export, summary.
     ``progress``: rank 0 shows a progress bar through Ray's tqdm instead of echoing metrics."""
     t_cfg, seed = cfg.train, cfg.run.seed
     torch.manual_seed(seed)
-    model = task.build_model()
     world, G = info.world, t_cfg.global_batch_size
     mb = t_cfg.per_worker_micro_batch_size
     if G % (mb * world):
@@ -87,18 +103,17 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         raise ValueError(f"{len(train_examples)} training examples are fewer than one global batch ({G})")
     total_steps = max(1, int(math.ceil(t_cfg.epochs * steps_per_epoch)))
 
-    optimizer = build_optimizer(model, t_cfg.lr, t_cfg.weight_decay, t_cfg.betas)
-    scheduler = build_scheduler(optimizer, total_steps, t_cfg.warmup_ratio, t_cfg.lr_schedule, t_cfg.min_lr_ratio)
+    engine = Engine(task.build_model(), engine_settings(cfg, info, task.name), rank=info.rank, world=world,
+                    device=info.device)
+    engine.scheduler = build_scheduler(engine.optimizer, total_steps, t_cfg.warmup_ratio, t_cfg.lr_schedule,
+                                       t_cfg.min_lr_ratio)
     start_step, best = 0, {}
     found = ckpt.latest_checkpoint(run_dir) if resume else None
     if found:
-        state, optim_state, rng = ckpt.load_checkpoint(found, model, info.rank)
-        optimizer.load_state_dict(optim_state["optimizer"])
-        scheduler.load_state_dict(optim_state["scheduler"])
-        if rng is not None:
-            ckpt.set_rng_state(rng)
+        engine.load(found, "model")
+        ckpt.load_rng(os.path.join(found, f"rng-rank{info.rank}.pt"))
+        state = read_json(os.path.join(found, "state.json"))
         start_step, best = state["step"], state.get("summary", {})
-    model = wrap_model(model) if wrap_model else model
 
     logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,
                            wandb_project=cfg.run.wandb_project) if info.rank == 0 else None
@@ -110,29 +125,19 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
     log_every = max(1, t_cfg.log_every)
     acc: dict[str, float] = {}
     t_last = time.perf_counter()
-    model.train()
+    skipped = 0
     for step in range(start_step, total_steps):
         batch_idx = global_batch_indices(len(train_examples), step, G, seed)
         global_examples = [train_examples[i] for i in batch_idx]
         normalizer = task.normalizer(global_examples)
         mine = global_examples[info.rank::world]
-        optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        micro = [mine[i:i + mb] for i in range(0, len(mine), mb)]
-        for j, chunk in enumerate(micro):
-            batch = _to(task.collate(chunk), info.device)
-            sync = j == len(micro) - 1
-            ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
-            with ctx:
-                loss, stats = task.loss(model, batch, normalizer)
-                # DDP averages gradients over ranks; each rank's loss is already a share of
-                # the global sum, so scale by world to recover the full-batch gradient.
-                (loss * world).backward()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.max_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
+        micro = [task.collate(mine[i:i + mb]) for i in range(0, len(mine), mb)]
+        sums = engine.step_micro(micro, lambda model, batch: task.loss(model, batch, normalizer))
+        grad_norm, skip = sums.pop("grad_norm"), sums.pop("skipped")
+        if skip:
+            skipped += 1
+            print(f"[rayrlhf] step {step + 1}: skipped the optimizer step: non-finite gradient norm "
+                  f"({grad_norm}); weights and optimizer unchanged", flush=True)
         sums = info.all_reduce(sums)
         for k, v in sums.items():
             acc[k] = acc.get(k, 0.0) + v
@@ -141,53 +146,67 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         if done % log_every == 0 or done % ckpt_every == 0 or done == total_steps:
             now = time.perf_counter()
             metrics.update(task.train_metrics(acc))
-            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                            "train/epoch": done / steps_per_epoch,
+            metrics.update({"train/lr": engine.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                            "train/epoch": done / steps_per_epoch, "train/skipped_steps": float(skipped),
                             "timing/step": (now - t_last) / log_every})
             acc, t_last = {}, now
         if done % eval_every == 0 or done == total_steps:
-            metrics.update(evaluate(task, model, eval_examples, info, mb))
-            model.train()
+            metrics.update(evaluate(task, engine, eval_examples, info, mb))
         if logger and metrics:
             logger.log(done, metrics)
         bar.update(1, metrics)
         if metrics:
             best = _summary_update(best, metrics)
         if done % ckpt_every == 0 or done == total_steps:
-            _save(run_dir, done, model, optimizer, scheduler, info, best, t_cfg.keep_checkpoints)
+            _save(run_dir, done, engine, info, best, t_cfg.keep_checkpoints)
     bar.close()
     summary = dict(best, steps=total_steps, examples_train=len(train_examples), examples_eval=len(eval_examples))
+    engine.export(task.tokenizer, os.path.join(run_dir, "export"), task.export_info(summary))
     if info.rank == 0:
-        task.export(model, os.path.join(run_dir, "export"), summary)
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
         logger.close()
     info.barrier()
     return summary
 
 
-def evaluate(task, model, examples: list, info: WorkerInfo, mb: int) -> dict:
+def evaluate(task, engine: Engine, examples: list, info: WorkerInfo, mb: int) -> dict:
+    """Sums over this rank's share of ``examples``, added over ranks. Every rank runs the same
+    number of micro-batches (a sharded model gathers its layers in each): a rank whose share
+    ran out repeats a batch it has, or the first example, and discards the result."""
     if not examples:
         return {}
-    model.eval()
     mine = examples[info.rank::info.world]
+    chunks = math.ceil(math.ceil(len(examples) / info.world) / mb)
     sums: dict[str, float] = {k: 0.0 for k in task.eval_keys()}
-    with torch.no_grad():
-        for i in range(0, len(mine), mb):
-            for k, v in task.eval_sums(model, _to(task.collate(mine[i:i + mb]), info.device)).items():
+
+    def fn(model, batch):
+        return task.eval_sums(model, batch)
+
+    for i in range(chunks):
+        part = mine[i * mb:(i + 1) * mb]
+        out = engine.evaluate_batch(task.collate(part or examples[:1]), fn)
+        if part:
+            for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     return task.eval_metrics(info.all_reduce(sums))
 
 
-def _save(run_dir, step, model, optimizer, scheduler, info: WorkerInfo, summary, keep):
-    rngs = info.gather(ckpt.rng_state())
-    if info.rank == 0:
-        from rayrlhf.models import unwrap
+def _save(run_dir, step, engine: Engine, info: WorkerInfo, summary, keep):
+    """Every rank writes its part (the whole model on rank 0 under ddp, its shards under fsdp)
+    into rank 0's temporary folder, which becomes the checkpoint once all are done."""
+    def write(tmp):
+        engine.save(tmp, "model")
+        ckpt.save_rng(os.path.join(tmp, f"rng-rank{info.rank}.pt"))
+        info.barrier()
 
-        ckpt.save_checkpoint(
-            run_dir, step, unwrap(model),
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            {"summary": summary}, rngs, keep=keep,
-        )
+    if info.rank == 0:
+        def fill(tmp):
+            info.broadcast(tmp)
+            write(tmp)
+
+        ckpt.write_checkpoint(run_dir, step, fill, {"summary": summary}, keep=keep)
+    else:
+        write(info.broadcast(None))
     info.barrier()
 
 
@@ -196,15 +215,3 @@ def _summary_update(summary: dict, metrics: dict) -> dict:
     out = dict(summary)
     out.update({k: v for k, v in metrics.items() if k.startswith(("eval/", "train/"))})
     return out
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -15,7 +15,7 @@ from rayrlhf.algo.losses import pairwise_reward_loss
 from rayrlhf.data.schema import MARGIN_LEVELS
 from rayrlhf.data.tokenize import encode_pair, encode_response, fit, pad_right, render_prompt
 from rayrlhf.models.tokenizer import tokenizer_for
-from rayrlhf.models import export_hf, load_scalar_model
+from rayrlhf.models import load_scalar_model
 
 NO_LEVEL = "unlabelled"
 LEVELS = MARGIN_LEVELS + (NO_LEVEL,)
@@ -147,11 +147,9 @@ class RMTask:
         self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
+        """On CPU in float32: the engine keeps float32 master weights and computes in model.dtype."""
         m = self.cfg.model
-        model = load_scalar_model(m.name_or_path, m.dtype, m.trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
-        if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
+        return load_scalar_model(m.name_or_path, "float32", m.trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
 
     def collate(self, examples):
         if self.tokenizer.pad_token_id is None:
@@ -225,7 +223,7 @@ class RMTask:
                 out[f"eval/pairs@{_slug(level)}"] = n
         return out
 
-    def export(self, model, out_dir, summary):
-        extra = {"stage": "rm", "reward_name": self.cfg.reward.name, "summary": summary,
-                 "score_mean": summary.get("eval/reward_mean"), "score_std": summary.get("eval/reward_std")}
-        export_hf(model, self.tokenizer, out_dir, extra=extra)
+    def export_info(self, summary) -> dict:
+        """What rayrlhf.json of the export records (the score statistics normalise this RM in RL)."""
+        return {"stage": "rm", "reward_name": self.cfg.reward.name, "summary": summary,
+                "score_mean": summary.get("eval/reward_mean"), "score_std": summary.get("eval/reward_std")}

@@ -6,7 +6,7 @@ import math
 from rayrlhf.algo.losses import sft_loss
 from rayrlhf.data.tokenize import collate_sft, encode_sft
 from rayrlhf.models.tokenizer import tokenizer_for
-from rayrlhf.models import export_hf, load_causal_lm
+from rayrlhf.models import load_causal_lm
 
 
 def encode_sft_records(records, tokenizer, max_len: int) -> tuple[list[dict], dict]:
@@ -23,11 +23,9 @@ class SFTTask:
         self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
+        """On CPU in float32: the engine keeps float32 master weights and computes in model.dtype."""
         m = self.cfg.model
-        model = load_causal_lm(m.name_or_path, m.dtype, m.trust_remote_code)
-        if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
+        return load_causal_lm(m.name_or_path, "float32", m.trust_remote_code)
 
     def collate(self, examples):
         return collate_sft(examples, self.tokenizer.pad_token_id)
@@ -61,5 +59,6 @@ class SFTTask:
         nll = sums["nll_sum"] / max(sums["tokens"], 1.0)
         return {"eval/loss": nll, "eval/ppl": math.exp(min(nll, 50.0)), "eval/tokens": sums["tokens"]}
 
-    def export(self, model, out_dir, summary):
-        export_hf(model, self.tokenizer, out_dir, extra={"stage": "sft", "summary": summary})
+    def export_info(self, summary) -> dict:
+        """What rayrlhf.json of the export records."""
+        return {"stage": "sft", "summary": summary}

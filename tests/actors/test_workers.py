@@ -8,10 +8,12 @@ from rayrlhf.actors.batch import build_batch
 from rayrlhf.actors.model_worker import ModelWorker
 from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
 from rayrlhf.algo.logprobs import token_logprobs
+from rayrlhf.engine.settings import CriticLoss, EngineSettings, PolicyLoss
 from rayrlhf.models import export_hf, load_causal_lm, load_scalar_model, load_tokenizer
 from rayrlhf.rollout.checksum import weights_checksum
 
-HP = {"lr": 1e-2, "clip_eps": 0.2, "max_grad_norm": 1.0, "temperature": 0.7}
+ENG = EngineSettings(lr=1e-2, max_grad_norm=1.0)
+PPO = PolicyLoss(clip_eps=0.2, temperature=0.7)
 
 
 @pytest.fixture()
@@ -24,7 +26,7 @@ def batch(tiny_model_dir):
 
 
 def test_policy_logprobs_use_the_sampling_temperature(tiny_model_dir, batch):
-    w = ModelWorker("policy", tiny_model_dir, HP)
+    w = ModelWorker("policy", tiny_model_dir, ENG, PPO)
     got = w.forward(batch)
     model = load_causal_lm(tiny_model_dir)
     with torch.no_grad():
@@ -35,7 +37,7 @@ def test_policy_logprobs_use_the_sampling_temperature(tiny_model_dir, batch):
 
 
 def test_ppo_update_raises_logprobs_of_positive_advantage_tokens(tiny_model_dir, batch):
-    w = ModelWorker("policy", tiny_model_dir, HP)
+    w = ModelWorker("policy", tiny_model_dir, ENG, PPO)
     old = w.forward(batch)
     mb = dict(batch, old_logprobs=old, advantages=batch["response_mask"].clone())
     stats = w.update([mb], [float(batch["response_mask"].sum())])
@@ -46,7 +48,7 @@ def test_ppo_update_raises_logprobs_of_positive_advantage_tokens(tiny_model_dir,
 
 
 def test_sft_objective_is_the_masked_nll_and_lowers_it(tiny_model_dir, batch):
-    w = ModelWorker("policy", tiny_model_dir, {"lr": 1e-2, "max_grad_norm": 1.0, "objective": "sft", "temperature": 0.7})
+    w = ModelWorker("policy", tiny_model_dir, ENG, PolicyLoss(objective="sft", temperature=0.7))
     n = float(batch["response_mask"].sum())
     # The loss is the NLL of the response tokens at temperature 1 (not the sampling temperature).
     model = load_causal_lm(tiny_model_dir)
@@ -61,7 +63,7 @@ def test_sft_objective_is_the_masked_nll_and_lowers_it(tiny_model_dir, batch):
 
 
 def test_critic_values_and_update(tiny_model_dir, batch):
-    w = ModelWorker("critic", tiny_model_dir, {"lr": 1e-2, "value_clip": None, "max_grad_norm": 1.0})
+    w = ModelWorker("critic", tiny_model_dir, ENG, CriticLoss(value_clip=None))
     v0 = w.forward(batch)
     assert v0.shape == batch["response_mask"].shape
     returns = batch["response_mask"] * 3.0
@@ -72,13 +74,13 @@ def test_critic_values_and_update(tiny_model_dir, batch):
 
 
 def test_reference_is_frozen_and_save_load_roundtrip(tiny_model_dir, batch, tmp_path):
-    ref = ModelWorker("reference", tiny_model_dir, {})
+    ref = ModelWorker("reference", tiny_model_dir, EngineSettings())
     assert not any(p.requires_grad for p in ref.model.parameters())
-    w = ModelWorker("policy", tiny_model_dir, HP)
+    w = ModelWorker("policy", tiny_model_dir, ENG, PPO)
     mb = dict(batch, old_logprobs=w.forward(batch), advantages=batch["response_mask"].clone())
     w.update([mb], [float(batch["response_mask"].sum())])
     w.save(str(tmp_path))
-    again = ModelWorker("policy", tiny_model_dir, HP)
+    again = ModelWorker("policy", tiny_model_dir, ENG, PPO)
     again.load(str(tmp_path))
     assert torch.equal(again.forward(batch), w.forward(batch))
     weights, checksum = w.named_weights_and_checksum()

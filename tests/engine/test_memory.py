@@ -15,7 +15,7 @@ import yaml
 from rayrlhf.config.loader import ConfigError, load_config
 from rayrlhf.config.ppo import PPOConfig
 from rayrlhf.engine.memory import check_memory, format_memory, plan_memory, read_model_config
-from rayrlhf.engine.memory_model import (GIB, ModelShape, TrainSetup, activation_bytes, layer_activation_bytes,
+from rayrlhf.engine.memory_model import (ModelShape, TrainSetup, activation_bytes, layer_activation_bytes,
                                          trained_bytes)
 from rayrlhf.placement.cli import plan_main
 

@@ -135,3 +135,15 @@ def perturbed_state_dict(model, seed: int, scale: float = 0.05) -> dict[str, tor
     gen = torch.Generator().manual_seed(seed)
     return {k: v.detach().clone() + scale * v.detach().std().clamp_min(1e-3) * torch.randn(v.shape, generator=gen)
             for k, v in model.state_dict().items()}
+
+
+def weights_that_change_greedy(policy_dir, before, eos_id: int, max_new_tokens: int = 20):
+    """(trainer model, its state dict): noise on the policy, the first seed (and scale) whose
+    greedy continuations of ``before``'s prompts differ from ``before``'s responses; how far
+    noise must move a trained model for that varies with the library's initialisation."""
+    for seed in range(1, 20):
+        trainer = load_model(policy_dir)
+        trainer.load_state_dict(perturbed_state_dict(trainer, seed=seed, scale=0.3 * seed))
+        if [greedy(trainer, s.prompt_ids, max_new_tokens, eos_id) for s in before] != [s.response_ids for s in before]:
+            return trainer, trainer.state_dict()
+    raise AssertionError("no perturbation changed the greedy outputs")

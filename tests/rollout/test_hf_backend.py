@@ -5,7 +5,8 @@ import pytest
 
 from rayrlhf.rollout import RolloutSection, probe_matches, weights_checksum
 from rayrlhf.rollout.hf_backend import HFBackend
-from tests.rollout.conftest import greedy, load_model, perturbed_state_dict, reference_logprobs
+from tests.rollout.conftest import (greedy, load_model, reference_logprobs,
+                                    weights_that_change_greedy)
 
 CFG = RolloutSection(backend="hf", temperature=0.8, max_new_tokens=12, max_model_len=64, seed=1)
 
@@ -99,10 +100,8 @@ def test_probe_logprobs_equal_a_plain_forward(backend, model, prompts):
 
 def test_reload_changes_outputs_to_the_new_weights(policy_dir, prompts, tokenizer):
     backend = HFBackend(policy_dir, cfg=dataclasses.replace(CFG, temperature=0.0, max_new_tokens=20))
-    new = perturbed_state_dict(load_model(policy_dir), seed=1, scale=0.3)
-    trainer = load_model(policy_dir)
-    trainer.load_state_dict(new)
     before = backend.generate(prompts)
+    trainer, new = weights_that_change_greedy(policy_dir, before, tokenizer.eos_token_id)
     report = backend.load_weights(new, version=3)
     assert report["version"] == 3 and report["checksum"] == weights_checksum(trainer.state_dict())
     assert report["bytes"] == sum(t.numel() * 4 for t in new.values()) and report["seconds"] >= 0

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rayrlhf.rollout import RolloutSection, probe_matches, weights_checksum
-from tests.rollout.conftest import SPEC, greedy, load_model, perturbed_state_dict, reference_logprobs, requires_vllm
+from tests.rollout.conftest import (SPEC, greedy, load_model, reference_logprobs, requires_vllm,
+                                    weights_that_change_greedy)
 
 pytestmark = requires_vllm
 
@@ -113,10 +114,9 @@ def test_probe_logprobs_equal_a_plain_forward(engine, model, prompts):
 
 def test_reload_changes_outputs_to_the_new_weights(engine, policy_dir, prompts, tokenizer, monkeypatch):
     _with(engine, monkeypatch, temperature=0.0, max_new_tokens=20)
-    trainer = load_model(policy_dir)
-    original = {k: v.clone() for k, v in trainer.state_dict().items()}
-    trainer.load_state_dict(perturbed_state_dict(trainer, seed=1, scale=0.3))
+    original = {k: v.clone() for k, v in load_model(policy_dir).state_dict().items()}
     before = engine.generate(prompts)
+    trainer, _ = weights_that_change_greedy(policy_dir, before, tokenizer.eos_token_id)
     report = engine.load_weights(trainer.state_dict(), version=4)
     try:
         assert report["version"] == 4 and report["checksum"] == weights_checksum(trainer.state_dict())

@@ -1,0 +1,213 @@
+"""``Engine``: one model on one worker, trained or frozen, whatever the device and strategy.
+
+    engine = Engine(model, settings, rank=r, world=n)     # after the process group exists
+    values = engine.forward(batch, lambda m, mb: m(**mb).logits)    # no grad, micro-batched
+    stats = engine.step(batch, loss_fn)                   # one optimizer step, accumulated
+    engine.save(folder, "policy"); engine.load(folder, "policy")
+    for bucket in engine.iter_full_weights(bucket_bytes): ...   # sync to rollout workers
+
+Role code never touches devices, wrappers or dtypes: batches come in on CPU and results go
+back on CPU. Under FSDP every collective (the all-gather of each layer in a forward) must be
+taken by every rank the same number of times, so the ranks agree on the number of
+micro-batches first and a rank with fewer rows runs a zero-weighted one on a row it has.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from rayrlhf.engine.device import resolve_device, to_device
+from rayrlhf.engine.settings import EngineSettings
+from rayrlhf.engine.wrap import compute_context, wrap
+from rayrlhf.models.load import DTYPES
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, settings: EngineSettings, *, rank: int = 0, world: int = 1,
+                 trainable: bool = True, device: torch.device | None = None, hf_model: torch.nn.Module | None = None):
+        """``model`` on CPU, as loaded; ``hf_model`` the transformers model inside it when
+        ``model`` is a wrapper (the critic's per-token value head), for export and checkpointing."""
+        self.s = settings
+        self.rank, self.world, self.trainable = rank, world, trainable
+        self.device = resolve_device(settings.wants_gpu, settings.role, settings.config_key, settings.fake_gpus, device)
+        self.module = model
+        self.hf_model = hf_model if hf_model is not None else model
+        self.optimizer = None
+        self.scheduler = None
+        if trainable:
+            model.float()  # float32 master weights; the compute dtype comes from wrap()
+            if settings.gradient_checkpointing:
+                # Non-reentrant checkpointing composes with DDP, FSDP2 and frozen inputs.
+                self.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if settings.strategy != "fsdp":
+                model.to(self.device)
+            self.model = wrap(model, settings.strategy, self.device, world, settings.dtype,
+                              settings.cpu_offload, settings.reshard_after_forward)
+            self.model.train()
+            from rayrlhf.trainer.optim import build_optimizer
+
+            self.optimizer = build_optimizer(self.model, settings.lr, settings.weight_decay, settings.betas)
+        else:
+            model.to(device=self.device, dtype=DTYPES[settings.dtype])
+            model.eval().requires_grad_(False)
+            self.model = model
+
+    @property
+    def sharded(self) -> bool:
+        return self.trainable and self.s.strategy == "fsdp"
+
+    def _compute(self):
+        return compute_context(self.s.strategy if self.trainable else "fsdp", self.device, self.s.dtype)
+
+    # -- micro-batches ---------------------------------------------------------------------------
+    def _chunks(self, n: int, size: int) -> list[tuple[slice, bool]]:
+        """(rows, is_padding) per micro-batch; every rank of a sharded model gets as many."""
+        k = math.ceil(n / size) if n else 0
+        if self.sharded and self.world > 1:
+            t = torch.tensor([k], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            k = int(t.item())
+        if k and not n:
+            raise ValueError(f"{self.s.role} rank {self.rank}: no rows while the other ranks have some; "
+                             "give every worker at least one row")
+        out = []
+        for j in range(k):
+            lo, hi = (j * n) // k, ((j + 1) * n) // k
+            out.append((slice(lo, hi), False) if hi > lo else (slice(0, 1), True))
+        return out
+
+    @staticmethod
+    def _rows(batch: dict, sl: slice) -> dict:
+        return {k: (v[sl] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in batch.items()}
+
+    @staticmethod
+    def _n(batch: dict) -> int:
+        return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
+
+    # -- forward and step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, batch: dict, fn, micro_batch_size: int | None = None) -> torch.Tensor:
+        """``fn(model, micro_batch) -> tensor`` over the rows, in eval mode; float32, on CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        try:
+            with self._compute():
+                for sl, pad in self._chunks(self._n(batch), micro_batch_size or self.s.forward_micro_batch_size):
+                    out = fn(self.model, to_device(self._rows(batch, sl), self.device))
+                    if not pad:
+                        outs.append(out.float().cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(outs, dim=0)
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: dict, fn):
+        """``fn(model, batch)`` once, on the device, in eval mode; whatever it returns."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._compute():
+                return fn(self.model, to_device(batch, self.device))
+        finally:
+            self.model.train(was_training)
+
+    def step(self, batch: dict, loss_fn) -> dict:
+        """One optimizer step on this rank's rows of a global mini-batch, split into
+        micro-batches of ``micro_batch_size`` rows (see ``step_micro``)."""
+        chunks = self._chunks(self._n(batch), self.s.micro_batch_size)
+        return self._step([(self._rows(batch, sl), pad) for sl, pad in chunks], loss_fn)
+
+    def step_micro(self, micro_batches: list[dict], loss_fn) -> dict:
+        """One optimizer step accumulated over ``micro_batches`` (made by the caller: every
+        rank must bring as many).
+
+        ``loss_fn(model, micro_batch) -> (loss, stats)``: ``loss`` is the micro-batch's share
+        of the global mean (its sum divided by the global count), so micro-batches and ranks
+        add up to the full-batch loss and the step equals the unaccumulated one; ``stats``
+        are added up over micro-batches. A non-finite gradient norm (the same on every rank,
+        taken after the reduction) skips the step whole: no weight, optimizer or scheduler
+        change, ``skipped`` = 1.
+        """
+        return self._step([(mb, False) for mb in micro_batches], loss_fn)
+
+    def _step(self, chunks: list[tuple[dict, bool]], loss_fn) -> dict:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for j, (mb, pad) in enumerate(chunks):
+            with self._no_sync(j < len(chunks) - 1), self._compute():
+                loss, stats = loss_fn(self.model, to_device(mb, self.device))
+            # DDP and FSDP average gradients over ranks; each rank's loss is a share of the
+            # global sum, so scale by world to recover the full-batch gradient. A padding
+            # micro-batch only keeps the ranks' collectives in step: it adds no gradient.
+            (loss * (0.0 if pad else float(self.world))).backward()
+            if not pad:
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = self.clip_grad_norm()
+        totals["grad_norm"] = grad_norm
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            totals["skipped"] = 0.0
+        else:
+            totals["skipped"] = 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _no_sync(self, skip_sync: bool):
+        import contextlib
+
+        if skip_sync and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()  # DDP: all-reduce once, on the last micro-batch
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    # -- state ---------------------------------------------------------------------------------------
+    def save(self, folder: str, prefix: str) -> None:
+        from rayrlhf.engine import state
+
+        state.save(self, folder, prefix)
+
+    def load(self, folder: str, prefix: str, optimizer: bool = True) -> None:
+        from rayrlhf.engine import state
+
+        state.load(self, folder, prefix, optimizer)
+
+    def iter_full_weights(self, bucket_bytes: int, device: torch.device | str = "cpu"):
+        """Buckets of full weights in the export dtype (every rank in step under FSDP)."""
+        from rayrlhf.engine import state
+
+        dtype = DTYPES[self.s.dtype]
+        for bucket in state.iter_full(self.hf_model, bucket_bytes, device):
+            yield {k: v.to(dtype) if v.is_floating_point() else v for k, v in bucket.items()}
+
+    def full_state_dict(self) -> dict:
+        """The HF model's whole state dict in the export dtype on rank 0's CPU ({} elsewhere)."""
+        from rayrlhf.engine import state
+
+        return state.full_state_dict(self, DTYPES[self.s.dtype])
+
+    def export(self, tokenizer, out_dir: str, extra: dict | None = None) -> str | None:
+        """A plain Hugging Face folder of the full weights in the configured dtype (rank 0
+        writes it; every rank gathers)."""
+        from rayrlhf.models import export_hf
+
+        weights = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        return export_hf(self.hf_model, tokenizer, out_dir, extra=extra, state_dict=weights,
+                         dtype=self.s.dtype)
