@@ -10,6 +10,10 @@ measured against a baseline in the same process tree:
   ppo/step_over_bound           async step seconds / max(generation, training + sync)
   rm/kwise_over_pairs           reward-model comparisons/s on ranked lists of 4, each list one
                                 example (responses scored once) / every pair its own example
+With ``--memory`` (rayrlhf.engine.bench_memory):
+  memory/fsdp2_over_ddp         deepest model whose PPO update fits the per-rank budget under
+                                FSDP2 over 2 ranks / the same under DDP
+With ``--gpu`` (rayrlhf.engine.bench_gpu): the trainer's tokens/s and MFU on one GPU.
 Warm-up iterations are excluded. Ratios, not absolute times, are what carries across machines.
 """
 from __future__ import annotations
@@ -155,8 +159,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--steps", type=int, default=6, help="measured PPO iterations per mode")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--memory", action="store_true", help="instead: the deepest tiny Llama whose PPO "
+                        "update fits a per-rank memory budget with ddp and fsdp(2), as a ratio")
+    parser.add_argument("--budget-mib", type=int, default=384, help="--memory: memory budget per rank")
+    parser.add_argument("--gpu", action="store_true", help="instead: trainer tokens/s and MFU on one GPU, "
+                        "Qwen2.5-1.5B-shaped, random weights (rayrlhf.engine.bench_gpu)")
+    parser.add_argument("--shape", default="qwen2.5-1.5b", help="--gpu: qwen2.5-1.5b or tiny")
     args = parser.parse_args(argv)
-    result = run_bench(args.hidden, args.layers, args.steps)
+    if args.gpu:
+        from rayrlhf.engine.bench_gpu import run as run_gpu
+
+        result = run_gpu(args.shape, steps=args.steps)
+    elif args.memory:
+        from rayrlhf.engine.bench_memory import run as run_memory
+
+        result = run_memory(budget_mib=args.budget_mib)
+    else:
+        result = run_bench(args.hidden, args.layers, args.steps)
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out:

@@ -12,6 +12,7 @@
     rayrlhf plan --config jobs/toyworld_ppo.yaml                 # which actor runs where
     rayrlhf submit --address http://127.0.0.1:8265 --config F    # as a Ray job
     rayrlhf scale --run NAME --rollout-workers 4                 # resize a going run's rollout fleet
+    rayrlhf export runs/quickstart/sft --step 40                 # a checkpoint as a plain HF folder
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("submit", help="submit a run as a Ray job: rayrlhf submit --address URL --config F",
                    add_help=False)
     sub.add_parser("job", help="status, logs, stop of submitted jobs: rayrlhf job status ID", add_help=False)
+    sub.add_parser("export", help="a run's checkpoint as a plain HF folder, offline: rayrlhf export RUN_DIR "
+                   "[--step N]", add_help=False)
     sub.add_parser("bench", help="throughput ratios (async/sync, vLLM/HF, sync share) as JSON", add_help=False)
     sub.add_parser("scale", help="add or remove rollout workers of a going run: rayrlhf scale --run NAME "
                    "--rollout-workers N", add_help=False)
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
         return bench_main(argv[1:])
+    if argv[:1] == ["export"]:
+        from rayrlhf.engine.export_cli import main as export_main
+
+        return export_main(argv[1:])
     if argv[:1] == ["scale"]:
         from rayrlhf.driver.controller import scale_main
 

@@ -126,11 +126,30 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[PipelineConfig, str,
     return cfg, run_dir, configs
 
 
+def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
+    """Every GPU stage's memory plan, before the first stage starts: a PPO stage that cannot fit
+    its GPUs stops the pipeline now, not after hours of SFT (raises ConfigError naming it)."""
+    from rayrlhf.config.loader import ConfigError
+    from rayrlhf.engine.memory import check_memory, pipeline_model_configs
+
+    known = pipeline_model_configs(cfg, run_dir, configs)
+    problems = []
+    for spec, stage_cfg in zip(cfg.stages, configs):
+        if spec.kind in ("sft", "rm", "ppo", "rs"):
+            try:
+                check_memory(spec.kind, stage_cfg, known)
+            except ConfigError as e:
+                problems += [f"stages.{spec.name}: {p}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems)
+
+
 def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) -> dict:
     from rayrlhf.config import save_config
     from rayrlhf.utils.ray_init import ensure_ray
 
     cfg, run_dir, configs = load_pipeline(path, list(overrides or []))
+    check_pipeline_memory(cfg, run_dir, configs)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "pipeline.yaml"))
     results = {}

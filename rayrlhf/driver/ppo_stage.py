@@ -27,6 +27,10 @@ def prepare_run(cfg, resume: bool, default_name: str):
     problems = check_model_paths(cfg)
     if problems:
         raise ConfigError(problems)
+    if default_name in ("ppo", "rs"):
+        from rayrlhf.engine.memory import check_memory
+
+        check_memory(default_name, cfg)  # every role fits its GPUs, or stop before any actor starts
     tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
     prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
     os.makedirs(run_dir, exist_ok=True)

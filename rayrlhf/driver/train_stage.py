@@ -70,6 +70,9 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
     problems = check_model_paths(cfg)
     if problems:
         raise ConfigError(problems)
+    from rayrlhf.engine.memory import check_memory
+
+    check_memory(stage, cfg)  # the model fits each worker's GPU, or stop before Ray Train starts
     task = make_task(stage, cfg)
     train_recs, eval_recs, report = read_data(stage, cfg, task.tokenizer)
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1

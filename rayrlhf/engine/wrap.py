@@ -39,6 +39,9 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, world: int, dtyp
 
         from rayrlhf.engine.device import ensure_process_group
 
+        if cpu_offload and device.type != "cuda":
+            raise ValueError("cpu_offload: this worker computes on CPU, where the parameters already live in "
+                             "CPU memory; set cpu_offload: false (offload moves GPU state to the host)")
         ensure_process_group(device)
         compute = DTYPES[dtype]
         mp = (MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)

@@ -205,3 +205,58 @@ def test_a_gpu_role_without_cuda_stops_with_the_role_and_key():
     with pytest.raises(NoGPUError, match=r"trainer: reserved a GPU \(resources.trainer.gpus_per_worker\)"):
         resolve_device(True, "trainer", "resources.trainer.gpus_per_worker")
     assert resolve_device(True, "trainer", "k", fake_gpus=True).type == "cpu"
+
+
+
+def _stream(rank, world, trainer_port, bcast_port, model_dir, bucket_bytes):
+    """Ranks 0-1: an FSDP trainer after one update; rank 2: a rollout-side receiver. Trainer
+    rank 0 and the receiver form the broadcast group; trainer rank 1 only joins the gathers."""
+    from rayrlhf.rollout.checksum import weights_checksum
+    from rayrlhf.weight_sync import make_group, receive
+
+    if rank == 2:
+        meta = ModelWorker("policy", model_dir, EngineSettings(), PPO).weights_meta()  # names, shapes, dtypes
+        got = receive(make_group("gloo", "127.0.0.1", bcast_port, 1, 2), meta, bucket_bytes)
+        return {"weights": got, "checksum": weights_checksum(got)}
+    w = _worker("policy", model_dir, rank, 2, trainer_port, "fsdp")
+    batch = make_batch(model_dir)
+    part = select_rows(batch, split_rows(B, 2)[rank])
+    part["old_logprobs"] = w.forward(part)
+    w.update([part], [float(batch["response_mask"].sum())])
+    if rank == 0:
+        w.join_broadcast("127.0.0.1", bcast_port, 2)
+    sent = w.broadcast_weights(bucket_bytes)
+    return {"sent": sent, "weights": w.named_weights()}
+
+
+def test_sharded_trainer_streams_weights_bucket_by_bucket(tiny_model_dir, tmp_path):
+    bucket = 64 << 10  # many buckets for the tiny model
+    t0, t1, rx = run_ranks(3, _stream, free_port(), free_port(), tiny_model_dir, bucket,
+                           tmp_dir=str(tmp_path / "r"), init=False)
+    assert t1["sent"]["bytes"] == 0 and t1["weights"] == {}
+    assert rx["checksum"] == t0["sent"]["checksum"]
+    assert rx["weights"].keys() == t0["weights"].keys()
+    assert all(torch.equal(rx["weights"][k], t0["weights"][k]) for k in rx["weights"])
+    assert t0["sent"]["bytes"] == sum(v.numel() * v.element_size() for v in rx["weights"].values())
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_model_dir):
+    batch = make_batch(tiny_model_dir)
+    n_tok = float(batch["response_mask"].sum())
+    norms = []
+    for ckpt in (False, True):
+        w = ModelWorker("policy", tiny_model_dir, EngineSettings(lr=1e-2, gradient_checkpointing=ckpt), PPO)
+        assert w.model.is_gradient_checkpointing == ckpt
+        norms.append(w.update([dict(batch, old_logprobs=w.forward(batch))], [n_tok])["grad_norm"])
+    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+
+
+def test_gpu_benchmark_runs_at_a_tiny_size():
+    """`rayrlhf bench --gpu` on its smoke-test shape (on CPU here): the figures it prints exist."""
+    from rayrlhf.engine.bench_gpu import run
+
+    out = run("tiny", seq=32, micro=2, steps=1, warmup=0, strategy="ddp", peak=1e12)
+    assert out["gpu/tokens_per_s"] > 0 and 0 < out["gpu/mfu"] < 1
+    # PaLM's model FLOPs per token: 6 N + 12 L h s, N without the embedding lookup (tied head counted).
+    n = out["gpu/params"]
+    assert out["gpu/model_flops_per_token"] == 6 * n + 12 * 2 * 128 * 32

@@ -277,3 +277,27 @@ def test_a_rollout_whose_weights_do_not_fit_its_budget_gets_tensor_parallel_fixe
                                                              "resources.rollout.gpus_per_worker=2",
                                                              "rollout.max_model_len=200000"]))
     assert "fewer than one rollout.max_model_len (200000) sequence" in short.problems()[0]
+
+
+def test_ppo_and_sft_stop_before_ray_when_a_role_cannot_fit(tmp_path, monkeypatch, capsys):
+    """The stage commands run the memory plan first: nothing of Ray starts for a plan that fails."""
+    import rayrlhf.utils.ray_init as ray_init
+    from rayrlhf.cli import main
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started although the memory plan fails")
+
+    monkeypatch.setattr(ray_init, "ensure_ray", no_ray)
+    path = ppo_yaml(tmp_path, "meta-llama/Llama-2-7b-hf", EIGHT_DDP, rollout={"gpu_memory_utilization": 0.9},
+                    run={"output_dir": str(tmp_path / "runs")})
+    assert main(["ppo", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "resources.trainer / policy" in err and "policy.strategy: fsdp" in err
+    sft = tmp_path / "sft.yaml"
+    sft.write_text(yaml.safe_dump({
+        "model": {"name_or_path": "meta-llama/Llama-2-7b-hf", "dtype": "bfloat16"},
+        "data": {"train": [str(tmp_path / "missing.jsonl")]},
+        "scaling": {"num_workers": 8, "use_gpu": True}, "run": {"output_dir": str(tmp_path / "runs")}}))
+    assert main(["sft", "--config", str(sft)]) == 2
+    err = capsys.readouterr().err
+    assert "model.strategy: fsdp" in err or "strategy: fsdp" in err

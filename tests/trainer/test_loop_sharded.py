@@ -64,6 +64,12 @@ def test_fsdp_two_ranks_equal_one_worker(stage, world, tmp_path):
 
     files = os.listdir(ckpt.latest_checkpoint(run_dir))
     assert {"model-rank0-of-2.safetensors", "model-rank1-of-2.safetensors"} <= set(files)
+    # `rayrlhf export` joins the shards offline: the last checkpoint is the run's own export.
+    from rayrlhf.cli import main
+
+    assert main(["export", run_dir, "--out", str(tmp_path / "offline")]) == 0
+    offline = load_file(str(tmp_path / "offline" / "model.safetensors"))
+    assert offline.keys() == w2.keys() and all(torch.equal(offline[k], w2[k]) for k in w2)
 
 
 def test_fsdp_loop_resumes_exactly(world, tmp_path):
