@@ -5,7 +5,8 @@ GPU state to the host, so it has no CPU measurement and the output says so).
 Each trial is real: 2 gloo ranks (spawned processes) build the model at a depth, take one
 update (forward, clipped PPO loss, backward, AdamW step) and report whether it ran within
 the budget, enforced by ``RLIMIT_DATA`` (heap and anonymous mappings) set to each rank's own
-usage after start-up plus the budget. The depth is found by doubling, then bisection.
+usage after start-up plus the budget. The depth is found by doubling, then bisection. The update uses gradient
+checkpointing, as the GPU recipes do.
 """
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def _trial(rank: int, world: int, port: int, depth: int, hidden: int, strategy: 
         cfg = LlamaConfig(vocab_size=2048, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
                           num_hidden_layers=depth, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64)
         model = LlamaForCausalLM(cfg)
-        engine = Engine(model, EngineSettings(strategy=strategy, cpu_offload=offload, micro_batch_size=rows),
-                        rank=rank, world=world)
+        # Gradient checkpointing, as the GPU recipes train: activations stay small next to the
+        # model state, which is what sharding divides (activations are per rank either way).
+        engine = Engine(model, EngineSettings(strategy=strategy, cpu_offload=offload, micro_batch_size=rows,
+                                              gradient_checkpointing=True), rank=rank, world=world)
         g = torch.Generator().manual_seed(rank)
         ids = torch.randint(0, 2048, (rows, seq), generator=g)
         mask = torch.ones(rows, seq - 1)
@@ -76,6 +79,9 @@ def fits(depth: int, hidden: int, strategy: str, offload: bool, budget: int, seq
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
+    # glibc keeps freed large blocks in its heap once its mmap threshold has grown, so a rank's
+    # footprint would count every transient buffer it ever had; a fixed threshold returns them.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     q = ctx.Queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,6 +39,7 @@ class Engine:
         if trainable:
             model.float()  # float32 master weights; the compute dtype comes from wrap()
             if settings.gradient_checkpointing:
+                self.hf_model.config.use_cache = False  # no KV cache in training; silences transformers
                 # Non-reentrant checkpointing composes with DDP, FSDP2 and frozen inputs.
                 self.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if settings.strategy != "fsdp":
