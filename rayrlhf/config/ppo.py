@@ -12,10 +12,23 @@ from rayrlhf.rollout.config import RolloutSection
 
 @dataclass
 class DerivedModelSection(ModelSection):
-    """A model that defaults to the policy's when name_or_path is empty."""
+    """A model whose unset keys are the policy's (``resolve_derived``)."""
 
     def validate(self) -> list[str]:
         return self.validate_engine()
+
+
+def resolve_derived(section: ModelSection, policy: ModelSection) -> ModelSection:
+    """A critic or reference section as it runs: the policy's settings (model, dtype, strategy,
+    ...), except for the keys the section sets itself. A key set to its default value reads as
+    unset (a critic cannot be float32/ddp next to a bfloat16/fsdp policy)."""
+    from dataclasses import fields, replace
+
+    default = type(section)()
+    own = {f.name: getattr(section, f.name) for f in fields(section)
+           if getattr(section, f.name) != getattr(default, f.name)}
+    names = {f.name for f in fields(policy)}
+    return replace(policy, **{k: v for k, v in own.items() if k in names})
 
 
 @dataclass
@@ -199,9 +212,10 @@ class PPOConfig:
     policy: ModelSection = field(default_factory=ModelSection)
     """The starting policy, usually an SFT export."""
     critic: DerivedModelSection = field(default_factory=DerivedModelSection)
-    """Critic initialisation (a reward-model or SFT export); empty name_or_path uses the policy's."""
+    """Critic initialisation (a reward-model or SFT export); every key left unset (name_or_path,
+    dtype, strategy, ...) is the policy's."""
     reference: DerivedModelSection = field(default_factory=DerivedModelSection)
-    """The frozen reference for the KL term; empty name_or_path uses the policy's."""
+    """The frozen reference for the KL term; every key left unset is the policy's."""
     data: PromptDataSection = field(default_factory=PromptDataSection)
     rewards: list[RewardSourceSection] = field(default_factory=list)
     """Reward sources (reward models and functions) combined by `combine`."""

@@ -14,6 +14,7 @@ import torch
 from rayrlhf.actors.batch import split_rows
 from rayrlhf.actors.model_worker import ModelWorker
 from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
+from rayrlhf.config.ppo import resolve_derived
 from rayrlhf.driver.fleet import RolloutFleet, get
 from rayrlhf.engine.settings import CriticLoss, EngineSettings, PolicyLoss, RoleSpec
 from rayrlhf.placement import Leader
@@ -136,20 +137,8 @@ def _join_group(group) -> None:
 
 def _engine(cfg, section, role: str, key: str, **kwargs) -> EngineSettings:
     res = cfg.resources.roles()[role]
-    return EngineSettings.from_model(section if section.name_or_path else _inherit(section, cfg.policy),
-                                     role=role, config_key=key, wants_gpu=res.gpus_per_worker > 0,
-                                     fake_gpus=cfg.resources.fake_gpus, **kwargs)
-
-
-def _inherit(section, policy):
-    """A critic or reference section without a model of its own runs as the policy does,
-    except for the keys it sets itself."""
-    from dataclasses import fields, replace
-
-    default = type(section)()
-    own = {f.name: getattr(section, f.name) for f in fields(section)
-           if getattr(section, f.name) != getattr(default, f.name)}
-    return replace(policy, **{k: v for k, v in own.items() if k in {f.name for f in fields(policy)}})
+    return EngineSettings.from_model(resolve_derived(section, cfg.policy), role=role, config_key=key,
+                                     wants_gpu=res.gpus_per_worker > 0, fake_gpus=cfg.resources.fake_gpus, **kwargs)
 
 
 def build_roles(cfg, run_name: str) -> Roles:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from rayrlhf.config.loader import ConfigError, _looks_local
+from rayrlhf.config.ppo import resolve_derived
 from rayrlhf.engine.memory_model import (CUDA_CONTEXT_BYTES, DTYPE_BYTES, GIB, ModelShape, TrainSetup,
                                          activation_bytes, frozen_bytes, rollout_bytes, trained_bytes)
 from rayrlhf.engine.memory_fixes import fixes_for
@@ -204,17 +205,6 @@ def planned_roles(command: str, cfg) -> list[str]:
     return [r.role for r in _roles(command, cfg)]
 
 
-def _inherit(section, policy):
-    """A critic or reference without a model of its own runs as the policy does, except for
-    the keys it sets itself (as rayrlhf.driver.roles does)."""
-    if section.name_or_path:
-        return section
-    default = type(section)()
-    own = {f.name: getattr(section, f.name) for f in fields(section)
-           if getattr(section, f.name) != getattr(default, f.name)}
-    return replace(policy, **{k: v for k, v in own.items() if k in {f.name for f in fields(policy)}})
-
-
 def _roles(command: str, cfg) -> list[_Role]:
     if command in ("sft", "rm"):
         pairs = 2 if command == "rm" else 1
@@ -228,10 +218,10 @@ def _roles(command: str, cfg) -> list[_Role]:
     out = [_Role("trainer", "policy", "resources.trainer", pol.name_or_path, "trained", pol,
                  res.trainer.num_workers, micro * seq, fwd)]
     if command == "ppo":
-        critic = _inherit(cfg.critic, pol)
+        critic = resolve_derived(cfg.critic, pol)
         out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
                          res.critic.num_workers, micro * seq, fwd, lm_head=False))
-        ref = _inherit(cfg.reference, pol)
+        ref = resolve_derived(cfg.reference, pol)
         out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,
                          res.reference.num_workers, 0, fwd))
     out.append(_Role("rollout", "rollout", "resources.rollout", pol.name_or_path, "rollout", cfg.rollout,

@@ -54,7 +54,7 @@ def fixes_for(redo, command: str, role: str) -> list[str]:
 
 
 def _levers(command: str, cfg, role: str) -> list[Lever]:
-    from rayrlhf.engine.memory import _inherit
+    from rayrlhf.config.ppo import resolve_derived
 
     if command in ("sft", "rm"):
         return _trained_levers(cfg.model, "model", "scaling.num_workers", cfg.scaling.num_workers,
@@ -66,7 +66,7 @@ def _levers(command: str, cfg, role: str) -> list[Lever]:
     micro = getattr(cfg, command).per_worker_micro_batch_size
     if role in ("trainer", "critic"):
         key = "policy" if role == "trainer" else "critic"
-        section = cfg.policy if role == "trainer" else _inherit(cfg.critic, cfg.policy)
+        section = cfg.policy if role == "trainer" else resolve_derived(cfg.critic, cfg.policy)
         out += _trained_levers(section, key, f"{res_key}.num_workers", res.num_workers, micro_key, micro)
     if command == "ppo" and role != "rollout":
         fwd = cfg.ppo.forward_micro_batch_size

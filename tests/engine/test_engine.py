@@ -260,3 +260,13 @@ def test_gpu_benchmark_runs_at_a_tiny_size():
     # PaLM's model FLOPs per token: 6 N + 12 L h s, N without the embedding lookup (tied head counted).
     n = out["gpu/params"]
     assert out["gpu/model_flops_per_token"] == 6 * n + 12 * 2 * 128 * 32
+
+
+def test_critic_and_reference_take_the_policy_settings_they_do_not_set():
+    from rayrlhf.config.ppo import DerivedModelSection, resolve_derived
+    from rayrlhf.config.schema import ModelSection
+
+    policy = ModelSection(name_or_path="sft", dtype="bfloat16", strategy="fsdp", gradient_checkpointing=True)
+    critic = resolve_derived(DerivedModelSection(name_or_path="rm", cpu_offload=True), policy)
+    assert (critic.name_or_path, critic.dtype, critic.strategy, critic.cpu_offload) == ("rm", "bfloat16", "fsdp", True)
+    assert resolve_derived(DerivedModelSection(), policy) == policy
