@@ -281,10 +281,17 @@ class ModelWorker:
 
 
 def _disable_dropout(model) -> None:
+    """Dropout off everywhere: nn.Dropout modules (GPT-2 style) and the float rates attention
+    layers keep as attributes (Llama, Qwen2: ``self.attention_dropout``), and in the config."""
+    keys = ("attention_dropout", "attn_dropout", "hidden_dropout", "dropout", "dropout_p", "resid_pdrop",
+            "embd_pdrop", "attn_pdrop")
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+        for key in keys:
+            if isinstance(getattr(m, key, None), float):
+                setattr(m, key, 0.0)
     cfg = getattr(model, "config", None)
-    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+    for key in keys:
         if cfg is not None and isinstance(getattr(cfg, key, None), float):
             setattr(cfg, key, 0.0)

@@ -81,7 +81,7 @@ def expected_best_of_k(rewards: torch.Tensor, k: int, values: torch.Tensor | Non
 
     With ``values`` (e.g. the gold reward of each sample), the same weights give the expected
     value of the sample that ``rewards`` selects: E[v(argmax_k r)], the gold curve of Gao et
-    al. 2022 beside the proxy curve. Ties in ``rewards`` keep index order.
+    al. 2022 beside the proxy curve. Ties in ``rewards`` go to the lower index, as in select_best_of_k.
 
     Args:
         rewards: n scored samples for each of N prompts. Shape: (N, n).
@@ -95,7 +95,11 @@ def expected_best_of_k(rewards: torch.Tensor, k: int, values: torch.Tensor | Non
     n = rewards.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n={n}], got {k}")
-    order = torch.sort(rewards.detach().double(), dim=1, stable=True).indices  # (N, n), ascending
+    # Ascending by reward, equal rewards by descending index, so that among ties the lower
+    # index ranks highest: the sample select_best_of_k keeps.
+    n_cols = rewards.shape[1]
+    flipped = torch.sort(rewards.detach().double().flip(1), dim=1, stable=True).indices
+    order = (n_cols - 1) - flipped  # (N, n), ascending
     source = rewards if values is None else values
     if source.shape != rewards.shape:
         raise ValueError(f"values must have the shape of rewards {tuple(rewards.shape)}, got {tuple(source.shape)}")

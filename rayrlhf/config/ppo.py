@@ -147,8 +147,10 @@ class PPOSection:
     """Adaptive controller: target KL per response (summed over tokens)."""
     kl_horizon: int = 10000
     """Adaptive controller: horizon in samples."""
-    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
-    """Per-token KL estimator (Schulman 2020)."""
+    kl_estimator: Optional[Literal["k1", "k2", "k3", "abs"]] = None
+    """Per-token KL estimator (Schulman 2020); null: k1 in the reward (InstructGPT), k3 in the
+    loss (Shao et al. 2024). k1 is refused in the loss: its gradient has zero mean under the
+    policy's own samples, so as a loss it does not pull the policy toward the reference."""
     kl_in: Literal["reward", "loss"] = "reward"
     """Put the KL penalty into the per-token reward (InstructGPT) or into the loss (GRPO)."""
     critic_warmup_steps: int = 0
@@ -190,6 +192,11 @@ class PPOSection:
     max_worker_restarts: int = 3
     """Times a dead rollout worker is replaced before the run gives up."""
 
+    @property
+    def kl_estimator_used(self) -> str:
+        """The estimator in effect: the configured one, else k1 in the reward and k3 in the loss."""
+        return self.kl_estimator or ("k3" if self.kl_in == "loss" else "k1")
+
     def validate(self) -> list[str]:
         out = []
         if self.total_steps < 1 or self.prompts_per_step < 1:
@@ -200,6 +207,10 @@ class PPOSection:
             out.append("clip_eps: must be positive")
         if self.importance_cap < 1:
             out.append("importance_cap: must be >= 1")
+        if self.kl_in == "loss" and self.kl_estimator == "k1":
+            out.append("kl_estimator: k1 with kl_in: loss has a gradient of zero mean on the policy's own "
+                       "samples, so it would not pull the policy toward the reference; use k3 (the default "
+                       "for the loss) or k2, or put the KL in the reward (kl_in: reward)")
         if self.per_worker_micro_batch_size < 1 or self.forward_micro_batch_size < 1:
             out.append("per_worker_micro_batch_size and forward_micro_batch_size must be at least 1")
         return out
@@ -231,6 +242,11 @@ class PPOConfig:
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
         out += check_rollout_matches(self.policy, self.rollout, self.resources)
+        if self.rollout.top_p < 1.0 or self.rollout.top_k != -1:
+            out.append(f"rollout.top_p ({self.rollout.top_p}) / rollout.top_k ({self.rollout.top_k}): PPO's ratio "
+                       "and importance weights take the trainer's logprobs of the full distribution, which "
+                       "would not be the truncated one the rollout sampled from; set top_p: 1.0 and top_k: -1 "
+                       "for PPO (rejection sampling and best-of-K may truncate)")
         trainers = self.resources.trainer.num_workers
         if self.ppo.global_mini_batch_size % trainers:
             out.append(f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size}) must be a multiple of "

@@ -146,7 +146,7 @@ class PPODriver:
         with t("advantages"):
             behaviour = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"]) if staleness > 0 else None
             adv = compute_advantages(scores, old_lp, ref_lp, values, batch["response_mask"], behaviour,
-                                     self.kl_ctl.value, self.p.kl_estimator, self.p.kl_in, self.p.gamma, self.p.lam,
+                                     self.kl_ctl.value, self.p.kl_estimator_used, self.p.kl_in, self.p.gamma, self.p.lam,
                                      self.p.whiten_advantages, self.p.importance_cap)
         batch.update(old_logprobs=old_lp, ref_logprobs=ref_lp, values=values,
                      advantages=adv["advantages"], returns=adv["returns"])
@@ -223,7 +223,10 @@ class PPODriver:
     def _forward(self, group, batch, what: str) -> torch.Tensor:
         shards = split_rows(batch["input_ids"].shape[0], group.world_size)
         parts = [select_rows(batch, rows) for rows in shards]
-        refs = [a.forward.remote(part, self.p.forward_micro_batch_size) for a, part in zip(group.actors, parts)]
+        # Policy and reference both under softmax(logits / T), the distribution the rollout
+        # sampled: the KL is zero at step 0 whatever the temperature (the critic ignores T).
+        t = self.cfg.rollout.temperature or 1.0
+        refs = [a.forward.remote(part, self.p.forward_micro_batch_size, t) for a, part in zip(group.actors, parts)]
         outs = get(refs, self.timeout, f"{what} in phase forward")
         full = torch.zeros_like(batch["response_mask"])
         for rows, out in zip(shards, outs):

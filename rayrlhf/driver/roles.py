@@ -148,7 +148,7 @@ def build_roles(cfg, run_name: str) -> Roles:
                  forward_micro_batch_size=p.forward_micro_batch_size)
     policy = RoleSpec(_engine(cfg, cfg.policy, "trainer", "policy", lr=p.actor_lr, **train), PolicyLoss(
         objective="ppo", temperature=cfg.rollout.temperature or 1.0, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
-        dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator,
+        dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator_used,
         entropy_coef=p.entropy_coef))
     critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train), CriticLoss(p.value_clip))
     reference = RoleSpec(_engine(cfg, cfg.reference, "reference", "reference",

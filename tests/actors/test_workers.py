@@ -105,3 +105,20 @@ def test_function_reward_gets_the_last_user_message():
     prompt = [{"role": "user", "content": "The red key is in the kitchen. Where is the red key?"}]
     right, wrong = f.score([prompt, prompt], ["The red key is in the kitchen.", "The red key is in the garden."])
     assert right > wrong
+
+
+def test_dropout_is_off_in_rl_so_the_first_ratio_is_one(tiny_tokenizer_dir, tmp_path, batch):
+    """A checkpoint with dropout (GPT-2 and many others ship some): old logprobs are taken in
+    eval mode, so the update must compute the same numbers or the ratio is not 1 at step 0."""
+    from tests.conftest import build_model_dir
+
+    path = build_model_dir(tmp_path / "drop", tiny_tokenizer_dir)
+    cfg_path = tmp_path / "drop" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["attention_dropout"] = 0.5
+    cfg_path.write_text(json.dumps(cfg))
+    w = ModelWorker("policy", path, EngineSettings(lr=1e-6), PPO)
+    mb = dict(batch, old_logprobs=w.forward(batch), advantages=batch["response_mask"].clone())
+    stats = w.update([mb], [float(batch["response_mask"].sum())])
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["clipfrac"] == 0.0
+    assert w.model.config.attention_dropout == 0.0

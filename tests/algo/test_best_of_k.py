@@ -97,3 +97,14 @@ def test_expected_value_of_the_proxy_selected_sample_by_hand():
     torch.testing.assert_close(expected_best_of_k(proxy, 2, values=proxy), expected_best_of_k(proxy, 2))
     with pytest.raises(ValueError, match="shape"):
         expected_best_of_k(proxy, 2, values=gold[:, :2])
+
+
+def test_ties_go_to_the_lower_index_in_selection_and_in_the_expected_curve():
+    """One tie rule: of equal rewards the lower index wins, when selecting and when crediting."""
+    rewards = torch.tensor([[1.0, 1.0, 1.0]])
+    values = torch.tensor([[1.0, 2.0, 4.0]])
+    assert select_best_of_k(rewards, k=3).flatten().tolist()[0] == 0
+    # k = n: the sample selection keeps, index 0.
+    assert float(expected_best_of_k(rewards, 3, values)[0]) == pytest.approx(1.0)
+    # k = 2 by hand: subsets {0,1} -> v0, {0,2} -> v0, {1,2} -> v1: (1 + 1 + 2) / 3.
+    assert float(expected_best_of_k(rewards, 2, values)[0]) == pytest.approx(4 / 3)

@@ -1,0 +1,38 @@
+"""PPO settings whose defaults or combinations would silently train the wrong thing."""
+import pytest
+
+from rayrlhf.config.loader import ConfigError, load_config
+from rayrlhf.config.ppo import PPOConfig
+
+BASE = {"policy": {"name_or_path": "/m"}, "data": {"train": ["/p.jsonl"]},
+        "rewards": [{"name": "len", "function": "rayrlhf.rules:length_penalty"}],
+        "ppo": {"prompts_per_step": 4, "global_mini_batch_size": 4}}
+
+
+def _cfg(**sections):
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for k, v in sections.items():
+        data[k] = {**data.get(k, {}), **v}
+    return load_config(PPOConfig, data=data)
+
+
+def test_kl_estimator_is_k1_in_the_reward_and_k3_in_the_loss_by_default():
+    assert _cfg().ppo.kl_estimator_used == "k1"
+    assert _cfg(ppo={"kl_in": "loss"}).ppo.kl_estimator_used == "k3"
+    assert _cfg(ppo={"kl_in": "loss", "kl_estimator": "k2"}).ppo.kl_estimator_used == "k2"
+
+
+def test_k1_as_a_loss_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="kl_estimator: k1 with kl_in: loss has a gradient of zero mean"):
+        _cfg(ppo={"kl_in": "loss", "kl_estimator": "k1"})
+
+
+@pytest.mark.parametrize("rollout", [{"top_p": 0.9}, {"top_k": 50}])
+def test_truncated_sampling_is_refused_for_ppo(rollout):
+    with pytest.raises(ConfigError, match="set top_p: 1.0 and top_k: -1 for PPO"):
+        _cfg(rollout=rollout)
+
+
+def test_the_rollout_dtype_must_be_the_policy_dtype():
+    with pytest.raises(ConfigError, match="rollout.dtype: float32 differs from policy.dtype bfloat16"):
+        _cfg(policy={"name_or_path": "/m", "dtype": "bfloat16"})
