@@ -20,7 +20,6 @@ import os
 import re
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 
@@ -184,7 +183,3 @@ def gather_shards(folder: str, prefix: str) -> dict[str, torch.Tensor]:
         if list(out[name].shape) != shapes[name]:
             raise ValueError(f"{folder}: the shards of {name} make {list(out[name].shape)}, not {shapes[name]}")
     return out
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

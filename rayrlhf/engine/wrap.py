@@ -71,13 +71,3 @@ def compute_context(strategy: str, device: torch.device, dtype: str):
     if strategy == "fsdp" or compute == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=compute)
-
-
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)

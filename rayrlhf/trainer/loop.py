@@ -79,7 +79,7 @@ def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> np.
     return epoch_order(n, seed, epoch)[pos * global_batch:(pos + 1) * global_batch]
 
 
-def engine_settings(cfg, info: WorkerInfo, stage: str) -> EngineSettings:
+def engine_settings(cfg, stage: str) -> EngineSettings:
     t = cfg.train
     return EngineSettings.from_model(
         cfg.model, role=stage, config_key="model", lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
@@ -103,7 +103,7 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         raise ValueError(f"{len(train_examples)} training examples are fewer than one global batch ({G})")
     total_steps = max(1, int(math.ceil(t_cfg.epochs * steps_per_epoch)))
 
-    engine = Engine(task.build_model(), engine_settings(cfg, info, task.name), rank=info.rank, world=world,
+    engine = Engine(task.build_model(), engine_settings(cfg, task.name), rank=info.rank, world=world,
                     device=info.device)
     engine.scheduler = build_scheduler(engine.optimizer, total_steps, t_cfg.warmup_ratio, t_cfg.lr_schedule,
                                        t_cfg.min_lr_ratio)
