@@ -16,12 +16,17 @@ from rayrlhf.rollout.types import RolloutBackend, Sample
 from rayrlhf.telemetry import RolloutMeter
 
 
-def vllm_available() -> bool:
+def vllm_import_error() -> str | None:
+    """Why ``import vllm`` fails here (a broken install, missing CUDA libraries, ...), or None."""
     try:
         import vllm  # noqa: F401
-    except Exception:  # a broken install (missing CUDA libraries) counts as absent
-        return False
-    return True
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def vllm_available() -> bool:
+    return vllm_import_error() is None
 
 
 def make_backend(model_path: str, cfg: RolloutSection, tokenizer_path: str | None = None,
@@ -35,8 +40,13 @@ def make_backend(model_path: str, cfg: RolloutSection, tokenizer_path: str | Non
         raise ValueError("rollout config: " + "; ".join(problems))
     backend = cfg.backend
     if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
+        # Said once per worker, so a silent fallback to the slower engine cannot go unnoticed.
+        error = None if vllm_available() else (vllm_import_error() or "vllm does not import")
+        backend = "hf" if error else "vllm"
+        why = f"vLLM does not import ({error.splitlines()[0][:200]})" if error else "vLLM imports"
+        print(f"[rayrlhf] rollout.backend auto: {why}; using {backend}", flush=True)
     if backend == "vllm":
+        # An explicit backend: vllm fails with vLLM's own import error, never falls back.
         from rayrlhf.rollout.vllm_backend import VLLMBackend
 
         return VLLMBackend(model_path, tokenizer_path, cfg, trust_remote_code)

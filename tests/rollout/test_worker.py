@@ -77,3 +77,16 @@ def test_worker_as_a_ray_actor(ray_session, policy_dir, prompts, tokenizer):
     seq = prompts[0] + samples[0].response_ids
     probe = ray.get(actor.probe_logprobs.remote(seq))
     assert probe_matches(probe, reference_logprobs(trainer, seq[:1], seq[1:]), atol=1e-4)[0]
+
+
+def test_auto_says_which_engine_and_an_explicit_vllm_never_falls_back(policy_dir, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vllm could not be imported here
+    backend = make_backend(policy_dir, dataclasses.replace(CFG, backend="auto"))
+    assert backend.name == "hf"
+    out = capsys.readouterr().out
+    assert "rollout.backend auto: vLLM does not import (ModuleNotFoundError: import of vllm" in out
+    assert "using hf" in out
+    with pytest.raises(ImportError):
+        make_backend(policy_dir, dataclasses.replace(CFG, backend="vllm"))
