@@ -2,10 +2,11 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-00000042`` holding:
 
-    model.safetensors      weights of the trained model (safetensors; shared tensors handled)
-    optimizer.pt           optimizer + scheduler state (tensors and numbers only; loaded with
-                           ``weights_only=True``, so no arbitrary pickle is ever executed)
-    rng-rank{r}.pt         each worker's torch / python / numpy RNG state
+    <role>*.safetensors    weights and optimizer state of each trained model, written by the
+    <role>-optim.json      engine (rayrlhf.engine.state: whole under ddp, one file per rank
+                           under fsdp; safetensors and JSON, no pickle)
+    *rng-rank{r}.pt        each worker's torch / python / numpy RNG state (tensors and
+                           numbers only, loaded with ``weights_only=True``)
     state.json             counters: step, epoch, data position, metrics so far
 
 It is written under a temporary name and renamed when complete, so a crash leaves the previous
@@ -21,7 +22,7 @@ import shutil
 import numpy as np
 import torch
 
-from rayrlhf.utils.fs import atomic_dir, read_json
+from rayrlhf.utils.fs import atomic_dir
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -101,32 +102,7 @@ def write_checkpoint(run_dir: str, step: int, fill, state: dict, keep: int = 2) 
     return final
 
 
-def save_checkpoint(run_dir: str, step: int, model, optim_state: dict, state: dict, rng_states: list[dict],
-                    keep: int = 2) -> str:
-    """A training stage's checkpoint; ``rng_states`` holds one entry per worker rank."""
-    from safetensors.torch import save_model
-
-    def fill(tmp):
-        save_model(model, os.path.join(tmp, "model.safetensors"))
-        torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
-        for rank, rs in enumerate(rng_states):
-            torch.save(rs, os.path.join(tmp, f"rng-rank{rank}.pt"))
-
-    return write_checkpoint(run_dir, step, fill, state, keep)
-
-
 def _retain(run_dir: str, keep: int) -> None:
     found = list_checkpoints(run_dir)
     for old in found[: max(0, len(found) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path: str, model, rank: int) -> tuple[dict, dict, dict | None]:
-    """Load weights into ``model``; return (state, optimizer state, this rank's RNG state)."""
-    from safetensors.torch import load_model
-
-    load_model(model, os.path.join(path, "model.safetensors"))
-    optim_state = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
-    rng_path = os.path.join(path, f"rng-rank{rank}.pt")
-    rng = torch.load(rng_path, weights_only=True) if os.path.exists(rng_path) else None
-    return read_json(os.path.join(path, "state.json")), optim_state, rng

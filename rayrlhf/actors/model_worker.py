@@ -242,20 +242,14 @@ class ModelWorker:
     def broadcast_weights(self, bucket_bytes: int) -> dict:
         """Stream the weights to the rollout workers bucket by bucket (rank 0 broadcasts; under
         FSDP every rank gathers each bucket's tensors with it); rank 0 returns bytes and checksum."""
-        from rayrlhf.engine.state import named_state
+        from rayrlhf.engine.state import full_tensor, named_state
         from rayrlhf.models.load import DTYPES
         from rayrlhf.weight_sync import send_streamed
 
-        named, dtype = named_state(self._hf), DTYPES[self.settings.dtype]
-        device = self.engine.device
+        named, dtype, device = named_state(self._hf), DTYPES[self.settings.dtype], self.engine.device
 
         def fetch(names):
-            out = []
-            for n in names:
-                t = named[n]
-                t = t.full_tensor() if hasattr(t, "full_tensor") else t
-                out.append((t.to(dtype) if t.is_floating_point() else t).detach().to(device))
-            return out
+            return [full_tensor(named[n], device, dtype) for n in names]
 
         group = getattr(self, "_bcast", None) if self.rank == 0 else None
         return send_streamed(group, self.weights_meta(), fetch, bucket_bytes)

@@ -111,17 +111,25 @@ def _like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     return local
 
 
+def full_tensor(t: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """``t`` whole on ``device`` (gathered from every rank when it is an FSDP shard: a
+    collective), floating tensors cast to ``dtype`` when given."""
+    from torch.distributed.tensor import DTensor
+
+    full = (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+    if dtype is not None and full.is_floating_point():
+        full = full.to(dtype)
+    return full.to(device)
+
+
 def iter_full(module: torch.nn.Module, bucket_bytes: int, device: torch.device | str = "cpu"):
     """Yield dicts of full tensors, at most ``bucket_bytes`` each (one tensor larger than that
     comes alone), in ``named_state`` order. Under FSDP every rank must iterate in step: each
     sharded tensor is gathered with ``full_tensor()``, one at a time, so no rank ever holds
     more than one bucket of full weights."""
-    from torch.distributed.tensor import DTensor
-
     bucket, size = {}, 0
     for name, t in named_state(module).items():
-        full = t.full_tensor() if isinstance(t, DTensor) else t
-        full = full.detach().to(device)
+        full = full_tensor(t, device)
         n = full.numel() * full.element_size()
         if bucket and size + n > bucket_bytes:
             yield bucket
