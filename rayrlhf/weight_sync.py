@@ -106,8 +106,10 @@ def send_streamed(group, meta: list[tuple[str, tuple, str]], fetch, bucket_bytes
 
 
 def receive(group, meta: list[tuple[str, tuple, str]], bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-            device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Other ranks: receive the buckets ``send`` broadcasts and cut them back into tensors."""
+            device: str | torch.device = "cpu", keep_on: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Other ranks: receive the buckets ``send`` broadcasts (into ``device``: NCCL needs the
+    GPU) and cut them back into tensors, kept on ``keep_on`` (default ``device``) bucket by
+    bucket, so a receiver staging into host memory holds one bucket on the GPU at a time."""
     out: dict[str, torch.Tensor] = {}
     for bucket in plan_buckets(meta, bucket_bytes):
         dtype = getattr(torch, meta[bucket[0]][2])
@@ -118,7 +120,8 @@ def receive(group, meta: list[tuple[str, tuple, str]], bucket_bytes: int = DEFAU
         for i in bucket:
             name, shape, _ = meta[i]
             n = _numel(shape)
-            out[name] = flat[offset:offset + n].view(shape).clone()
+            piece = flat[offset:offset + n].view(shape)
+            out[name] = piece.clone() if keep_on is None else piece.to(keep_on, copy=True)
             offset += n
     return out
 

@@ -77,13 +77,15 @@ def add_gains(summary: dict) -> dict:
 
 
 def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: dict, keep: int,
-                         summary: dict, timeout: float) -> None:
+                         summary: dict, timeout: float, files: dict | None = None) -> None:
     """Checkpoint ``step`` of a PPO or rejection-sampling loop, atomically: every trained group
-    saves into the new folder, ``state`` (plus the fleet's worker count) goes to state.json;
-    then the run's summary.json."""
+    saves into the new folder, ``state`` (plus the fleet's worker count) goes to state.json,
+    each of ``files`` (name -> JSON value) to a file of its own; then the run's summary.json."""
     def fill(tmp):
         get([ref for group in trained for ref in group.call_async("save", tmp)], timeout,
             f"{'+'.join(g.role for g in trained)} in phase checkpoint")
+        for name, value in (files or {}).items():
+            atomic_write_json(os.path.join(tmp, name), value)
 
     ckpt.write_checkpoint(run_dir, step, fill, {**state, "rollout_workers": fleet.target}, keep=keep)
     atomic_write_json(os.path.join(run_dir, "summary.json"), summary)

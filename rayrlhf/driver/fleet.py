@@ -5,9 +5,14 @@ added or removed while a run goes.
 A job is one iteration's prompts, split into contiguous shards, one shard per serving worker,
 each with a seed derived from (run seed, iteration, shard start). A job remembers the worker
 of each shard. A shard whose worker died is re-sent, with the same seed, to its replacement, so
-the samples are the ones the dead worker would have produced. Ray runs an actor's calls in the
-order they were sent, so a generate call sent before a weight sync samples with the weights it
-was sent under: that version is recorded with the job.
+the samples are the ones the dead worker would have produced, except for their version: a
+replacement serves the newest weights, and its samples say so (``Sample.policy_version``).
+
+A weight sync does not wait for the generation in flight. Workers receive the new version into
+a staging area while they generate, and swap it in at its place in their call order: every
+generate call sent before the sync samples from the weights it was sent under, every one sent
+after from the new version (``RolloutWorker.activate``). Which version produced which sample is
+thus fixed by the order of the driver's calls, not by timing, and each sample records it.
 
 Scaling (``resize``, then ``poll_scaling`` once per iteration) never waits for capacity. A
 worker joins in steps: room (its placement group, which an autoscaler may take minutes to
@@ -72,6 +77,18 @@ class GenJob:
     workers: list[Worker] = field(default_factory=list)  # the worker of each shard
     refs: list = field(default_factory=list)
     submitted: float = 0.0
+    result: tuple | None = None  # (samples, metrics) once collected ahead of use (a checkpoint)
+
+
+@dataclass
+class Activation:
+    """A staged version's swap into one worker's engine, queued behind its earlier generate
+    calls; its probe is checked once it has run."""
+
+    worker: Worker
+    ref: Any
+    version: int
+    probe: tuple | None  # (probe ids, trainer logprobs, atol)
 
 
 class RolloutFleet:
@@ -90,6 +107,7 @@ class RolloutFleet:
         self._probe = None  # (probe ids, trainer logprobs, atol) of the last verified sync
         self._broadcast = None  # (trainer actor, backend) once a broadcast group exists
         self._open: list[GenJob] = []  # submitted, not collected yet
+        self._activations: list[Activation] = []  # sent, not checked yet
 
     @property
     def workers(self) -> list:
@@ -141,7 +159,8 @@ class RolloutFleet:
                 out.append(s)
         if job in self._open:
             self._open.remove(job)
-        return out, {"async/wait_seconds": time.perf_counter() - job.submitted}
+        # Swaps sent before this job's shards have run by now (each worker runs calls in order).
+        return out, {"async/wait_seconds": time.perf_counter() - job.submitted, **self.check_activations()}
 
     def _takeover(self, dead: Worker) -> Worker:
         """The serving worker that redoes the shards of ``dead``: its replacement, unless it was
@@ -287,9 +306,15 @@ class RolloutFleet:
     # -- weights -----------------------------------------------------------------------------------
     def sync(self, weights_ref, checksum: str, version: int, probe_ids: list[int] | None = None,
              trainer_probe: list[float] | None = None, atol: float = 1e-3) -> dict:
-        """Load new weights (an object-store ref) on every worker and verify what each serves."""
+        """Send new weights (an object-store ref) to every worker and verify what each serves.
+
+        Each worker stages them beside the generation it is running and swaps them in after the
+        jobs already sent to it (``RolloutWorker.activate``): jobs submitted from now on sample
+        from ``version``, jobs in flight finish with the weights they started under. With no job
+        in flight the swap and its probe check happen before this returns; otherwise the probe
+        is checked when the swap has run (``check_activations``, called by ``collect``)."""
         t0 = time.perf_counter()
-        reports = self._all("load_weights", "sync", weights_ref, version)
+        reports = self._all("stage_weights", "sync", weights_ref, version, group="staging")
         self._weights = (weights_ref, checksum, version)
         return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
 
@@ -318,33 +343,61 @@ class RolloutFleet:
         # hashes what it sent; the checksum is known once the last bucket is out.
         sent = trainer.broadcast_weights.remote(bucket_bytes)
         live = self._live()
-        recv = [m.actor.receive_weights.remote(meta, version, bucket_bytes) for m in live]
+        recv = [m.actor.receive_weights.options(concurrency_group="staging").remote(meta, version, bucket_bytes)
+                for m in live]
         reports = dict(zip(live, get(recv, self.timeout, "rollout workers in phase sync (broadcast)")))
         checksum = get(sent, self.timeout, "policy/0 in phase sync (broadcast)")["checksum"]
         self._weights = None
         return self._verify(reports, checksum, version, probe_ids, trainer_probe, atol, t0)
 
     def _verify(self, reports: dict, checksum, version, probe_ids, trainer_probe, atol, t0) -> dict:
+        """Check what every worker staged, then queue the swap on each; wait for the swaps (and
+        check their probes) only when no job is in flight."""
         check_checksums(checksum, list(reports.values()), [m.rank for m in reports])
         first = next(iter(reports.values()))
         metrics = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(first.get("bytes", 0)),
                    "sync/worker_load_seconds": max(r.get("seconds", 0.0) for r in reports.values())}
+        probe = None
         if probe_ids is not None and trainer_probe is not None:
-            self._probe = (probe_ids, trainer_probe, atol)  # before probing: a replacement is checked against it
-            probes = self._all("probe_logprobs", "sync verification", probe_ids)
-            metrics["sync/probe_max_diff"] = max(check_probe(m.rank, trainer_probe, p, atol, version)
-                                                 for m, p in probes.items())
+            probe = self._probe = (probe_ids, trainer_probe, atol)  # a replacement is checked against it
         self.version = version
+        for m in self._live():
+            self._activations.append(Activation(m, m.actor.activate.remote(version, probe and probe_ids), version,
+                                                probe))
+        if not self._open:
+            metrics.update(self.check_activations(wait=True))
         metrics["sync/total_seconds"] = time.perf_counter() - t0
         return metrics
 
-    def _all(self, method: str, phase: str, *args) -> dict:
-        """Call ``method`` on every live worker, results by Worker; a dead worker is replaced
-        (or, if it was leaving, dropped) and the replacement asked again."""
+    def check_activations(self, wait: bool = False) -> dict:
+        """Check the probes of the swaps that have run (all of them with ``wait``): each worker's
+        logprobs under its new weights against the trainer's. Returns ``sync/probe_max_diff`` and
+        ``sync/activate_seconds`` over those checked (nothing when none were)."""
+        done = [a for a in self._activations if wait or ray.wait([a.ref], timeout=0)[0]]
+        worst, seconds = None, 0.0
+        for a in done:
+            self._activations.remove(a)
+            try:
+                report = get(a.ref, self.timeout, f"{a.worker.name} in phase sync (activate)")
+            except RayActorError:
+                continue  # its jobs go to a replacement, which is given the newest weights and checked
+            seconds = max(seconds, report.get("seconds", 0.0))
+            if a.probe is not None:
+                ids, trainer_probe, atol = a.probe
+                diff = check_probe(a.worker.rank, trainer_probe, report["probe"], atol, a.version)
+                worst = diff if worst is None else max(worst, diff)
+        out = {"sync/activate_seconds": seconds} if done else {}
+        if worst is not None:
+            out["sync/probe_max_diff"] = worst
+        return out
+
+    def _all(self, method: str, phase: str, *args, group: str | None = None) -> dict:
+        """Call ``method`` on every live worker (in concurrency ``group``), results by Worker; a
+        dead worker is replaced (or, if it was leaving, dropped) and the replacement asked again."""
         results: dict = {}
         todo = self._live()
         while todo:
-            refs = [(m, getattr(m.actor, method).remote(*args)) for m in todo]
+            refs = [(m, _method(m.actor, method, group).remote(*args)) for m in todo]
             todo = []
             for m, ref in refs:
                 try:
@@ -361,6 +414,11 @@ class RolloutFleet:
             _kill(m.actor)
         if self.placement is not None:
             self.placement.release_all()
+
+
+def _method(actor, name: str, group: str | None):
+    method = getattr(actor, name)
+    return method.options(concurrency_group=group) if group else method
 
 
 def _kill(actor) -> None:

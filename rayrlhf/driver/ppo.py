@@ -9,6 +9,7 @@ computes advantages with the pure functions of ``rayrlhf.algo``. Asynchronous mo
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import sys
@@ -23,11 +24,16 @@ from rayrlhf.config.ppo import probe_atol
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
                                    sync_policy)
 from rayrlhf.driver.controller import ScalingControl
-from rayrlhf.driver.fleet import get
-from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+from rayrlhf.driver.fleet import GenJob, get
+from rayrlhf.driver.ppo_math import behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
+from rayrlhf.rollout.types import Sample
 from rayrlhf.utils.fs import atomic_write_json, read_json
+
+
+INFLIGHT = "inflight.json"
+"""The checkpoint's file of generation in flight: per job its step, prompt rows, version and samples."""
 
 
 class BadStepError(RuntimeError):
@@ -72,7 +78,7 @@ class PPODriver:
     def fit(self, resume: bool = False) -> dict:
         from rayrlhf.utils.progress import progress
 
-        start = self._restore() if resume else 0
+        start, restored = self._restore() if resume else (0, [])
         if start == 0:
             self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
@@ -87,7 +93,9 @@ class PPODriver:
             summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
             logger.log(0, before)
         self.step = start
-        self.next_gen_step = start
+        # Generation saved with the checkpoint: the jobs that were in flight, as they came out.
+        self.pending = collections.deque(restored)
+        self.next_gen_step = start + len(restored)
         bar = progress(total=self.p.total_steps, initial=start, desc="ppo")
         try:
             self.scaling.start()
@@ -122,8 +130,9 @@ class PPODriver:
         t = Timer()
         t0 = time.perf_counter()
         with t("generate"):
-            samples, job_version, gen_metrics = self._next_samples(step)
-        staleness = self.version - job_version
+            samples, gen_metrics = self._next_samples(step)
+        # Per sample: a replacement worker may have regenerated a shard with newer weights.
+        staleness = torch.tensor([self.version - s.policy_version for s in samples])
         rows = [s.prompt_index for s in samples]
         batch = build_batch([s.prompt_ids for s in samples], [s.response_ids for s in samples],
                             self.tokenizer.pad_token_id)
@@ -144,7 +153,16 @@ class PPODriver:
         with t("values"):
             values = self._forward(self.roles.critic, batch, "critic")
         with t("advantages"):
-            behaviour = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"]) if staleness > 0 else None
+            engine_lp = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"])
+            stale = staleness > 0
+            # KL(behaviour || trainer) over every sample: what importance weights correct; on
+            # fresh samples (same weights on both sides) only the engines' numerics differ.
+            metrics["rollout/mismatch_kl"] = engine_mismatch_kl(old_lp, engine_lp, batch["response_mask"])
+            fresh_mask = batch["response_mask"] * (~stale).float()[:, None]
+            if fresh_mask.sum() > 0:
+                metrics["rollout/mismatch_kl_fresh"] = engine_mismatch_kl(old_lp, engine_lp, fresh_mask)
+            tis = self.p.truncated_importance_sampling
+            behaviour = behaviour_for_rows(engine_lp, old_lp, stale, tis) if tis or bool(stale.any()) else None
             adv = compute_advantages(scores, old_lp, ref_lp, values, batch["response_mask"], behaviour,
                                      self.kl_ctl.value, self.p.kl_estimator_used, self.p.kl_in, self.p.gamma, self.p.lam,
                                      self.p.whiten_advantages, self.p.importance_cap)
@@ -166,7 +184,7 @@ class PPODriver:
         metrics.update({
             "rollout/samples": len(samples), "rollout/response_length": float(np.mean(lengths)),
             "rollout/truncated_fraction": float(np.mean([s.finish_reason == "length" for s in samples])),
-            "async/staleness_mean": float(staleness), "async/staleness_max": float(staleness),
+            "async/staleness_mean": float(staleness.float().mean()), "async/staleness_max": float(staleness.max()),
             "async/queue_depth": float(len(self.pending)), "policy/version": float(self.version),
             **self.counters,
         })
@@ -201,8 +219,9 @@ class PPODriver:
                 self.pending.append(self._submit(self.next_gen_step))
                 self.next_gen_step += 1
             job = self.pending.popleft()
-        samples, metrics = self.fleet.collect(job)
-        if self.p.rollout_mode == "async" and self.version - job.version > self.p.max_staleness:
+        samples, metrics = job.result if job.result is not None else self.fleet.collect(job)
+        oldest = min((s.policy_version for s in samples), default=self.version)
+        if self.p.rollout_mode == "async" and self.version - oldest > self.p.max_staleness:
             # Too old to use: drop and regenerate the same prompts (same seeds) now.
             self.counters["async/dropped_samples"] += len(samples)
             fresh = self.fleet.submit(step, job.prompt_rows, job.prompt_ids)
@@ -212,8 +231,9 @@ class PPODriver:
             s.prompt_index = job.prompt_rows[s.prompt_index]
         self.counters["rollout/prompts_used"] += len(job.prompt_rows)
         self.ledger.log(step + 1, {"prompt_rows": job.prompt_rows, "samples": len(samples),
-                                   "policy_version": job.version})
-        return samples, job.version, metrics
+                                   "policy_version": job.version,
+                                   "sample_versions": sorted({s.policy_version for s in samples})})
+        return samples, metrics
 
     def score(self, prompts, texts, meta) -> tuple[torch.Tensor, dict]:
         """Every reward source's raw scores, then their combination (a pure function)."""
@@ -278,23 +298,45 @@ class PPODriver:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self, step: int, summary: dict) -> None:
+        """Everything a resumed run needs to continue as this one does: the trained groups, the
+        loop's state, and the generation in flight (async), collected and saved as it came out,
+        since a resumed run no longer has the older weights that produced it. The fleet is
+        brought to the trainer's version first (with sync_every > 1 it may lag), as a resumed
+        run's fleet starts at the checkpoint's weights."""
+        if self.fleet.version != self.version:
+            self._sync()
+        for job in self.pending:
+            if job.result is None:
+                job.result = self.fleet.collect(job)
+        self.fleet.check_activations(wait=True)
+        inflight = [{"step": job.step, "prompt_rows": job.prompt_rows, "version": job.version,
+                     "samples": [dataclasses.asdict(x) for x in job.result[0]]} for job in self.pending]
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
                  "bad_steps": self.bad_steps}
         save_loop_checkpoint(self.run_dir, step, [self.roles.policy, self.roles.critic], self.fleet, state,
-                             self.p.keep_checkpoints, summary, self.timeout)
+                             self.p.keep_checkpoints, summary, self.timeout, files={INFLIGHT: inflight})
 
-    def _restore(self) -> int:
+    def _restore(self) -> tuple[int, list[GenJob]]:
+        """The step to go on from and the in-flight jobs saved with its checkpoint."""
         loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy, self.roles.critic], self.fleet, self.timeout)
         if not loaded:
-            return 0
+            return 0, []
         found, state = loaded
         self.version = state["version"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters.update(state.get("counters", {}))
         self.bad_steps = state.get("bad_steps", 0)
         self._sync()
-        print(f"[rayrlhf] resumed from {found} at step {state['step']}", flush=True)
-        return int(state["step"])
+        path = os.path.join(found, INFLIGHT)
+        restored = []
+        for job in read_json(path) if os.path.exists(path) else []:
+            g = GenJob(job["step"], job["prompt_rows"], [self.prompt_ids[r] for r in job["prompt_rows"]],
+                       job["version"])
+            g.result = ([Sample(**x) for x in job["samples"]], {})
+            restored.append(g)
+        print(f"[rayrlhf] resumed from {found} at step {state['step']}"
+              + (f" with {len(restored)} iterations of generation saved in flight" if restored else ""), flush=True)
+        return int(state["step"]), restored
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:

@@ -21,6 +21,24 @@ def behaviour_tensor(logprob_lists: list[list[float]], response_mask: torch.Tens
     return out
 
 
+def engine_mismatch_kl(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
+                       response_mask: torch.Tensor) -> float:
+    """KL(engine || trainer) per token, the k3 estimate from the engine's own samples: how far
+    the rollout engine's sampling distribution is from the trainer's for the same weights
+    (numerics, kernels, dtypes). Zero when they agree exactly. Shapes: (B, T-1)."""
+    return float(masked_mean(kl_penalty(engine_logprobs, trainer_logprobs, "k3"), response_mask))
+
+
+def behaviour_for_rows(engine_logprobs: torch.Tensor, old_logprobs: torch.Tensor, stale: torch.Tensor,
+                       correct_fresh: bool) -> torch.Tensor:
+    """The behaviour logprobs the importance weights divide by: the engine's for samples of an
+    older policy version (``stale``, shape (B,), bool), and for fresh ones too when
+    ``correct_fresh`` (truncated importance sampling on the engine mismatch); otherwise a fresh
+    sample's behaviour is the trainer's own ``old_logprobs`` (weight exactly 1)."""
+    use_engine = stale | correct_fresh
+    return torch.where(use_engine[:, None], engine_logprobs, old_logprobs)
+
+
 def compute_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                        values: torch.Tensor, response_mask: torch.Tensor, behaviour_logprobs: torch.Tensor | None,
                        kl_coef: float, kl_estimator: str = "k1", kl_in: str = "reward", gamma: float = 1.0,

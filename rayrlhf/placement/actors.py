@@ -131,7 +131,10 @@ class ActorFactory:
 
     def __init__(self, cls: type, role: str, plan_role: RolePlan, placement_group, run_name: str,
                  namespace: str | None = None, runtime_env: dict | None = None, args: tuple = ()):
-        self.remote_cls = cls if isinstance(cls, ray.actor.ActorClass) else ray.remote(cls)
+        # A class that runs some methods beside others names its groups (RolloutWorker).
+        groups = getattr(cls, "CONCURRENCY_GROUPS", None)
+        self.remote_cls = (cls if isinstance(cls, ray.actor.ActorClass) else
+                           ray.remote(concurrency_groups=dict(groups))(cls) if groups else ray.remote(cls))
         self.accepts = _accepted_kwargs(cls)
         self.role, self.plan_role, self.placement_group, self.run_name = role, plan_role, placement_group, run_name
         self.namespace, self.runtime_env, self.args = namespace, runtime_env, args

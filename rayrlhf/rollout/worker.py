@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import torch
 
+from rayrlhf.rollout.checksum import weights_checksum
+from rayrlhf.rollout.common import nbytes
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.types import RolloutBackend, Sample
 from rayrlhf.telemetry import RolloutMeter
@@ -66,7 +69,10 @@ def assigned_cpus() -> int:
         import ray
 
         if ray.is_initialized():
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            try:
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            except AssertionError:  # a driver process, not a Ray worker: it has no reservation
+                cpus = None
             if cpus:
                 return max(1, int(cpus))
     omp = os.environ.get("OMP_NUM_THREADS", "")
@@ -76,6 +82,22 @@ def assigned_cpus() -> int:
 
 
 class RolloutWorker:
+    """One rollout engine. New weights arrive in two steps, so a sync need not wait for the
+    generation already queued on the worker:
+
+    - ``stage_weights`` / ``receive_weights`` hold a version aside (host memory), in the actor's
+      ``staging`` concurrency group: they run while a ``generate`` call is going.
+    - ``activate(version)`` swaps the staged version into the engine. It runs in the default
+      group, in call order: every ``generate`` sent before it samples from the old weights,
+      every one sent after it from the new. Each ``Sample.policy_version`` says which.
+
+    Until activated, each staged version costs one copy of the weights in host memory; the
+    driver keeps at most ``ppo.max_staleness + 1`` versions staged.
+    """
+
+    CONCURRENCY_GROUPS = {"staging": 1}
+    """Ray concurrency groups of the actor (``ray.remote(concurrency_groups=...)``)."""
+
     def __init__(self, model_path: str, cfg: RolloutSection | dict, tokenizer_path: str | None = None,
                  trust_remote_code: bool = False, name: str = "rollout/0"):
         self.name = name
@@ -88,6 +110,8 @@ class RolloutWorker:
         self.threads = threads
         self.backend = make_backend(model_path, cfg, tokenizer_path, trust_remote_code)
         self.meter = RolloutMeter(name)
+        self._staged: dict[int, tuple[dict, str]] = {}  # version -> (tensors, checksum)
+        self._staged_lock = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -105,7 +129,39 @@ class RolloutWorker:
         return samples
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> dict:
+        """Replace the engine's weights now (a worker that has no generation queued)."""
         return self.backend.load_weights(named_tensors, version)
+
+    def stage_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> dict:
+        """Hold ``version`` aside for ``activate``; returns its checksum (what arrived), seconds
+        and bytes. Safe to run beside ``generate`` (the ``staging`` group)."""
+        t0 = time.perf_counter()
+        checksum = weights_checksum(named_tensors)
+        with self._staged_lock:
+            self._staged[version] = (named_tensors, checksum)
+        return {"version": version, "checksum": checksum, "seconds": time.perf_counter() - t0,
+                "bytes": nbytes(named_tensors)}
+
+    def activate(self, version: int, probe_ids: list[int] | None = None) -> dict:
+        """Load the staged ``version`` into the engine (older staged versions are dropped), and
+        return the engine's probe logprobs on ``probe_ids`` under it."""
+        with self._staged_lock:
+            staged = self._staged.pop(version, None)
+            for v in [v for v in self._staged if v < version]:
+                del self._staged[v]
+        if staged is None:
+            if self.backend.version == version:  # a replacement admitted with this version already
+                return {"version": version, "seconds": 0.0,
+                        "probe": self.backend.probe_logprobs(probe_ids) if probe_ids else None}
+            raise RuntimeError(f"{self.name}: activate({version}) without staged weights of that version "
+                               f"(staged: {sorted(self._staged)}, serving {self.backend.version})")
+        tensors, checksum = staged
+        report = self.backend.load_weights(tensors, version)
+        if report["checksum"] != checksum:
+            raise RuntimeError(f"{self.name}: weights of version {version} changed between staging and activation")
+        out = {"version": version, "seconds": report["seconds"]}
+        out["probe"] = self.backend.probe_logprobs(probe_ids) if probe_ids else None
+        return out
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.backend.probe_logprobs(token_ids)
@@ -118,11 +174,12 @@ class RolloutWorker:
         return True
 
     def receive_weights(self, meta: list, version: int, bucket_bytes: int) -> dict:
-        """Receive one broadcast of the trainer's weights and load them."""
+        """Receive one broadcast of the trainer's weights and stage them (host memory), like
+        ``stage_weights``; ``activate`` loads them."""
         from rayrlhf.weight_sync import receive
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return self.backend.load_weights(receive(self._bcast, meta, bucket_bytes, device), version)
+        return self.stage_weights(receive(self._bcast, meta, bucket_bytes, device, keep_on="cpu"), version)
 
     def ready(self) -> dict:
         return {"name": self.name, "backend": self.backend.name, "version": self.backend.version,

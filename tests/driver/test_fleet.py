@@ -28,7 +28,8 @@ class SlowWorker:
 
 def _fleet(tiny_model_dir, timeout=60.0):
     cfg = RolloutSection(backend="hf", max_new_tokens=4, max_model_len=128)
-    make = lambda rank: ray.remote(num_cpus=0.5)(RolloutWorker).remote(tiny_model_dir, cfg, name=f"t/rollout/{rank}")
+    make = lambda rank: ray.remote(num_cpus=0.5, concurrency_groups=RolloutWorker.CONCURRENCY_GROUPS)(
+        RolloutWorker).remote(tiny_model_dir, cfg, name=f"t/rollout/{rank}")
     fleet = RolloutFleet(make, 1, 1, seed=0, timeout=timeout, max_restarts=1)
     fleet.wait_ready()
     return fleet

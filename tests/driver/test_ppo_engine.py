@@ -134,16 +134,59 @@ def test_broadcast_weight_sync_gives_the_same_run(world, reference_run, tmp_path
     assert _same_weights(_weights(run_dir), _weights(full_dir))
 
 
+def _sample_versions(run_dir):
+    return [json.loads(x)["sample_versions"] for x in open(os.path.join(run_dir, "rollouts.jsonl"))]
+
+
 def test_async_with_staleness_one_uses_older_samples(world, reference_run, tmp_path):
     full_dir, _ = reference_run
     run_dir = str(tmp_path / "async1")
     faults.reset()
     summary = run_ppo(_cfg(world, run_dir, rollout_mode="async", max_staleness=1))
     rows = read_metrics(run_dir)[1:]
+    # Iteration i samples from version max(0, i - 1): its generation was sent before the update
+    # of iteration i - 1 finished, and the sync after that update did not stop it.
+    assert _sample_versions(run_dir) == [[0], [0], [1], [2]]
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert [r["async/staleness_mean"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert "async/importance_weight_mean" not in rows[0]  # fresh samples: no correction
     assert all(0 < r["async/importance_weight_mean"] <= 2.0 for r in rows[1:])
+    # The engine-vs-trainer KL, every iteration; on fresh samples (step 1) engines agree closely.
+    assert all(r["rollout/mismatch_kl"] >= 0 for r in rows) and rows[0]["rollout/mismatch_kl_fresh"] < 1e-6
     assert summary["async/dropped_samples"] == 0
     assert not _same_weights(_weights(run_dir), _weights(full_dir))
+
+
+@pytest.fixture(scope="module")
+def async_run(world, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("runs") / "async2")
+    faults.reset()
+    run_ppo(_cfg(world, run_dir, rollout_mode="async", max_staleness=2))
+    return run_dir
+
+
+def test_async_reruns_are_the_same_run(world, async_run, tmp_path):
+    run_dir = str(tmp_path / "again")
+    faults.reset()
+    run_ppo(_cfg(world, run_dir, rollout_mode="async", max_staleness=2))
+    assert _sample_versions(run_dir) == _sample_versions(async_run) == [[0], [0], [0], [1]]
+    assert _comparable(run_dir) == _comparable(async_run)
+    assert _same_weights(_weights(run_dir), _weights(async_run))
+
+
+def test_async_resume_after_a_crash_is_exact(world, async_run, tmp_path, capfd):
+    run_dir = str(tmp_path / "async-stopped")
+    cfg = _cfg(world, run_dir, rollout_mode="async", max_staleness=2)
+    faults.reset(crash_at=CRASH_IN_STEP_3)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        run_ppo(cfg)
+    saved = json.load(open(os.path.join(run_dir, "checkpoints", "step-00000002", "inflight.json")))
+    assert [(j["step"], j["version"]) for j in saved] == [(2, 0), (3, 1)]  # generated, not yet trained on
+    faults.reset()
+    run_ppo(cfg, resume=True)
+    assert "at step 2 with 2 iterations of generation saved in flight" in capfd.readouterr().out
+    assert _comparable(run_dir) == _comparable(async_run)
+    assert _same_weights(_weights(run_dir), _weights(async_run))
 
 
 def test_killed_rollout_worker_is_replaced_without_losing_prompts(world, reference_run, tmp_path):

@@ -54,8 +54,20 @@ class FakeWorker:
         return [Sample(p, k, ids, [seed % 1000], [0.0], "", "length", 0)
                 for p, ids in enumerate(prompt_ids) for k in range(n)]
 
-    def load_weights(self, named, version):
-        self.calls.append(f"load_weights v{version}")
+    CONCURRENCY_GROUPS = {"staging": 1}
+
+    def stage_weights(self, named, version):
+        self.staged = (named, version)
+        return self.load_weights(named, version, log=False)
+
+    def activate(self, version, probe_ids=None):
+        self.calls.append(f"activate v{version}")
+        self.load_weights(self.staged[0], version, log=False)
+        return {"version": version, "probe": self.probe_logprobs(probe_ids) if probe_ids else None}
+
+    def load_weights(self, named, version, log=True):
+        if log:
+            self.calls.append(f"load_weights v{version}")
         self.weights = {k: v + (1 if self.corrupt == "bytes" else 0) for k, v in named.items()}
         return {"checksum": weights_checksum(self.weights), "version": version, "bytes": 16}
 
