@@ -56,3 +56,33 @@ def test_batch_layout_and_behaviour_placement():
     sub = select_rows(short, [0])  # trimmed to its own length
     assert sub["input_ids"].tolist() == [[5, 6, 8]] and sub["response_mask"].tolist() == [[0, 1]]
     assert split_rows(5, 2) == [[0, 1, 2], [3, 4]] and split_rows(1, 3) == [[0], [], []]
+
+
+def test_engine_mismatch_kl_is_k3_of_the_engines_samples():
+    import math
+
+    from rayrlhf.driver.ppo_math import engine_mismatch_kl
+
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    trainer = torch.tensor([[math.log(0.5), math.log(0.3), 5.0]])
+    engine = torch.tensor([[math.log(0.25), math.log(0.3), -5.0]])  # the masked column never counts
+    # Token 1: r = 0.5 / 0.25 = 2, k3 = r - 1 - log r = 1 - log 2; token 2: r = 1, k3 = 0.
+    assert engine_mismatch_kl(trainer, engine, mask) == pytest.approx((1 - math.log(2)) / 2, rel=1e-6)
+    assert engine_mismatch_kl(trainer, trainer, mask) == 0.0
+
+
+def test_behaviour_rows_fresh_samples_weigh_one_unless_tis():
+    from rayrlhf.driver.ppo_math import behaviour_for_rows
+
+    engine = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    old = torch.tensor([[-1.5, -2.5], [-3.5, -4.5]])
+    stale = torch.tensor([True, False])
+    assert torch.equal(behaviour_for_rows(engine, old, stale, False), torch.tensor([[-1.0, -2.0], [-3.5, -4.5]]))
+    assert torch.equal(behaviour_for_rows(engine, old, stale, True), engine)
+    mask = torch.ones(2, 2)
+    out = compute_advantages(torch.tensor([1.0, 0.0]), old, old, torch.zeros(2, 2), mask,
+                             behaviour_for_rows(engine, old, stale, False), 0.0, whiten=False, importance_cap=2.0)
+    ref = compute_advantages(torch.tensor([1.0, 0.0]), old, old, torch.zeros(2, 2), mask, None, 0.0, whiten=False)
+    # Row 0 (stale): w = min(exp(old - engine), 2) = exp(-0.5); row 1 (fresh): w = 1 exactly.
+    assert torch.allclose(out["advantages"][0], ref["advantages"][0] * math.exp(-0.5))
+    assert torch.equal(out["advantages"][1], ref["advantages"][1])
