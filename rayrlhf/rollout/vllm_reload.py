@@ -49,10 +49,13 @@ class BufferOnlyReloadFilter(logging.Filter):
 def quiet_buffer_only_layers(worker) -> list[str]:
     """Run in each vLLM worker (``llm.collective_rpc``): filter the reload warning of this
     worker's buffer-only layers; returns their class names."""
+    get_model = getattr(getattr(worker, "model_runner", None), "get_model", None)
+    if get_model is None:  # a worker of another shape: leave the warning as it is
+        return []
     logger = logging.getLogger(RELOAD_LOGGER)
     found = next((f for f in logger.filters if isinstance(f, BufferOnlyReloadFilter)), None)
     if found is None:
         found = BufferOnlyReloadFilter()
         logger.addFilter(found)
-    found.classes |= buffer_only_classes(worker.model_runner.get_model())
+    found.classes |= buffer_only_classes(get_model())
     return sorted(found.classes)

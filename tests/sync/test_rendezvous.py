@@ -99,6 +99,10 @@ def test_a_local_group_is_hosted_on_loopback_and_groups_never_share_a_port(clust
     ray.kill(worker)
 
 
+class _Bare:
+    pass
+
+
 def test_a_member_on_another_node_gets_the_nodes_address(cluster):
     from rayrlhf.placement.actors import group_address, node_id
 
@@ -110,7 +114,3 @@ def test_a_member_on_another_node_gets_the_nodes_address(cluster):
     addr, node_ip = ray.get(probe.__ray_call__.remote(address, "f" * 56))
     assert addr == node_ip
     ray.kill(probe)
-
-
-class _Bare:
-    pass
