@@ -10,7 +10,6 @@ the same bucket layout from the metadata (names, shapes, dtypes) sent once throu
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 from datetime import timedelta
 
@@ -51,32 +50,48 @@ def _numel(shape) -> int:
     return n
 
 
-def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0):
-    """A process group of its own (not the default one): rank 0 hosts the store."""
+def make_group(backend: str, addr: str, port: int, rank: int, world: int, timeout_s: float = 300.0,
+               store: dist.TCPStore | None = None):
+    """A process group of its own (not the default one): rank 0 hosts the store, ``store`` when
+    given (``host_store``), else one it starts at addr:port."""
     timeout = timedelta(seconds=timeout_s)
-    store = make_store(addr, port, world, rank == 0, timeout)
+    if store is None:
+        store = make_store(addr, port, world, rank == 0, timeout)
     if backend == "nccl":
         return dist.ProcessGroupNCCL(store, rank, world)
     return dist.ProcessGroupGloo(store, rank, world, timeout)
 
 
+def host_store(addr: str, timeout: timedelta) -> dist.TCPStore:
+    """Rank 0's TCPStore, listening on ``addr`` only, on a port the OS picks (``store.port``).
+    The socket listens before anyone learns the port, so no other process can take the port
+    between choosing it and using it; keep the store and pass it to the group (``make_group``,
+    ``init_process_group(store=...)``)."""
+    return _listening_store(addr, 0, None, timeout)
+
+
 def make_store(addr: str, port: int, world: int, is_master: bool, timeout: timedelta) -> dist.TCPStore:
-    """A TCPStore at addr:port. Torch's server listens on every interface; on a loopback
-    address (a local cluster) the master listens on that address only."""
-    if not (is_master and _is_loopback(addr)):
-        return dist.TCPStore(addr, port, world, is_master, timeout=timeout)
-    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((addr, port))
-    sock.listen(128)
-    return dist.TCPStore(addr, port, world, True, timeout=timeout, master_listen_fd=sock.detach())
+    """A TCPStore at addr:port; the master listens on that address only (torch's own server
+    would listen on every interface)."""
+    if not is_master:
+        return dist.TCPStore(addr, port, world, False, timeout=timeout)
+    return _listening_store(addr, port, world, timeout)
 
 
-def _is_loopback(addr: str) -> bool:
+def _listening_store(addr: str, port: int, world: int | None, timeout: timedelta) -> dist.TCPStore:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return addr == "localhost"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+    # Clients may connect at any time from now on; the group, not the store, waits for them.
+    return dist.TCPStore(addr, port, world, True, timeout=timeout, wait_for_workers=False,
+                         master_listen_fd=sock.detach())
 
 
 def send(group, named_tensors: dict[str, torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> int:

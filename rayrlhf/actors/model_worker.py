@@ -86,21 +86,41 @@ class ModelWorker:
     def __repr__(self) -> str:
         return f"ModelWorker({self.name})"
 
-    # -- process group ---------------------------------------------------------------------
-    def node_address(self) -> str:
-        import ray
+    # -- process groups ----------------------------------------------------------------------
+    def host_group(self, purpose: str, member_nodes: list[str] | None = None) -> tuple[str, int]:
+        """Rank 0 of a group: start the group's TCPStore and return (address, port) for the
+        members. ``purpose`` is "train" (this role's group, ``setup_group``) or "broadcast"
+        (``join_broadcast``). The store listens, on a port the OS picked, before the port is
+        returned, and this actor keeps it for the group: no other process can take the port in
+        between, and two groups created back to back never get the same one. The address is
+        127.0.0.1 when all ``member_nodes`` (Ray node ids) are this actor's node, else the
+        node's IP (``rayrlhf.placement.actors.group_address``); the store listens on it only."""
+        from datetime import timedelta
 
-        return ray.util.get_node_ip_address()
+        from rayrlhf.placement.actors import group_address
+        from rayrlhf.weight_sync import host_store
 
-    def free_port(self) -> int:
-        from rayrlhf.placement.actors import free_addr_port
+        if purpose not in ("train", "broadcast"):
+            raise ValueError(f"purpose {purpose!r}: expected 'train' or 'broadcast'")
+        addr = group_address(member_nodes)
+        store = host_store(addr, timedelta(minutes=10) if purpose == "train" else timedelta(seconds=300))
+        self._hosted = {**getattr(self, "_hosted", {}), purpose: store}
+        return addr, store.port
 
-        return free_addr_port(loopback=False)[1]
+    def _hosted_store(self, purpose: str, port: int):
+        """The store ``host_group`` started for ``purpose`` on ``port`` (handed over once), or None."""
+        hosted = getattr(self, "_hosted", {})
+        store = hosted.get(purpose)
+        if store is None or store.port != port:
+            return None
+        del hosted[purpose]
+        return store
 
     def setup_group(self, master_addr: str, master_port: int) -> bool:
         """Join the role's torch.distributed process group (NCCL for CUDA tensors, gloo on
         CPU), then build the engine on it; each actor is its own process, so the default group
-        is this role's group."""
+        is this role's group. Rank 0 uses the store ``host_group("train")`` started, if any,
+        else starts one at master_addr:master_port."""
         from datetime import timedelta
 
         from rayrlhf.engine.device import backend_for, resolve_device
@@ -110,8 +130,9 @@ class ModelWorker:
         device = resolve_device(s.wants_gpu, s.role, s.config_key, s.fake_gpus)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        # Our own store, so that on a local cluster rank 0 listens on loopback only.
-        store = make_store(master_addr, master_port, self.world, self.rank == 0, timedelta(minutes=10))
+        store = self._hosted_store("train", master_port) if self.rank == 0 else None
+        if store is None:
+            store = make_store(master_addr, master_port, self.world, self.rank == 0, timedelta(minutes=10))
         dist.init_process_group(backend_for(device), store=store, rank=self.rank, world_size=self.world)
         self._build_engine()
         return True
@@ -225,10 +246,11 @@ class ModelWorker:
         return weights, weights_checksum(weights) if self.rank == 0 else ""
 
     def join_broadcast(self, addr: str, port: int, world: int, backend: str = "gloo") -> bool:
-        """Rank 0 of the weight-broadcast group to the rollout workers (``rayrlhf.weight_sync``)."""
+        """Rank 0 of the weight-broadcast group to the rollout workers (``rayrlhf.weight_sync``),
+        on the store ``host_group("broadcast")`` started, if any."""
         from rayrlhf.weight_sync import make_group
 
-        self._bcast = make_group(backend, addr, port, 0, world)
+        self._bcast = make_group(backend, addr, port, 0, world, store=self._hosted_store("broadcast", port))
         return True
 
     def weights_meta(self) -> list:

@@ -324,9 +324,14 @@ class RolloutFleet:
 
     def setup_broadcast(self, trainer, backend: str) -> None:
         """A collective group: trainer rank 0 plus every live worker (NCCL on GPUs, gloo on CPU)."""
-        addr = get(trainer.node_address.remote(), self.timeout, "policy/0 in phase broadcast setup")
-        port = get(trainer.free_port.remote(), self.timeout, "policy/0 in phase broadcast setup")
+        from rayrlhf.placement.actors import node_id
+
         live = self._live()
+        nodes = get([m.actor.__ray_call__.remote(node_id) for m in live], self.timeout,
+                    "rollout workers in phase broadcast setup")
+        # The trainer starts the group's store first and keeps it: on one node it listens on 127.0.0.1.
+        addr, port = get(trainer.host_group.remote("broadcast", nodes), self.timeout,
+                         "policy/0 in phase broadcast setup")
         world = len(live) + 1
         refs = [trainer.join_broadcast.remote(addr, port, world, backend)]
         refs += [m.actor.join_broadcast.remote(addr, port, rank + 1, world, backend) for rank, m in enumerate(live)]

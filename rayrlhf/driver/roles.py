@@ -130,8 +130,9 @@ def _threads(res, role: str) -> int:
 def _join_group(group) -> None:
     if group.world_size == 1:
         return
-    addr = ray.get(group.actors[0].node_address.remote())
-    port = ray.get(group.actors[0].free_port.remote())
+    # Rank 0 starts the store first and keeps it: on one node it listens on 127.0.0.1.
+    nodes = [w["node_id"] for w in group.where()]
+    addr, port = ray.get(group.actors[0].host_group.remote("train", nodes))
     ray.get([a.setup_group.remote(addr, port) for a in group.actors])
 
 

@@ -65,8 +65,28 @@ def _bundle_index(pg_id: str | None) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
+def group_address(member_nodes: list[str] | None = None) -> str:
+    """The address rank 0 of a collective group hosts its store on (call inside rank 0's actor):
+    127.0.0.1 when every member runs on this node, so nothing listens beyond loopback, else
+    this node's IP. ``member_nodes``: the Ray node ids of the members; None: judged by the
+    cluster (a cluster of one node is local)."""
+    if member_nodes is None:
+        local = sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+    else:
+        here = ray.get_runtime_context().get_node_id()
+        local = all(n == here for n in member_nodes)
+    return "127.0.0.1" if local else ray.util.get_node_ip_address()
+
+
+def node_id(_actor=None) -> str:
+    """The Ray node id of the calling worker; of any actor with ``actor.__ray_call__.remote(node_id)``."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def free_addr_port(loopback: bool = False) -> tuple[str, int]:
-    """An address of this node and a port free on it right now (call inside the rank-0 actor)."""
+    """An address of this node and a port free on it right now (call inside the rank-0 actor).
+    Another process may take the port before rank 0 listens on it; ``ModelWorker.host_group``
+    avoids that by starting the store first."""
     addr = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((addr, 0))
@@ -104,11 +124,16 @@ class Probe:
 
     def all_reduce_rank(self, addr: str, port: int, backend: str = "gloo") -> int:
         """Join a torch.distributed group at addr:port and return the sum of all ranks."""
+        from datetime import timedelta
+
         import torch
         import torch.distributed as dist
 
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank,
-                                world_size=self.world_size)
+        from rayrlhf.weight_sync import make_store
+
+        # Rank 0's store listens on addr only (init_method="tcp://" would listen on every interface).
+        store = make_store(addr, port, self.world_size, self.rank == 0, timedelta(seconds=60))
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
         try:
             t = torch.tensor([float(self.rank)])
             dist.all_reduce(t)

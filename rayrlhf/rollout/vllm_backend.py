@@ -18,6 +18,7 @@ from rayrlhf.rollout.checksum import weights_checksum
 from rayrlhf.rollout.common import SeedCounter, complete_tied_weights, derive_seed, nbytes, start_call
 from rayrlhf.rollout.config import RolloutSection
 from rayrlhf.rollout.types import Sample
+from rayrlhf.rollout.vllm_reload import quiet_buffer_only_layers
 
 
 @contextlib.contextmanager
@@ -80,6 +81,8 @@ class VLLMBackend:
                 logprobs_mode="processed_logprobs",
                 **extra,
             )
+        # Each sync's reload would warn about the rotary embedding's cache (vllm_reload).
+        self.llm.collective_rpc(quiet_buffer_only_layers)
         hf_config = self.llm.llm_engine.model_config.hf_text_config
         self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.version = 0

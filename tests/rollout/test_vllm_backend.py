@@ -4,13 +4,14 @@ One engine per model for the whole module: an in-process engine starts in a few 
 its first logprobs request costs a few more.
 """
 import dataclasses
+import logging
 
 import pytest
 import torch
 
 from rayrlhf.rollout import RolloutSection, probe_matches, weights_checksum
-from tests.rollout.conftest import (SPEC, greedy, load_model, reference_logprobs, requires_vllm,
-                                    weights_that_change_greedy)
+from tests.rollout.conftest import (SPEC, greedy, load_model, perturbed_state_dict, reference_logprobs,
+                                    requires_vllm, weights_that_change_greedy)
 
 pytestmark = requires_vllm
 
@@ -130,6 +131,43 @@ def test_reload_changes_outputs_to_the_new_weights(engine, policy_dir, prompts, 
     finally:
         engine.load_weights(original, version=0)
     assert [s.response_ids for s in engine.generate(prompts)] == [s.response_ids for s in before]
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_sync_warns_only_about_layers_left_without_weights(engine, policy_dir, prompts):
+    """vLLM's reload counts the rotary embedding's cos/sin cache (a buffer it derives from the
+    config, in no checkpoint) as a weight and warned at every sync that the layer got none; a
+    layer with parameters that gets no weights still warns."""
+    from rayrlhf.rollout.vllm_reload import RELOAD_LOGGER
+
+    trainer = load_model(policy_dir)
+    original = {k: v.clone() for k, v in trainer.state_dict().items()}
+    trainer.load_state_dict(perturbed_state_dict(trainer, seed=7))
+    sent = trainer.state_dict()
+    assert not any("rotary" in k for k in sent)  # the trainer sends no rotary tensor
+    seq = prompts[3] + [5, 6, 7]
+    records = Records()
+    logger = logging.getLogger(RELOAD_LOGGER)
+    logger.addHandler(records)
+    try:
+        report = engine.load_weights(sent, version=5)
+        assert records.messages == []
+        assert report["checksum"] == weights_checksum(sent)
+        ok, diff = probe_matches(engine.probe_logprobs(seq), reference_logprobs(trainer, seq[:1], seq[1:]), 1e-4)
+        assert ok, diff
+        engine.load_weights({k: v for k, v in sent.items() if k != "model.norm.weight"}, version=6)
+        assert records.messages == ["RMSNorm: Failed to load weights"]
+    finally:
+        logger.removeHandler(records)
+        engine.load_weights(original, version=0)
 
 
 @pytest.fixture(scope="module")
