@@ -207,7 +207,7 @@ class RSDriver:
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
-                                 self.timeout)
+                                 self.timeout, self.cfg.eval, self.run_dir)
         self.samples["after"] = examples
         return out
 
