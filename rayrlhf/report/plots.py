@@ -127,6 +127,9 @@ def best_of_k(name: str, curve: dict, ppo_stages: list[dict], path: str) -> bool
     right = ax.twinx()
     if gold:
         right.plot(kl, gold, "s-", ms=4, color="tab:orange", label="gold reward of best of K (proxy-selected)")
+        low, high = ((curve.get(f"gold_ci_{end}") or {}).get("reward") for end in ("low", "high"))
+        if low and high and len(low) == len(high) == len(kl):
+            right.fill_between(kl, low, high, color="tab:orange", alpha=0.2, label="its interval over prompts")
     for s in ppo_stages:  # PPO's held-out gold at the KL its training samples had at that step
         if interval_points(s["evals"], "eval/gold_reward", _kl_of)[0]:
             _held_out(right, s["evals"], "eval/gold_reward", "x:", _kl_of, color="tab:red",

@@ -217,7 +217,8 @@ def _best_of_k(run: dict, plots: dict) -> list:
     out.append(("p", "For each K, the expected proxy and gold reward of the response the reward models pick "
                      "among K samples, against the analytic KL of best-of-K sampling, log K − (K−1)/K nats "
                      "(Gao et al. 2022). Where the gold reward stops following the proxy reward, selecting "
-                     "harder on the reward models over-optimises them."))
+                     "harder on the reward models over-optimises them. Square brackets: the interval of a gold "
+                     "figure, a percentile bootstrap over the curve's prompts."))
     for name, c in run["curves"].items():
         out.append(("h", 3, f"{name}: {c.get('prompts')} prompts × {c.get('samples_per_prompt')} samples"))
         if (name, "best_of_k") in plots:
@@ -225,16 +226,37 @@ def _best_of_k(run: dict, plots: dict) -> list:
         gold, ks = c.get("gold") or {}, c.get("k") or []
         # Every K when there are few, else the powers of two and the largest K.
         show = [i for i, k in enumerate(ks) if len(ks) <= 12 or k & (k - 1) == 0 or i == len(ks) - 1]
-        rows = [[str(ks[i]), _num(c["kl_nats"][i])] + [_num(v[i]) if i < len(v or []) else "—" for v in
-                (c.get("proxy"), gold.get("reward"), gold.get("helpfulness"), gold.get("safety"))] for i in show]
+        low, high = c.get("gold_ci_low") or {}, c.get("gold_ci_high") or {}
+
+        def cell(name, i):
+            v = c.get("proxy") if name is None else gold.get(name)
+            if i >= len(v or []):
+                return "—"
+            lo, hi = (low.get(name), high.get(name)) if name else (None, None)
+            return _fig(v[i], (lo[i], hi[i]) if lo and hi and i < min(len(lo), len(hi)) else None)
+
+        rows = [[str(ks[i]), _num(c["kl_nats"][i])] + [cell(name, i) for name in
+                (None, "reward", "helpfulness", "safety")] for i in show]
         out.append(("table", ["K", "KL (nats)", "proxy reward", "gold reward", "gold helpfulness", "gold safety"],
                     rows))
         p = c["gold_peak_index"]
         if p is not None:
             where = f"K={ks[p]} ({_num(c['kl_nats'][p], '.2f')} nats)"
-            out.append(("p", f"The gold reward still rises at the largest K tried, {where}: no over-optimisation in "
-                             "this range." if p == len(ks) - 1 else f"The gold reward peaks at {where} and falls for "
-                             "larger K while the proxy keeps rising: over-optimisation beyond that point."))
+            drop = (c.get("gold_last_minus_peak") or {}).get("reward")
+            if p == len(ks) - 1:
+                said = f"The gold reward still rises at the largest K tried, {where}: no over-optimisation in this range."
+            elif not drop:
+                said = (f"The gold reward peaks at {where} and falls for larger K while the proxy keeps rising: "
+                        "over-optimisation beyond that point.")
+            elif drop[2] < 0:
+                said = (f"The gold reward peaks at {where} and is lower at the largest K, K={ks[-1]}, by "
+                        f"{_change(drop)} (paired over prompts) while the proxy keeps rising: over-optimisation "
+                        "beyond the peak.")
+            else:
+                said = (f"The gold reward peaks at {where}; at the largest K, K={ks[-1]}, it differs from the peak by "
+                        f"{_change(drop)} (paired over prompts), an interval that includes 0, so this run does not "
+                        "show it falling past the peak.")
+            out.append(("p", said))
     return out
 
 

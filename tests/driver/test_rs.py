@@ -103,13 +103,21 @@ def test_each_round_keeps_the_best_of_k_and_fine_tunes_on_it(reference_run):
 
 
 def test_best_of_k_curve(reference_run):
-    run_dir, _ = reference_run
+    run_dir, summary = reference_run
     curve = json.load(open(os.path.join(run_dir, "best_of_k_curve.json")))
     assert curve["k"] == list(range(1, CURVE_K + 1)) and curve["prompts"] == EVAL
     assert curve["kl_nats"] == pytest.approx([math.log(k) - (k - 1) / k for k in curve["k"]])
     # the expected best of k never falls as k grows; gold is reported beside it
     assert all(b >= a - 1e-9 for a, b in zip(curve["proxy"], curve["proxy"][1:]))
     assert len(curve["gold"]["helpfulness"]) == CURVE_K
+    # each gold figure within its bootstrap interval over the curve's prompts; the same in summary.json
+    gold, low, high = (curve[f]["helpfulness"] for f in ("gold", "gold_ci_low", "gold_ci_high"))
+    assert all(lo <= g <= hi for g, lo, hi in zip(gold, low, high)) and len(low) == len(high) == CURVE_K
+    at = f"curve/gold_helpfulness@{CURVE_K}"
+    assert [summary[at + s] for s in ("", "_ci_low", "_ci_high")] == [gold[-1], low[-1], high[-1]]
+    peak = max(range(CURVE_K), key=gold.__getitem__)
+    drop, lo, hi = curve["gold_last_minus_peak"]["helpfulness"]
+    assert drop == pytest.approx(gold[-1] - gold[peak]) and lo <= drop <= hi
 
 
 def test_resume_after_a_crash_inside_a_round_is_exact(world, reference_run, tmp_path, capfd):

@@ -99,6 +99,8 @@ def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
             _json(os.path.join(run, "rs1", "best_of_k_curve.json"),
                   {"k": ks, "kl_nats": [math.log(k) - (k - 1) / k for k in ks], "proxy": [0.0, 0.4, 0.6, 0.7],
                    "gold": {"reward": [0.5, 0.56, 0.58, 0.57], "helpfulness": [0.4] * 4, "safety": [0.9] * 4},
+                   "gold_ci_low": {"reward": [0.4, 0.5, 0.52, 0.5]}, "gold_ci_high": {"reward": [0.6, 0.62, 0.64, 0.63]},
+                   "gold_last_minus_peak": {"reward": [-0.01, -0.03, 0.01]},
                    "prompts": 16, "samples_per_prompt": 4, "policy": "runs/x/sft/export"})
     if ppo:
         stages["ppo"] = _policy_summary("ppo", RS_EVAL if rs else SFT_EVAL, PPO_EVAL, CI["RS" if rs else "SFT"],
@@ -232,9 +234,12 @@ def test_rejection_sampling_and_best_of_k(full_report):
     # round, K, mean, median, max, max - median, kept proxy, kept gold, all-K gold, held-out gold, loss
     assert _row(page, "2", after="<th>round</th>") == ["2", "4", "0.200", "0.200", "0.700", "0.500", "0.650",
                                                        "0.620", "0.520", "0.560 [0.410, 0.710]", "0.300"]
-    assert _row(page, "3", after="<th>K</th>") == ["3", "0.432", "0.600", "0.580", "0.400", "0.900"]  # best-of-K table
-    assert _row(page, "4", after="<th>K</th>")[1:4] == ["0.636", "0.700", "0.570"]
-    assert "peaks at K=3 (0.43 nats)" in page
+    assert _row(page, "3", after="<th>K</th>") == ["3", "0.432", "0.600", "0.580 [0.520, 0.640]", "0.400",
+                                                   "0.900"]  # best-of-K table
+    assert _row(page, "4", after="<th>K</th>")[1:4] == ["0.636", "0.700", "0.570 [0.500, 0.630]"]
+    assert ("The gold reward peaks at K=3 (0.43 nats); at the largest K, K=4, it differs from the peak by -0.010 "
+            "[-0.030, +0.010] (paired over prompts), an interval that includes 0, so this run does not show it "
+            "falling past the peak.") in page
 
 
 def test_ppo_and_samples_escaped(full_report):
@@ -277,3 +282,23 @@ def test_rewrite_replaces_old_report_and_cli(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == os.path.join(run, "report", "index.html")
     assert sorted(os.listdir(os.path.join(run, "report"))) == ["index.html", "report.md", "sft_loss.png"]
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("drop,said", [
+    ([-0.02, -0.03, -0.01], "The gold reward peaks at K=2 (0.19 nats) and is lower at the largest K, K=3, by -0.020 "
+                            "[-0.030, -0.010] (paired over prompts) while the proxy keeps rising: over-optimisation "
+                            "beyond the peak."),
+    (None, "The gold reward peaks at K=2 (0.19 nats) and falls for larger K while the proxy keeps rising: "
+           "over-optimisation beyond that point."),
+])
+def test_best_of_k_claims_a_fall_past_the_peak_only_when_its_interval_is_below_zero(drop, said):
+    from rayrlhf.report.collect import _curve
+    from rayrlhf.report.sections import _best_of_k
+
+    ks = [1, 2, 3]
+    curve = {"k": ks, "kl_nats": [math.log(k) - (k - 1) / k for k in ks], "proxy": [0.0, 0.4, 0.6],
+             "gold": {"reward": [0.5, 0.6, 0.58]}, "prompts": 16, "samples_per_prompt": 3}
+    if drop:
+        curve["gold_last_minus_peak"] = {"reward": drop}
+    blocks = _best_of_k({"curves": {"rs": _curve(curve)}}, {})
+    assert ("p", said) in blocks
