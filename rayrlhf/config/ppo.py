@@ -56,6 +56,31 @@ class PromptDataSection:
 
 
 @dataclass
+class EvalSection:
+    """The held-out evaluation: samples per prompt and the bootstrap of its intervals."""
+
+    samples_per_prompt: int = 4
+    """Responses sampled per held-out prompt at each evaluation (the rollout fleet's n), with the
+    same seeds every time; a prompt's figure is the mean over its samples."""
+    bootstrap: int = 2000
+    """Resamples of the held-out prompts for each interval (percentile bootstrap)."""
+    interval: float = 0.95
+    """Coverage of the intervals: every held-out figure f gets f_ci_low and f_ci_high."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.samples_per_prompt < 1:
+            out.append(f"samples_per_prompt: must be at least 1, got {self.samples_per_prompt}")
+        if self.bootstrap < 1:
+            out.append(f"bootstrap: must be at least 1, got {self.bootstrap}")
+        if not 0.0 < self.interval < 1.0:
+            out.append(f"interval: must be in (0, 1), got {self.interval}")
+        return out
+
+
+@dataclass
 class RewardSourceSection:
     name: str = ""
     """Name of the source: its metric key reward/<name> and its key in the combination."""
@@ -188,7 +213,7 @@ class PPOSection:
     engine and the trainer round differently, while stale weights differ by far more)."""
     eval_every: int = 10
     """Evaluate on the held-out prompts every N iterations (and before the first, and at the end):
-    one sample per prompt at the rollout temperature, with the same seed each time."""
+    eval.samples_per_prompt samples per prompt at the rollout temperature, the same seeds each time."""
     checkpoint_every: int = 10
     """Checkpoint every N iterations (and at the end)."""
     keep_checkpoints: int = 2
@@ -244,6 +269,7 @@ class PPOConfig:
     combine: CombineSection = field(default_factory=CombineSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     ppo: PPOSection = field(default_factory=PPOSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     run: RunSection = field(default_factory=RunSection)
 

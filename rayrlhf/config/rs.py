@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rayrlhf.config.ppo import (CombineSection, PromptDataSection, RewardSourceSection, check_reward_sources,
-                                check_rollout_matches)
+from rayrlhf.config.ppo import (CombineSection, EvalSection, PromptDataSection, RewardSourceSection,
+                                check_reward_sources, check_rollout_matches)
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import ModelSection, RunSection
 from rayrlhf.rollout.config import RolloutSection
@@ -80,6 +80,7 @@ class RSConfig:
     """Gold reward functions ("module:callable") reported as gold/<name>, never selected on."""
     rollout: RolloutSection = field(default_factory=RolloutSection)
     rs: RSSection = field(default_factory=RSSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     run: RunSection = field(default_factory=RunSection)
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from rayrlhf import checkpoint as ckpt
+from rayrlhf.algo.intervals import is_interval_key
 from rayrlhf.driver.controller import restore_fleet_size
 from rayrlhf.driver.fleet import get
 from rayrlhf.utils.fs import atomic_write_json, read_json
@@ -68,8 +69,10 @@ def sync_policy(roles, version: int, prompt_ids: list[list[int]], timeout: float
 
 
 def add_gains(summary: dict) -> dict:
-    """``gain/<x> = eval/<x> - before/<x>`` for every held-out figure measured both times."""
-    for key in [k for k in summary if k.startswith("eval/")]:
+    """``gain/<x> = eval/<x> - before/<x>`` for every held-out figure measured both times (not
+    for their interval bounds: a gain's interval comes from the paired per-prompt differences,
+    ``rayrlhf.driver.scoring.gain_intervals``)."""
+    for key in [k for k in summary if k.startswith("eval/") and not is_interval_key(k)]:
         name = key.split("/", 1)[1]
         if f"before/{name}" in summary:
             summary[f"gain/{name}"] = summary[key] - summary[f"before/{name}"]

@@ -292,7 +292,7 @@ class PPODriver:
     def evaluate(self) -> dict:
         """Proxy and gold rewards of the current policy on the held-out prompts."""
         out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
-                                 self.timeout)
+                                 self.timeout, self.cfg.eval, self.run_dir)
         self.samples["after"] = examples
         return out
 

@@ -40,8 +40,10 @@ def prepare_run(cfg, resume: bool, default_name: str):
 
 
 def run_policy_stage(cfg, resume: bool, default_name: str, build_roles, driver_class) -> dict:
-    """Validate, place the actors ``build_roles`` names, run ``driver_class``'s loop, and write
-    its held-out generations before and after; the actors are removed whatever happens."""
+    """Validate, place the actors ``build_roles`` names, run ``driver_class``'s loop, add the
+    paired intervals of its held-out gains to summary.json, and write its held-out generations
+    before and after; the actors are removed whatever happens."""
+    from rayrlhf.driver.scoring import add_gain_intervals
     from rayrlhf.utils.ray_init import ensure_ray
 
     run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, default_name)
@@ -49,7 +51,7 @@ def run_policy_stage(cfg, resume: bool, default_name: str, build_roles, driver_c
     roles = build_roles(cfg, os.path.basename(run_dir))
     try:
         driver = driver_class(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
-        summary = driver.fit(resume=resume)
+        summary = add_gain_intervals(run_dir, driver.fit(resume=resume))
         if driver.samples:
             atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
         return summary

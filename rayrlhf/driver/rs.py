@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
-from rayrlhf.config.ppo import PROBE_ATOL
+from rayrlhf.config.ppo import PROBE_ATOL, EvalSection
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
+from rayrlhf.algo.intervals import interval, interval_keys, paired_interval
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
                                    sync_policy)
 from rayrlhf.driver.controller import ScalingControl
@@ -207,14 +208,15 @@ class RSDriver:
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
-                                 self.timeout)
+                                 self.timeout, self.cfg.eval, self.run_dir)
         self.samples["after"] = examples
         return out
 
     def best_of_k_curve(self) -> dict:
         """Expected proxy and gold reward of best-of-k, k = 1..curve_k, on held-out prompts."""
         return best_of_k_curve(self.roles, self.cfg.combine, self.gold, self.eval_prompts[: self.r.curve_prompts],
-                               self.eval_ids[: self.r.curve_prompts], self.r.curve_k, self.timeout, self.run_dir)
+                               self.eval_ids[: self.r.curve_prompts], self.r.curve_k, self.timeout, self.run_dir,
+                               self.cfg.eval)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _checkpoint(self, rnd: int, summary: dict) -> None:
@@ -233,9 +235,12 @@ class RSDriver:
 
 
 def best_of_k_curve(roles, combine, gold_fns: dict, eval_prompts: list, eval_ids: list[list[int]], n: int,
-                    timeout: float, out_dir: str | None = None) -> dict:
+                    timeout: float, out_dir: str | None = None, ev: EvalSection | None = None) -> dict:
     """Sample ``n`` responses per prompt once; the unbiased best-of-k estimator
-    (``expected_best_of_k``) then gives every k <= n. Writes best_of_k_curve.json to ``out_dir``."""
+    (``expected_best_of_k``) then gives every k <= n, each gold figure with its bootstrap
+    interval over prompts (``ev``'s settings; ``gold_ci_low``, ``gold_ci_high``). Writes
+    best_of_k_curve.json to ``out_dir``."""
+    ev = ev or EvalSection()
     if not eval_prompts:
         return {}
     parts = get(roles.eval_generate(eval_ids, n=n, purpose=CURVE_PURPOSE), timeout, "rollout in phase curve")
@@ -253,13 +258,23 @@ def best_of_k_curve(roles, combine, gold_fns: dict, eval_prompts: list, eval_ids
     subsets = {"": torch.ones(P, dtype=torch.bool)}
     if 0 < int(unsafe.sum()) < P:
         subsets.update({"@safe": ~unsafe, "@unsafe": unsafe})
+    curve.update(gold_ci_low={}, gold_ci_high={}, gold_last_minus_peak={})
     for name, v in scored.gold.items():
         values = torch.tensor(v).reshape(P, n)
         for tag, rows in subsets.items():
-            curve["gold"][name + tag] = [float(expected_best_of_k(proxy[rows], k, values[rows]).mean()) for k in ks]
+            per_prompt = [expected_best_of_k(proxy[rows], k, values[rows]).tolist() for k in ks]
+            per_k = [interval(x, ev.interval, ev.bootstrap, ev.seed) for x in per_prompt]
+            for field_name, i in (("gold", 0), ("gold_ci_low", 1), ("gold_ci_high", 2)):
+                curve[field_name][name + tag] = [c[i] for c in per_k]
+            # Whether the gold reward falls past its peak: the largest k against the peak, paired by prompt.
+            peak = max(range(len(ks)), key=lambda i: per_k[i][0])
+            curve["gold_last_minus_peak"][name + tag] = list(
+                paired_interval(per_prompt[-1], per_prompt[peak], ev.interval, ev.bootstrap, ev.seed))
     if out_dir:
         atomic_write_json(os.path.join(out_dir, "best_of_k_curve.json"), curve)
     out = {"curve/proxy@1": curve["proxy"][0], f"curve/proxy@{n}": curve["proxy"][-1]}
-    for name, v in ((k, v) for k, v in curve["gold"].items() if "@" not in k):
-        out.update({f"curve/gold_{name}@1": v[0], f"curve/gold_{name}@{n}": v[-1]})
+    for name in (k for k in curve["gold"] if "@" not in k):
+        for at, i in (("1", 0), (str(n), -1)):
+            out.update(interval_keys(f"curve/gold_{name}@{at}", curve["gold"][name][i], curve["gold_ci_low"][name][i],
+                                     curve["gold_ci_high"][name][i]))
     return out

@@ -62,7 +62,7 @@ def run_best_of_k(cfg) -> dict:
             summary.update(best_of_k_curve(
                 roles, cfg.combine, gold, eval_prompts[: cfg.rs.curve_prompts],
                 [render_prompt(tokenizer, r.prompt) for r in eval_prompts[: cfg.rs.curve_prompts]],
-                cfg.rs.curve_k, cfg.rs.call_timeout_s, run_dir))
+                cfg.rs.curve_k, cfg.rs.call_timeout_s, run_dir, cfg.eval))
         atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
         return summary
     finally:

@@ -10,6 +10,7 @@ import os
 
 import yaml
 
+from rayrlhf.algo.intervals import CI_HIGH, CI_LOW, paired_interval
 from rayrlhf.utils.fs import read_json
 
 # Llama 2's margin levels, most to least separated (Table 8's column order).
@@ -59,8 +60,18 @@ def _stage_summaries(run_dir: str) -> dict:
     return {name: top[name] for name in order + [n for n in top if n not in order]}
 
 
-def _policy_row(label: str, summary: dict, prefix: str) -> dict:
-    return {"label": label, **{k: summary.get(f"{prefix}/{k}") for k in POLICY_KEYS}}
+def _policy_row(label: str, summary: dict, prefix: str, per_prompt: dict | None, heldout: dict | None) -> dict:
+    """A policy's held-out figures, their intervals ``ci`` (None where the run has none), and
+    the per-prompt figures and evaluation settings that paired comparisons need."""
+    return {"label": label, **{k: summary.get(f"{prefix}/{k}") for k in POLICY_KEYS},
+            "ci": {k: interval_of(summary, f"{prefix}/{k}") for k in POLICY_KEYS},
+            "per_prompt": per_prompt or {}, "heldout": heldout}
+
+
+def interval_of(row: dict, key: str) -> tuple[float, float] | None:
+    """(low, high) of figure ``key`` in a summary or metrics row, None when it has no interval."""
+    low, high = row.get(key + CI_LOW), row.get(key + CI_HIGH)
+    return (low, high) if isinstance(low, (int, float)) and isinstance(high, (int, float)) else None
 
 
 def load_run(run_dir: str) -> dict:
@@ -74,11 +85,14 @@ def load_run(run_dir: str) -> dict:
                        "summary": summary, "metrics": metrics, "policy": _policy_path(folder),
                        "samples": _samples(os.path.join(folder, "samples.json")),
                        "curve": _json(os.path.join(folder, "best_of_k_curve.json")),
+                       "heldout": _json(os.path.join(folder, "heldout.json")),
                        "steps": [r for r in metrics if r.get("step", 0) >= 1],
                        "evals": [r for r in metrics if "eval/gold_reward" in r or "eval/reward" in r]})
     policy_stages = [s for s in stages if s["kind"] in POLICY_KINDS and not s["summary"].get("unfinished")]
+    policies = _policies(policy_stages)
     return {"name": os.path.basename(os.path.abspath(run_dir)), "run_dir": os.path.abspath(run_dir),
-            "stages": stages, "policies": _policies(policy_stages),
+            "stages": stages, "policies": policies,
+            "comparisons": _comparisons(policies),
             "rm_rows": [_rm_row(s) for s in stages if s["kind"] == "rm" and "eval/accuracy" in s["summary"]],
             "curves": {s["name"]: _curve(s["curve"]) for s in stages if s["curve"]}}
 
@@ -97,16 +111,37 @@ def _policy_path(folder: str) -> str | None:
 
 def _policies(stages: list[dict]) -> list[dict]:
     """Held-out figures of the SFT policy (the first RL stage's ``before/``) and of each RL
-    stage's result, each with its change against SFT under ``delta``."""
+    stage's result, each with its change against SFT under ``delta`` and that change's paired
+    interval under ``delta_ci`` (``paired_change``)."""
     if not stages:
         return []
-    rows = [_policy_row("SFT policy", stages[0]["summary"], "before")]
+    first = stages[0]["heldout"] or {}
+    rows = [_policy_row("SFT policy", stages[0]["summary"], "before", first.get("before"), stages[0]["heldout"])]
     rows += [_policy_row(f"after {s['name']}" + ("" if s["name"] == s["kind"] else f" ({s['kind']})"),
-                         s["summary"], "eval") for s in stages]
+                         s["summary"], "eval", (s["heldout"] or {}).get("after"), s["heldout"]) for s in stages]
     for row in rows:
         row["delta"] = {k: (row[k] - rows[0][k] if row[k] is not None and rows[0][k] is not None else None)
                         for k in POLICY_KEYS}
+        row["delta_ci"] = {k: paired_change(row, rows[0], k) for k in POLICY_KEYS} if row is not rows[0] else {}
     return rows
+
+
+def paired_change(row: dict, base: dict, key: str) -> tuple[float, float, float] | None:
+    """(mean, low, high) of ``row`` minus ``base`` in figure ``key``, prompt by prompt, with the
+    paired bootstrap interval and the later evaluation's settings; None unless both policies
+    were evaluated on the same held-out prompts (the same digest) and kept per-prompt figures."""
+    a, b = row["per_prompt"].get(key), base["per_prompt"].get(key)
+    ha, hb = row["heldout"] or {}, base["heldout"] or {}
+    if a is None or b is None or ha.get("prompt_digest") != hb.get("prompt_digest") or len(a) != len(b):
+        return None
+    return paired_interval(a, b, ha["interval"], ha["bootstrap"], ha["seed"])
+
+
+def _comparisons(rows: list[dict]) -> list[dict]:
+    """Each policy against the one before it (an RL stage against the policy it started from,
+    as far as the order of stages goes), prompt by prompt: ``change`` holds ``paired_change``."""
+    return [{"label": f"{b['label']} against {a['label']}", "after": b["label"], "before": a["label"],
+             "change": {k: paired_change(b, a, k) for k in POLICY_KEYS}} for a, b in zip(rows, rows[1:])]
 
 
 def _rm_row(stage: dict) -> dict:

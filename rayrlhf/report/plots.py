@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
+from rayrlhf.algo.intervals import CI_HIGH, CI_LOW
+
 DPI = 110
 PROXY = "reward (standardised RM score)"
 GOLD = "gold reward (0-1)"
@@ -36,6 +38,31 @@ def _save(fig, axes, path: str) -> bool:
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def interval_points(rows: list[dict], key: str, x_of=lambda r: r.get("step")) -> tuple[list, list, list | None]:
+    """(x, y, yerr) of figure ``key`` in ``rows``: ``yerr`` is [below, above], the distances to
+    ``key_ci_low`` and ``key_ci_high`` (nan, no bar, at a point without them), or None when no
+    point has an interval."""
+    num = (int, float)
+    pts = [(x_of(r), r[key], r.get(key + CI_LOW), r.get(key + CI_HIGH)) for r in rows
+           if isinstance(r.get(key), num) and isinstance(x_of(r), num)]
+    pts = [(x, y, lo, hi) if isinstance(lo, num) and isinstance(hi, num) else (x, y, None, None)
+           for x, y, lo, hi in pts]
+    x, y = [p[0] for p in pts], [p[1] for p in pts]
+    if all(p[2] is None for p in pts):
+        return x, y, None
+    nan = float("nan")
+    return x, y, [[nan if lo is None else v - lo for _, v, lo, _ in pts],
+                  [nan if hi is None else hi - v for _, v, _, hi in pts]]
+
+
+def _held_out(ax, rows: list[dict], key: str, fmt: str, x_of=lambda r: r.get("step"), **style) -> None:
+    """Held-out figure ``key`` with its interval as error bars where the rows have one."""
+    x, y, yerr = interval_points(rows, key, x_of)
+    if yerr is not None and "label" in style:
+        style["label"] += " (bars: interval)"
+    ax.errorbar(x, y, yerr=yerr, fmt=fmt, capsize=3, **style)
 
 
 def sft_loss(stage: dict, path: str) -> bool:
@@ -74,10 +101,16 @@ def rs_gold(stage: dict, path: str) -> bool:
     fig, (ax,) = _figure()
     ax.plot(*_series(rows, "rs/kept_gold_reward"), "D--", label="kept samples (training data)")
     ax.plot(*_series(rows, "rs/all_gold_reward"), "o-", label="all K samples")
-    ax.plot(*evals, "s-", lw=2, label="held-out prompts, policy after the round (0 = before)")
+    _held_out(ax, stage["evals"], "eval/gold_reward", "s-", lw=2,
+              label="held-out prompts, policy after the round (0 = before)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="rejection-sampling round", ylabel=GOLD, title=f"{stage['name']}: gold reward per round")
     return _save(fig, [ax], path)
+
+
+def _kl_of(row: dict):
+    """The KL of a PPO metrics row's training samples; 0 at step 0, the starting policy."""
+    return row.get("kl/per_response", 0.0 if row.get("step") == 0 else None)
 
 
 def best_of_k(name: str, curve: dict, ppo_stages: list[dict], path: str) -> bool:
@@ -94,12 +127,13 @@ def best_of_k(name: str, curve: dict, ppo_stages: list[dict], path: str) -> bool
     right = ax.twinx()
     if gold:
         right.plot(kl, gold, "s-", ms=4, color="tab:orange", label="gold reward of best of K (proxy-selected)")
+        low, high = ((curve.get(f"gold_ci_{end}") or {}).get("reward") for end in ("low", "high"))
+        if low and high and len(low) == len(high) == len(kl):
+            right.fill_between(kl, low, high, color="tab:orange", alpha=0.2, label="its interval over prompts")
     for s in ppo_stages:  # PPO's held-out gold at the KL its training samples had at that step
-        pts = [(r.get("kl/per_response", 0.0 if r.get("step") == 0 else None), r.get("eval/gold_reward"))
-               for r in s["evals"]]
-        pts = [p for p in pts if None not in p]
-        if pts:
-            right.plot(*zip(*pts), "x:", color="tab:red", label=f"{s['name']}: held-out gold (KL to reference)")
+        if interval_points(s["evals"], "eval/gold_reward", _kl_of)[0]:
+            _held_out(right, s["evals"], "eval/gold_reward", "x:", _kl_of, color="tab:red",
+                      label=f"{s['name']}: held-out gold (KL to reference)")
     right.set_ylabel(GOLD, color="tab:orange")
     shown = [i for i, k in enumerate(curve.get("k", [])) if k & (k - 1) == 0 or i == len(kl) - 1]
     top = ax.secondary_xaxis("top")
@@ -118,10 +152,10 @@ def ppo_rewards(stage: dict, path: str) -> bool:
         return False
     fig, (top, bottom) = _figure(nrows=2, height=5.5)
     top.plot(*_series(rows, "rollout/reward_mean"), label="training samples")
-    top.plot(*_series(evals, "eval/reward"), "o", ms=7, color="navy", label="held-out prompts")
+    _held_out(top, evals, "eval/reward", "o", ms=7, color="navy", label="held-out prompts")
     top.set(ylabel=PROXY, title=f"{stage['name']}: proxy and gold reward by PPO iteration")
     bottom.plot(*_series(rows, "gold/reward"), color="tab:orange", label="training samples")
-    bottom.plot(*_series(evals, "eval/gold_reward"), "o", ms=7, color="tab:red", label="held-out prompts")
+    _held_out(bottom, evals, "eval/gold_reward", "o", ms=7, color="tab:red", label="held-out prompts")
     bottom.set(xlabel="PPO iteration (0 = SFT policy)", ylabel=GOLD)
     return _save(fig, [top, bottom], path)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from rayrlhf.report.collect import LEVELS, POLICY_KEYS
+from rayrlhf.report.collect import LEVELS, POLICY_KEYS, interval_of
 
 MAX_SAMPLES = 6
 POLICY_HEADER = ["policy", "gold reward (0-1)", "gold helpfulness (0-1)", "gold safety (0-1)",
@@ -27,8 +27,34 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}%" if _ok(x) else "—"
 
 
-def _with_delta(x, d) -> str:
-    return f"{_num(x)} ({d:+.3f})" if _ok(d) else _num(x)
+def _fig(x, ci=None) -> str:
+    """A figure and its interval: ``0.500 [0.350, 0.650]``."""
+    if not _ok(x):
+        return "—"
+    return f"{_num(x)} [{_num(ci[0])}, {_num(ci[1])}]" if ci and _ok(ci[0]) and _ok(ci[1]) else _num(x)
+
+
+def _change(c) -> str:
+    """A paired change (mean, low, high): ``+0.060 [-0.090, +0.210]``."""
+    return f"{c[0]:+.3f} [{c[1]:+.3f}, {c[2]:+.3f}]"
+
+
+def _policy_cell(row: dict, key: str, first: bool) -> str:
+    if first:
+        return _fig(row[key], row["ci"][key])
+    c, d = row["delta_ci"].get(key), row["delta"][key]
+    delta = f" ({_change(c)})" if c else f" ({d:+.3f})" if _ok(d) else ""
+    return _fig(row[key], row["ci"][key]) + delta
+
+
+def _level(rows: list) -> str:
+    held = next((r["heldout"] for r in rows if r["heldout"]), None)
+    return f"{100 * held['interval']:g}%" if held else "95%"
+
+
+def _shown(c) -> str:
+    """What a paired change (mean, low, high) supports: a rise or fall only if its interval excludes 0."""
+    return "higher" if c[1] > 0 else "lower" if c[2] < 0 else "not distinguishable"
 
 
 def _images(plots: dict, stage: str, names: tuple) -> list:
@@ -48,8 +74,10 @@ def _stage_result(s: dict) -> str:
                 f"{_pct(m.get('eval/gold_accuracy'))}, length baseline {_pct(m.get('eval/length_baseline_accuracy'))})")
     steps = f"{m.get('rounds')} rounds of best-of-{m.get('k')}" if kind == "rs" else f"{m.get('steps')} PPO iterations"
     kl = f", final KL {_num(m.get('last/kl/per_response'), '.2f')} nats" if kind == "ppo" else ""
-    return (f"{steps}: held-out gold reward {_num(m.get('before/gold_reward'))} → {_num(m.get('eval/gold_reward'))}, "
-            f"proxy reward {_num(m.get('before/reward'))} → {_num(m.get('eval/reward'))}{kl}")
+    gain = interval_of(m, "gain/gold_reward")
+    gain = f" (gain {_change((m['gain/gold_reward'], *gain))})" if gain and _ok(m.get("gain/gold_reward")) else ""
+    return (f"{steps}: held-out gold reward {_num(m.get('before/gold_reward'))} → {_num(m.get('eval/gold_reward'))}"
+            f"{gain}, proxy reward {_num(m.get('before/reward'))} → {_num(m.get('eval/reward'))}{kl}")
 
 
 def _headline(run: dict) -> list:
@@ -58,14 +86,24 @@ def _headline(run: dict) -> list:
     if not rows:
         return out + [("p", "No rejection-sampling or PPO stage finished, so there is no policy to compare "
                             "with the SFT policy.")]
+    held = next((r["heldout"] for r in rows if r["heldout"]), None)
+    level = _level(rows)
+    if held:
+        brackets = (f"Square brackets: the {level} interval of each figure, a percentile bootstrap over the "
+                    f"{held['prompts']} held-out prompts ({held['samples_per_prompt']} samples per prompt; a "
+                    "prompt's figure is the mean over its samples). Round brackets: the change against the SFT "
+                    "policy on the same prompts, with the interval of the per-prompt differences (a paired "
+                    "bootstrap, so what two policies share on a prompt cancels).")
+    else:
+        brackets = ("Round brackets: change against the SFT policy. This run kept no per-prompt figures "
+                    "(heldout.json), so its changes have no intervals.")
     out.append(("p", "Each policy answers the same held-out prompts. The gold reward is the task's hidden "
                      "true preference, which no model was trained on; the proxy reward is the reward models' "
                      "score the policies were optimised for. Helpfulness is also shown on the safe prompts alone and "
                      "safety on the unsafe prompts alone (as Llama 2 evaluates them): on unsafe prompts gold "
                      "helpfulness rewards compliance, so a safer policy loses helpfulness there by design. "
-                     "Brackets: change against the SFT policy."))
-    table = [[r["label"]] + [_with_delta(r[k], r["delta"][k] if i else None) for k in POLICY_KEYS]
-             for i, r in enumerate(rows)]
+                     + brackets))
+    table = [[r["label"]] + [_policy_cell(r, k, i == 0) for k in POLICY_KEYS] for i, r in enumerate(rows)]
     out.append(("table", POLICY_HEADER, table))
     if rows[-1]["delta"]["gold_reward"] is None:
         return out + [("p", "This run has no gold reward (only tasks with a known gold preference, such as "
@@ -74,11 +112,42 @@ def _headline(run: dict) -> list:
              "gold_safety@unsafe": "gold safety on unsafe prompts"}
     parts = []
     for key, name in names.items():
-        d = rows[-1]["delta"][key]
-        if d is not None:
-            parts.append(f"{name} {'rose' if d > 0 else 'fell' if d < 0 else 'did not change'} from "
-                         f"{_num(rows[0][key])} (SFT) to {_num(rows[-1][key])} ({rows[-1]['label']})")
-    return out + [("p", parts[0] + "." + (" " + "; ".join(parts[1:]) + "." if parts[1:] else ""))]
+        d, c = rows[-1]["delta"][key], rows[-1]["delta_ci"].get(key)
+        if d is None:
+            continue
+        went = f"from {_num(rows[0][key])} (SFT) to {_num(rows[-1][key])} ({rows[-1]['label']})"
+        if c is None:
+            parts.append(f"{name} went {went}; without per-prompt figures the run gives no interval for the change")
+        elif _shown(c) == "not distinguishable":
+            parts.append(f"{name} went {went}, a change of {c[0]:+.3f} whose {level} interval "
+                         f"[{c[1]:+.3f}, {c[2]:+.3f}] includes 0, so this run does not show a change")
+        else:
+            parts.append(f"{name} {'rose' if c[1] > 0 else 'fell'} {went}, by {c[0]:+.3f} ({level} interval "
+                         f"[{c[1]:+.3f}, {c[2]:+.3f}])")
+    out.append(("p", parts[0] + "." + (" " + "; ".join(parts[1:]) + "." if parts[1:] else "")))
+    return out + _comparisons(run, level)
+
+
+def _comparisons(run: dict, level: str) -> list:
+    """Each policy against the one before it, when there are more than one RL stage."""
+    comps = run["comparisons"]
+    if len(comps) < 2 or not any(v for c in comps for v in c["change"].values()):
+        return []  # one RL stage: its change against SFT is in the table above; or no per-prompt figures
+    out = [("p", "Each policy against the one before it, prompt by prompt on the same held-out prompts: the "
+                 f"change and its {level} paired interval. A change whose interval includes 0 is not one this "
+                 "run can tell from no change.")]
+    out.append(("table", ["comparison"] + POLICY_HEADER[1:],
+                [[c["label"]] + [_change(c["change"][k]) if c["change"][k] else "—" for k in POLICY_KEYS]
+                 for c in comps]))
+    said = []
+    for c in comps:
+        g = c["change"]["gold_reward"]
+        if g is None:
+            continue
+        verdict = {"higher": "higher", "lower": "lower",
+                   "not distinguishable": "not distinguishable from no change"}[_shown(g)]
+        said.append(f"{c['after']} against {c['before']}: gold reward {_change(g)}, {verdict}")
+    return out + ([("p", "; ".join(said) + ".")] if said else [])
 
 
 def _stages(run: dict) -> list:
@@ -135,7 +204,8 @@ def _rejection_sampling(run: dict, plots: dict) -> list:
     for s in stages:
         out.append(("h", 3, s["name"]))
         out += _images(plots, s["name"], ("rewards", "gold"))
-        rows = [[str(r["step"]), _num(r.get("rs/k"), ".0f")] + [_num(r.get(k)) for k in keys[1:]] for r in s["steps"]]
+        rows = [[str(r["step"]), _num(r.get("rs/k"), ".0f")] + [_fig(r.get(k), interval_of(r, k)) for k in keys[1:]]
+                for r in s["steps"]]
         out.append(("table", header, rows) if rows else ("p", "No rounds were logged (no metrics.jsonl lines)."))
     return out
 
@@ -147,7 +217,8 @@ def _best_of_k(run: dict, plots: dict) -> list:
     out.append(("p", "For each K, the expected proxy and gold reward of the response the reward models pick "
                      "among K samples, against the analytic KL of best-of-K sampling, log K − (K−1)/K nats "
                      "(Gao et al. 2022). Where the gold reward stops following the proxy reward, selecting "
-                     "harder on the reward models over-optimises them."))
+                     "harder on the reward models over-optimises them. Square brackets: the interval of a gold "
+                     "figure, a percentile bootstrap over the curve's prompts."))
     for name, c in run["curves"].items():
         out.append(("h", 3, f"{name}: {c.get('prompts')} prompts × {c.get('samples_per_prompt')} samples"))
         if (name, "best_of_k") in plots:
@@ -155,16 +226,37 @@ def _best_of_k(run: dict, plots: dict) -> list:
         gold, ks = c.get("gold") or {}, c.get("k") or []
         # Every K when there are few, else the powers of two and the largest K.
         show = [i for i, k in enumerate(ks) if len(ks) <= 12 or k & (k - 1) == 0 or i == len(ks) - 1]
-        rows = [[str(ks[i]), _num(c["kl_nats"][i])] + [_num(v[i]) if i < len(v or []) else "—" for v in
-                (c.get("proxy"), gold.get("reward"), gold.get("helpfulness"), gold.get("safety"))] for i in show]
+        low, high = c.get("gold_ci_low") or {}, c.get("gold_ci_high") or {}
+
+        def cell(name, i):
+            v = c.get("proxy") if name is None else gold.get(name)
+            if i >= len(v or []):
+                return "—"
+            lo, hi = (low.get(name), high.get(name)) if name else (None, None)
+            return _fig(v[i], (lo[i], hi[i]) if lo and hi and i < min(len(lo), len(hi)) else None)
+
+        rows = [[str(ks[i]), _num(c["kl_nats"][i])] + [cell(name, i) for name in
+                (None, "reward", "helpfulness", "safety")] for i in show]
         out.append(("table", ["K", "KL (nats)", "proxy reward", "gold reward", "gold helpfulness", "gold safety"],
                     rows))
         p = c["gold_peak_index"]
         if p is not None:
             where = f"K={ks[p]} ({_num(c['kl_nats'][p], '.2f')} nats)"
-            out.append(("p", f"The gold reward still rises at the largest K tried, {where}: no over-optimisation in "
-                             "this range." if p == len(ks) - 1 else f"The gold reward peaks at {where} and falls for "
-                             "larger K while the proxy keeps rising: over-optimisation beyond that point."))
+            drop = (c.get("gold_last_minus_peak") or {}).get("reward")
+            if p == len(ks) - 1:
+                said = f"The gold reward still rises at the largest K tried, {where}: no over-optimisation in this range."
+            elif not drop:
+                said = (f"The gold reward peaks at {where} and falls for larger K while the proxy keeps rising: "
+                        "over-optimisation beyond that point.")
+            elif drop[2] < 0:
+                said = (f"The gold reward peaks at {where} and is lower at the largest K, K={ks[-1]}, by "
+                        f"{_change(drop)} (paired over prompts) while the proxy keeps rising: over-optimisation "
+                        "beyond the peak.")
+            else:
+                said = (f"The gold reward peaks at {where}; at the largest K, K={ks[-1]}, it differs from the peak by "
+                        f"{_change(drop)} (paired over prompts), an interval that includes 0, so this run does not "
+                        "show it falling past the peak.")
+            out.append(("p", said))
     return out
 
 
@@ -179,7 +271,8 @@ def _ppo(run: dict, plots: dict) -> list:
     for s in stages:
         out.append(("h", 3, s["name"]))
         out += _images(plots, s["name"], ("rewards", "kl"))
-        rows = [[str(r.get("step"))] + [_num(r.get(f"eval/{k}")) for k in POLICY_KEYS] for r in s["evals"]]
+        rows = [[str(r.get("step"))] + [_fig(r.get(f"eval/{k}"), interval_of(r, f"eval/{k}")) for k in POLICY_KEYS]
+                for r in s["evals"]]
         if rows:
             out.append(("table", ["iteration"] + POLICY_HEADER[1:], rows))
         out.append(("p", f"KL to the reference at the last iteration: "

@@ -36,3 +36,13 @@ def test_truncated_sampling_is_refused_for_ppo(rollout):
 def test_the_rollout_dtype_must_be_the_policy_dtype():
     with pytest.raises(ConfigError, match="rollout.dtype: float32 differs from policy.dtype bfloat16"):
         _cfg(policy={"name_or_path": "/m", "dtype": "bfloat16"})
+
+
+def test_evaluation_defaults_and_bad_settings():
+    ev = _cfg().eval
+    assert (ev.samples_per_prompt, ev.bootstrap, ev.interval, ev.seed) == (4, 2000, 0.95, 0)
+    with pytest.raises(ConfigError) as err:
+        _cfg(eval={"samples_per_prompt": 0, "bootstrap": 0, "interval": 1.0})
+    assert [p for p in err.value.problems if p.startswith("eval.")] == [
+        "eval.samples_per_prompt: must be at least 1, got 0", "eval.bootstrap: must be at least 1, got 0",
+        "eval.interval: must be in (0, 1), got 1.0"]

@@ -115,6 +115,10 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(full_run):
     assert summary["rm_safety"]["eval/length_baseline_accuracy"] > 0
     assert summary["rs"]["rounds"] == 3 and len(summary["rs"]["rounds_history"]["rs/kept_reward"]) == 3
     assert summary["ppo"]["steps"] == 2
+    for stage in ("rs", "ppo"):  # held-out gold figures and gains with their intervals
+        for key in ("before/gold_reward", "eval/gold_reward", "gain/gold_reward"):
+            s = summary[stage]
+            assert s[key + "_ci_low"] <= s[key] <= s[key + "_ci_high"], (stage, key)
     for stage in ("sft", "rm_safety", "rs", "ppo"):
         assert (run / stage / "DONE.json").exists()
         assert (run / stage / "export" / "model.safetensors").exists()
@@ -126,6 +130,8 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(full_run):
     report = run / "report" / "index.html"
     assert report.exists() and (run / "report" / "rs_best_of_k.png").exists()
     assert f"[pipeline] report: {report}" in first.stdout
+    page = report.read_text()
+    assert "<th>comparison</th>" in page and "<td>after ppo against after rs</td>" in page
 
     again = _cli("pipeline", "--config", path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -18,9 +18,9 @@ from tests.driver.tiny import world_on_local_ray
 
 pytestmark = pytest.mark.slow
 
-STEPS, PROMPTS, N, EVAL = 4, 4, 2, 4
-# Reward calls: EVAL before training, PROMPTS * N per step, EVAL after steps 2 and 4.
-CRASH_IN_STEP_3 = EVAL + 2 * PROMPTS * N + EVAL + 3  # after the step-2 checkpoint
+STEPS, PROMPTS, N, EVAL, EVAL_N = 4, 4, 2, 4, 2
+# Reward calls: EVAL x EVAL_N before training, PROMPTS * N per step, EVAL x EVAL_N after steps 2 and 4.
+CRASH_IN_STEP_3 = EVAL * EVAL_N + 2 * PROMPTS * N + EVAL * EVAL_N + 3  # after the step-2 checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def _cfg(world, run_dir, **ppo):
         "gold": {"helpfulness": "rayrlhf.tasks.toyworld:gold_helpfulness"},
         "rollout": {"backend": "hf", "num_workers": 2, "max_new_tokens": 8, "n_samples": N, "max_model_len": 160},
         "ppo": p,
+        "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},
                       "reference": {"cpus_per_worker": 0.25}, "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}},
         "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir), "seed": 3},
@@ -84,6 +85,11 @@ def test_ppo_run_records_metrics_and_every_prompt_once(reference_run):
     assert len(used) == STEPS * PROMPTS and len(set(used)) == len(used)  # 16 of 24 prompts, none twice
     assert summary["rollout/prompts_used"] == STEPS * PROMPTS
     assert "before/gold_helpfulness" in summary and "eval/gold_helpfulness" in summary
+    for key in ("before/gold_helpfulness", "eval/gold_helpfulness", "gain/gold_helpfulness"):
+        assert summary[key + "_ci_low"] <= summary[key] <= summary[key + "_ci_high"], key
+    held = json.load(open(os.path.join(run_dir, "heldout.json")))
+    assert (held["prompts"], held["samples_per_prompt"], held["after_version"]) == (EVAL, EVAL_N, STEPS)
+    assert summary["eval/gold_helpfulness"] == pytest.approx(sum(held["after"]["gold_helpfulness"]) / EVAL)
     assert os.path.exists(os.path.join(run_dir, "export", "config.json"))
 
 
@@ -98,6 +104,8 @@ def test_resume_after_a_crash_is_exact(world, reference_run, tmp_path, capfd):
     run_ppo(cfg, resume=True)
     assert "checkpoints/step-00000002 at step 2" in capfd.readouterr().out
     assert _comparable(run_dir) == _comparable(full_dir)
+    held = [json.load(open(os.path.join(d, "heldout.json"))) for d in (run_dir, full_dir)]
+    assert held[0] == held[1]
     assert _same_weights(_weights(run_dir), _weights(full_dir))
 
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rayrlhf import checkpoint as ckpt
+from rayrlhf.algo.intervals import paired_interval
 from rayrlhf.config import load_config
 from rayrlhf.config.rs import RSConfig
 from rayrlhf.driver.rs_stage import run_best_of_k, run_rs
@@ -18,9 +19,10 @@ from tests.driver.tiny import world_on_local_ray
 
 pytestmark = pytest.mark.slow
 
-ROUNDS, PROMPTS, K, EVAL, CURVE_K = 3, 4, 4, 4, 4
-# Reward calls: the curve (EVAL x CURVE_K), the evaluation before, then K per prompt and EVAL per round.
-CRASH_IN_ROUND_2 = EVAL * CURVE_K + EVAL + (PROMPTS * K + EVAL) + 5
+ROUNDS, PROMPTS, K, EVAL, CURVE_K, EVAL_N = 3, 4, 4, 4, 4, 2
+# Reward calls: the curve (EVAL x CURVE_K), the evaluation before (EVAL x EVAL_N), then K per
+# prompt and EVAL x EVAL_N per round.
+CRASH_IN_ROUND_2 = EVAL * CURVE_K + EVAL * EVAL_N + (PROMPTS * K + EVAL * EVAL_N) + 5
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def _cfg(world, run_dir, **rs):
         "gold": {"helpfulness": "rayrlhf.tasks.toyworld:gold_helpfulness"},
         "rollout": {"backend": "hf", "num_workers": 2, "max_new_tokens": 8, "max_model_len": 160},
         "rs": r,
+        "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25},
                       "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}},
         "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir), "seed": 5},
@@ -47,6 +50,10 @@ def _cfg(world, run_dir, **rs):
 
 def _comparable(run_dir):
     return [{k: v for k, v in r.items() if not (k.startswith("timing/") or "seconds" in k)} for r in read_metrics(run_dir)]
+
+
+def _json(run_dir, name):
+    return json.load(open(os.path.join(run_dir, name)))
 
 
 def _weights(run_dir):
@@ -78,20 +85,39 @@ def test_each_round_keeps_the_best_of_k_and_fine_tunes_on_it(reference_run):
         assert all(k["messages"][-1]["role"] == "assistant" and k["messages"][0]["role"] == "user" for k in kept)
         assert sum(k["reward"] for k in kept) / PROMPTS == pytest.approx(rows[rnd]["rs/kept_reward"], abs=1e-5)
     assert summary["rounds"] == ROUNDS and len(summary["rounds_history"]["rs/kept_reward"]) == ROUNDS
-    assert "gain/gold_helpfulness" in summary
+    # Held-out figures: means over the EVAL prompts of each prompt's mean over EVAL_N samples, with
+    # bootstrap intervals; the gain's interval is the paired one of the per-prompt differences.
+    held = json.load(open(os.path.join(run_dir, "heldout.json")))
+    assert (held["prompts"], held["samples_per_prompt"], held["after_version"]) == (EVAL, EVAL_N, ROUNDS)
+    before, after = held["before"]["gold_helpfulness"], held["after"]["gold_helpfulness"]
+    assert summary["before/gold_helpfulness"] == pytest.approx(sum(before) / EVAL)
+    assert summary["eval/gold_helpfulness"] == pytest.approx(sum(after) / EVAL)
+    assert rows[0]["eval/gold_helpfulness"] == summary["before/gold_helpfulness"]
+    for key in ("before/gold_helpfulness", "eval/gold_helpfulness", "eval/reward", "gain/gold_helpfulness"):
+        assert summary[key + "_ci_low"] <= summary[key] <= summary[key + "_ci_high"], key
+    gain = paired_interval(after, before, 0.95, 2000, 0)
+    assert [summary[f"gain/gold_helpfulness{s}"] for s in ("", "_ci_low", "_ci_high")] == list(gain)
     samples = json.load(open(os.path.join(run_dir, "samples.json")))
     assert set(samples) == {"before", "after"} and samples["before"][0]["prompt"]
     assert os.path.exists(os.path.join(run_dir, "export", "config.json"))
 
 
 def test_best_of_k_curve(reference_run):
-    run_dir, _ = reference_run
+    run_dir, summary = reference_run
     curve = json.load(open(os.path.join(run_dir, "best_of_k_curve.json")))
     assert curve["k"] == list(range(1, CURVE_K + 1)) and curve["prompts"] == EVAL
     assert curve["kl_nats"] == pytest.approx([math.log(k) - (k - 1) / k for k in curve["k"]])
     # the expected best of k never falls as k grows; gold is reported beside it
     assert all(b >= a - 1e-9 for a, b in zip(curve["proxy"], curve["proxy"][1:]))
     assert len(curve["gold"]["helpfulness"]) == CURVE_K
+    # each gold figure within its bootstrap interval over the curve's prompts; the same in summary.json
+    gold, low, high = (curve[f]["helpfulness"] for f in ("gold", "gold_ci_low", "gold_ci_high"))
+    assert all(lo <= g <= hi for g, lo, hi in zip(gold, low, high)) and len(low) == len(high) == CURVE_K
+    at = f"curve/gold_helpfulness@{CURVE_K}"
+    assert [summary[at + s] for s in ("", "_ci_low", "_ci_high")] == [gold[-1], low[-1], high[-1]]
+    peak = max(range(CURVE_K), key=gold.__getitem__)
+    drop, lo, hi = curve["gold_last_minus_peak"]["helpfulness"]
+    assert drop == pytest.approx(gold[-1] - gold[peak]) and lo <= drop <= hi
 
 
 def test_resume_after_a_crash_inside_a_round_is_exact(world, reference_run, tmp_path, capfd):
@@ -106,6 +132,8 @@ def test_resume_after_a_crash_inside_a_round_is_exact(world, reference_run, tmp_
     run_rs(_cfg(world, run_dir), resume=True)
     assert "after round 1" in capfd.readouterr().out
     assert _comparable(run_dir) == _comparable(full_dir)
+    assert _json(run_dir, "heldout.json") == _json(full_dir, "heldout.json")
+    assert _json(run_dir, "summary.json") == _json(full_dir, "summary.json")
     a, b = _weights(run_dir), _weights(full_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
