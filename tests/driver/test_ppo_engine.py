@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 STEPS, PROMPTS, N, EVAL, EVAL_N = 4, 4, 2, 4, 2
 # Reward calls: EVAL x EVAL_N before training, PROMPTS * N per step, EVAL x EVAL_N after steps 2 and 4.
 CRASH_IN_STEP_3 = EVAL * EVAL_N + 2 * PROMPTS * N + EVAL * EVAL_N + 3  # after the step-2 checkpoint
+KILL_IN_STEP_2 = EVAL * EVAL_N + PROMPTS * N + 1  # the first reward call of step 2
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_async_resume_after_a_crash_is_exact(world, async_run, tmp_path, capfd):
 def test_killed_rollout_worker_is_replaced_without_losing_prompts(world, reference_run, tmp_path):
     full_dir, _ = reference_run
     run_dir = str(tmp_path / "killed")
-    faults.reset(kill_at=EVAL + PROMPTS * N + 1, kill_actor="killed/rollout/1")  # during step 2
+    faults.reset(kill_at=KILL_IN_STEP_2, kill_actor="killed/rollout/1")
     summary = run_ppo(_cfg(world, run_dir))
     assert summary["rollout/worker_restarts"] == 1
     ledger = [json.loads(x)["prompt_rows"] for x in open(os.path.join(run_dir, "rollouts.jsonl"))]

@@ -9,12 +9,11 @@ from rayrlhf.driver.ppo_stage import run_ppo
 from rayrlhf.metrics import read_metrics
 from tests.conftest import vllm_available
 from tests.driver import faults
-from tests.driver.test_ppo_engine import EVAL, PROMPTS, N, STEPS, _cfg, _comparable, _same_weights, _weights
+from tests.driver.test_ppo_engine import (KILL_IN_STEP_2, PROMPTS, STEPS, _cfg, _comparable, _same_weights,
+                                          _weights)
 from tests.driver.tiny import world_on_local_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm does not import here")]
-
-KILL_IN_STEP_2 = EVAL + PROMPTS * N + 1
 
 
 @pytest.fixture(scope="module")
