@@ -78,6 +78,7 @@ class GenJob:
     refs: list = field(default_factory=list)
     submitted: float = 0.0
     result: tuple | None = None  # (samples, metrics) once collected ahead of use (a checkpoint)
+    swaps_before: list = field(default_factory=list)  # activations queued on its workers before it
 
 
 @dataclass
@@ -130,7 +131,8 @@ class RolloutFleet:
         """Send one job's prompts to the serving workers; ``n`` samples each (default: the fleet's)."""
         serving = self._serving()
         job = GenJob(step, prompt_rows, prompt_ids, self.version, n or self.n,
-                     split_rows(len(prompt_rows), len(serving)), serving, submitted=time.perf_counter())
+                     split_rows(len(prompt_rows), len(serving)), serving, submitted=time.perf_counter(),
+                     swaps_before=[a for a in self._activations if a.worker in serving])
         job.refs = [self._send(job, i) for i in range(len(serving))]
         self._open.append(job)
         return job
@@ -160,7 +162,9 @@ class RolloutFleet:
         if job in self._open:
             self._open.remove(job)
         # Swaps sent before this job's shards have run by now (each worker runs calls in order).
-        return out, {"async/wait_seconds": time.perf_counter() - job.submitted, **self.check_activations()}
+        # Only those are checked here, so which step reports a probe does not depend on timing.
+        checked = self.check_activations([a for a in job.swaps_before if a in self._activations])
+        return out, {"async/wait_seconds": time.perf_counter() - job.submitted, **checked}
 
     def _takeover(self, dead: Worker) -> Worker:
         """The serving worker that redoes the shards of ``dead``: its replacement, unless it was
@@ -311,8 +315,9 @@ class RolloutFleet:
         Each worker stages them beside the generation it is running and swaps them in after the
         jobs already sent to it (``RolloutWorker.activate``): jobs submitted from now on sample
         from ``version``, jobs in flight finish with the weights they started under. With no job
-        in flight the swap and its probe check happen before this returns; otherwise the probe
-        is checked when the swap has run (``check_activations``, called by ``collect``)."""
+        in flight the swap and its probe check happen before this returns; otherwise each worker's
+        probe is checked when the first job sent to it after this is collected (by then the swap
+        has run), or by ``check_activations`` at a checkpoint or the end."""
         t0 = time.perf_counter()
         reports = self._all("stage_weights", "sync", weights_ref, version, group="staging")
         self._weights = (weights_ref, checksum, version)
@@ -370,15 +375,16 @@ class RolloutFleet:
             self._activations.append(Activation(m, m.actor.activate.remote(version, probe and probe_ids), version,
                                                 probe))
         if not self._open:
-            metrics.update(self.check_activations(wait=True))
+            metrics.update(self.check_activations())
         metrics["sync/total_seconds"] = time.perf_counter() - t0
         return metrics
 
-    def check_activations(self, wait: bool = False) -> dict:
-        """Check the probes of the swaps that have run (all of them with ``wait``): each worker's
-        logprobs under its new weights against the trainer's. Returns ``sync/probe_max_diff`` and
-        ``sync/activate_seconds`` over those checked (nothing when none were)."""
-        done = [a for a in self._activations if wait or ray.wait([a.ref], timeout=0)[0]]
+    def check_activations(self, which: list[Activation] | None = None) -> dict:
+        """Wait for swaps (``which``, default all that are pending) and check their probes: each
+        worker's logprobs under its new weights against the trainer's. Returns
+        ``sync/probe_max_diff`` and ``sync/activate_seconds`` over those checked (nothing when
+        none were)."""
+        done = list(self._activations) if which is None else which
         worst, seconds = None, 0.0
         for a in done:
             self._activations.remove(a)

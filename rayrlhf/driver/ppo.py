@@ -308,7 +308,7 @@ class PPODriver:
         for job in self.pending:
             if job.result is None:
                 job.result = self.fleet.collect(job)
-        self.fleet.check_activations(wait=True)
+        self.fleet.check_activations()
         inflight = [{"step": job.step, "prompt_rows": job.prompt_rows, "version": job.version,
                      "samples": [dataclasses.asdict(x) for x in job.result[0]]} for job in self.pending]
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
