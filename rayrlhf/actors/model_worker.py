@@ -51,8 +51,9 @@ class ModelWorker:
         self.trainable = kind != "reference"
         self.temperature = loss.temperature if isinstance(loss, PolicyLoss) else 1.0
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        # Trained models load in float32 (the master weights), frozen ones in the compute dtype.
-        load_dtype = "float32" if self.trainable else engine.dtype
+        # Trained models load in float32 (the master weights); frozen ones, and the frozen
+        # base under LoRA adapters, in the compute dtype.
+        load_dtype = engine.load_dtype(self.trainable)
         if kind == "critic":
             from rayrlhf.models.value import TokenValues
 
@@ -157,6 +158,17 @@ class ModelWorker:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         return self.engine.forward(inputs, self._forward_fn(t), micro_batch) * batch["response_mask"]
 
+    def reference_forward(self, batch: dict, micro_batch: int | None = None,
+                          temperature: float | None = None) -> torch.Tensor:
+        """The reference policy's logprobs from this policy's own base weights, its LoRA adapters
+        switched off: what a separate reference worker on the same model folder computes."""
+        from rayrlhf.engine.lora import adapters_disabled, is_adapted
+
+        if self.kind != "policy" or not is_adapted(self._hf):
+            raise ValueError(f"{self.name}: reference logprobs come from a policy that trains LoRA adapters")
+        with adapters_disabled(self._hf):
+            return self.forward(batch, micro_batch, temperature)
+
     def probe(self, token_ids: list[int]) -> list[float]:
         """Logprob of each token after the first: compared with the rollout engine's after a sync."""
         ids = torch.tensor([token_ids])
@@ -255,20 +267,20 @@ class ModelWorker:
 
     def weights_meta(self) -> list:
         """(name, full shape, dtype) of every weight ``broadcast_weights`` sends; no gathering."""
-        from rayrlhf.engine.state import named_state
+        from rayrlhf.engine.state import export_state
 
         dtype = str(getattr(torch, self.settings.dtype)).removeprefix("torch.")
         return [(k, tuple(v.shape), dtype if v.is_floating_point() else str(v.dtype).removeprefix("torch."))
-                for k, v in named_state(self._hf).items()]
+                for k, v in export_state(self._hf).items()]
 
     def broadcast_weights(self, bucket_bytes: int) -> dict:
         """Stream the weights to the rollout workers bucket by bucket (rank 0 broadcasts; under
         FSDP every rank gathers each bucket's tensors with it); rank 0 returns bytes and checksum."""
-        from rayrlhf.engine.state import full_tensor, named_state
+        from rayrlhf.engine.state import export_state, full_tensor
         from rayrlhf.models.load import DTYPES
         from rayrlhf.weight_sync import send_streamed
 
-        named, dtype, device = named_state(self._hf), DTYPES[self.settings.dtype], self.engine.device
+        named, dtype, device = export_state(self._hf), DTYPES[self.settings.dtype], self.engine.device
 
         def fetch(names):
             return [full_tensor(named[n], device, dtype) for n in names]

@@ -273,6 +273,15 @@ class PPOConfig:
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     run: RunSection = field(default_factory=RunSection)
 
+    @property
+    def reference_from_policy(self) -> bool:
+        """The policy trains LoRA adapters on the reference's own weights (same model, same
+        dtype): reference logprobs are the policy's with its adapters off, and no reference
+        worker is placed or started."""
+        ref = resolve_derived(self.reference, self.policy)
+        return (self.policy.lora.enabled and ref.name_or_path == self.policy.name_or_path
+                and ref.dtype == self.policy.dtype)
+
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
         out += check_rollout_matches(self.policy, self.rollout, self.resources)

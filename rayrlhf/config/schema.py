@@ -35,6 +35,40 @@ class RunSection:
 
 
 @dataclass
+class LoraSection:
+    r: int = 0
+    """Rank of the adapters; 0: no adapters (the whole model trains)."""
+    alpha: float = 16.0
+    """Scale numerator: an adapter adds (alpha / r) * B @ A to its layer's weight."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input (kept off in RL, as all dropout)."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Layers that get adapters: module name suffixes (q_proj, v_proj, ...) or all-linear
+    (every linear layer but the output head)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+    def validate(self) -> list[str]:
+        out = [] if self.r >= 0 else [f"r: must be >= 0 (0: no adapters), got {self.r}"]
+        if self.alpha <= 0:
+            out.append(f"alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            out.append("target_modules: name at least one layer (q_proj, v_proj, ...) or all-linear")
+        elif "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            out.append("target_modules: all-linear stands alone (it already means every linear layer)")
+        if self.enabled:
+            import importlib.util
+
+            if importlib.util.find_spec("peft") is None:
+                out.append("r > 0 needs peft, which is not installed: pip install 'rayrlhf[lora]'")
+        return out
+
+
+@dataclass
 class ModelSection:
     name_or_path: str = ""
     """A Hugging Face model name or a local folder with config.json and weights."""
@@ -62,6 +96,11 @@ class ModelSection:
     reshard_after_forward: bool = True
     """fsdp only: free each layer's gathered parameters after its forward and gather them
     again for the backward (less memory, one more all-gather per layer)."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """Train LoRA adapters on frozen base weights (``lora.r > 0``): only the adapters (and a
+    reward model's or critic's scalar head) are trained, in the optimizer and in checkpoints;
+    the base stays in ``dtype``. Rollout workers and exports get the merged weights (plus the
+    adapter alone in peft's format, in ``export/adapter``). Frozen models ignore it."""
 
     def validate(self) -> list[str]:
         if not self.name_or_path:

@@ -147,7 +147,10 @@ class PPODriver:
             return self._bad_step(step, f"non-finite reward for samples {bad[:10]} (prompt rows "
                                         f"{[rows[i] for i in bad[:10]]})", metrics, t)
         with t("reference"):
-            ref_lp = self._forward(self.roles.reference, batch, "reference")
+            if self.roles.reference is not None:
+                ref_lp = self._forward(self.roles.reference, batch, "reference")
+            else:  # LoRA: the policy's base weights, adapters off
+                ref_lp = self._forward(self.roles.policy, batch, "reference", method="reference_forward")
         with t("logprobs"):
             old_lp = self._forward(self.roles.policy, batch, "policy")
         with t("values"):
@@ -240,13 +243,14 @@ class PPODriver:
         scored = score_samples(self.roles, self.cfg.combine, self.gold, prompts, texts, meta, self.timeout)
         return scored.combined, scored.metrics()
 
-    def _forward(self, group, batch, what: str) -> torch.Tensor:
+    def _forward(self, group, batch, what: str, method: str = "forward") -> torch.Tensor:
         shards = split_rows(batch["input_ids"].shape[0], group.world_size)
         parts = [select_rows(batch, rows) for rows in shards]
         # Policy and reference both under softmax(logits / T), the distribution the rollout
         # sampled: the KL is zero at step 0 whatever the temperature (the critic ignores T).
         t = self.cfg.rollout.temperature or 1.0
-        refs = [a.forward.remote(part, self.p.forward_micro_batch_size, t) for a, part in zip(group.actors, parts)]
+        refs = [getattr(a, method).remote(part, self.p.forward_micro_batch_size, t)
+                for a, part in zip(group.actors, parts)]
         outs = get(refs, self.timeout, f"{what} in phase forward")
         full = torch.zeros_like(batch["response_mask"])
         for rows, out in zip(shards, outs):

@@ -152,8 +152,9 @@ def build_roles(cfg, run_name: str) -> Roles:
         dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator_used,
         entropy_coef=p.entropy_coef))
     critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train), CriticLoss(p.value_clip))
-    reference = RoleSpec(_engine(cfg, cfg.reference, "reference", "reference",
-                                 forward_micro_batch_size=p.forward_micro_batch_size))
+    # Under LoRA on the reference's weights, the policy computes reference logprobs itself.
+    reference = None if cfg.reference_from_policy else RoleSpec(
+        _engine(cfg, cfg.reference, "reference", "reference", forward_micro_batch_size=p.forward_micro_batch_size))
     return Roles(cfg, run_name, policy=policy, critic=critic, reference=reference,
                  timeout=p.call_timeout_s, max_restarts=p.max_worker_restarts)
 

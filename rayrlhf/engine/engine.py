@@ -37,7 +37,13 @@ class Engine:
         self.optimizer = None
         self.scheduler = None
         if trainable:
-            model.float()  # float32 master weights; the compute dtype comes from wrap()
+            if settings.lora.enabled:
+                from rayrlhf.engine.lora import apply_lora
+
+                # Adapters (and a scalar head) train in float32; the frozen base keeps its dtype.
+                apply_lora(self.hf_model, settings.lora, heads=tuple(h for h in ("score",) if hasattr(self.hf_model, h)))
+            else:
+                model.float()  # float32 master weights; the compute dtype comes from wrap()
             if settings.gradient_checkpointing:
                 self.hf_model.config.use_cache = False  # no KV cache in training; silences transformers
                 # Non-reentrant checkpointing composes with DDP, FSDP2 and frozen inputs.
@@ -208,7 +214,18 @@ class Engine:
         from rayrlhf.models import export_hf
 
         weights = self.full_state_dict()
+        adapter = self.adapter() if self.trainable and self.s.lora.enabled else None
         if self.rank != 0:
             return None
         return export_hf(self.hf_model, tokenizer, out_dir, extra=extra, state_dict=weights,
-                         dtype=self.s.dtype)
+                         dtype=self.s.dtype, adapter=adapter)
+
+    def adapter(self) -> tuple[dict, dict]:
+        """(tensors, adapter_config) of the LoRA adapters in peft's format, float32, gathered
+        on every rank (a collective under FSDP)."""
+        from rayrlhf.engine import lora, state
+
+        named = {k: state.full_tensor(v, "cpu", torch.float32) for k, v in state.named_state(self.hf_model).items()
+                 if ".lora_" in k}
+        base = getattr(self.hf_model.config, "_name_or_path", "") or ""
+        return lora.adapter_state(named), lora.adapter_config(self.hf_model, base)

@@ -221,9 +221,10 @@ def _roles(command: str, cfg) -> list[_Role]:
         critic = resolve_derived(cfg.critic, pol)
         out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
                          res.critic.num_workers, micro * seq, fwd, lm_head=False))
-        ref = resolve_derived(cfg.reference, pol)
-        out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,
-                         res.reference.num_workers, 0, fwd))
+        if not cfg.reference_from_policy:  # under LoRA the policy computes reference logprobs itself
+            ref = resolve_derived(cfg.reference, pol)
+            out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,
+                             res.reference.num_workers, 0, fwd))
     out.append(_Role("rollout", "rollout", "resources.rollout", pol.name_or_path, "rollout", cfg.rollout,
                      res.rollout.num_workers))
     rows = cfg.ppo.forward_micro_batch_size if command == "ppo" else RS_SCORE_ROWS
@@ -253,7 +254,8 @@ def _estimate(r: _Role, shape: ModelShape, gpu_bytes: int, on_gpu: bool):
     acts = activation_bytes(shape, r.tokens, e, r.lm_head, autocast, r.forward_tokens)
     setup = TrainSetup(dtype=s.dtype, strategy=s.strategy, workers=r.workers, cpu_offload=fsdp and s.cpu_offload,
                        reshard_after_forward=s.reshard_after_forward,
-                       gradient_checkpointing=s.gradient_checkpointing, lm_head=r.lm_head)
+                       gradient_checkpointing=s.gradient_checkpointing, lm_head=r.lm_head,
+                       lora_r=s.lora.r, lora_targets=tuple(s.lora.target_modules))
     return trained_bytes(shape, setup, acts)
 
 

@@ -91,6 +91,19 @@ class ModelShape:
         mlp = 3 * h * i + (2 * i + h) * self.mlp_bias
         return attn + mlp + 2 * h
 
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of a decoder layer, by module name."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
+                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def lora_params(self, r: int, targets: list[str] | tuple[str, ...]) -> int:
+        """LoRA adapters of rank ``r`` on the ``targets`` (module names, or all-linear) of every
+        layer: r x (in + out) each."""
+        shapes = self.linear_shapes()
+        names = list(shapes) if "all-linear" in targets else [n for n in shapes if n in targets]
+        return self.num_layers * sum(r * sum(shapes[n]) for n in names)
+
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
@@ -191,6 +204,9 @@ class TrainSetup:
     lm_head: bool = True
     """False for critics and reward models (scalar head)."""
     ddp_buckets: float = DDP_BUCKET_COPIES
+    lora_r: int = 0
+    """LoRA adapters of this rank train on a frozen base (0: the whole model trains)."""
+    lora_targets: tuple[str, ...] = ("all-linear",)
 
 
 @dataclass
@@ -227,9 +243,14 @@ def trained_bytes(shape: ModelShape, setup: TrainSetup, acts: Activations) -> By
     root unit (embeddings, head: FSDP2 keeps the root gathered from forward to backward), and
     the unsharded gradients of the root and one layer before their reduce-scatter.
     cpu_offload moves the sharded state to host memory.
+
+    With LoRA (``lora_r``) the base weights are frozen in the compute dtype; float32 master
+    weights, gradients and AdamW state exist for the adapters (and a scalar head) only.
     """
     e = DTYPE_BYTES[setup.dtype]
     params = shape.lm_params() if setup.lm_head else shape.scalar_params()
+    if setup.lora_r:
+        return _lora_trained_bytes(shape, setup, acts, params, e)
     out = Bytes(activations=acts.peak(setup.gradient_checkpointing), activations_full=acts.full,
                 activations_checkpointed=acts.checkpointed)
     if setup.strategy == "ddp":
@@ -253,6 +274,32 @@ def trained_bytes(shape: ModelShape, setup: TrainSetup, acts: Activations) -> By
     out.grads = sharded["grads"] + unsharded_grads
     out.optimizer = sharded["optimizer"]
     out.step_temp = ADAMW_STEP_TEMP * math.ceil(shape.embedding_params() / setup.workers)
+    return out
+
+
+def _lora_trained_bytes(shape: ModelShape, setup: TrainSetup, acts: Activations, params: int, e: int) -> Bytes:
+    adapters = shape.lora_params(setup.lora_r, setup.lora_targets) + (0 if setup.lm_head else shape.hidden_size)
+    out = Bytes(activations=acts.peak(setup.gradient_checkpointing), activations_full=acts.full,
+                activations_checkpointed=acts.checkpointed)
+    trained = {"weights": ADAMW_MASTER * adapters, "grads": ADAMW_GRAD * adapters, "optimizer": ADAMW_STATE * adapters}
+    if setup.strategy == "ddp":
+        buckets = setup.ddp_buckets if setup.workers > 1 else 0.0
+        out.weights = e * params + trained["weights"]
+        out.grads = int(trained["grads"] * (1 + buckets))
+        out.optimizer = trained["optimizer"]
+        return out
+    n = setup.workers
+    layers = FSDP_GATHERED_LAYERS if setup.reshard_after_forward else shape.num_layers
+    gathered = e * (min(layers, shape.num_layers) * shape.layer_params() + shape.root_params(setup.lm_head))
+    sharded = {k: math.ceil(v / n) for k, v in trained.items()}
+    base = e * math.ceil(params / n)
+    if setup.cpu_offload:
+        out.host = base + sum(sharded.values())
+        out.weights, out.grads = gathered, trained["grads"] // max(1, shape.num_layers)
+        return out
+    out.weights = base + sharded["weights"] + gathered
+    out.grads = sharded["grads"] + trained["grads"] // max(1, shape.num_layers)
+    out.optimizer = sharded["optimizer"]
     return out
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from rayrlhf.config.schema import LoraSection
+
 
 @dataclass
 class EngineSettings:
@@ -40,13 +42,20 @@ class EngineSettings:
     """The role reserved a GPU: compute there, or stop at start if none is visible."""
     fake_gpus: bool = False
     """Placement tests: a reserved GPU that is not there is tolerated (compute on CPU)."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """Train LoRA adapters (and a scalar head) on frozen base weights instead of the whole model."""
+
+    def load_dtype(self, trainable: bool) -> str:
+        """The dtype to load the model in: float32 master weights for a model trained whole;
+        the compute dtype for a frozen model and for the frozen base under LoRA adapters."""
+        return "float32" if trainable and not self.lora.enabled else self.dtype
 
     @classmethod
     def from_model(cls, section, *, role: str, config_key: str, **kwargs) -> "EngineSettings":
         """From a ``ModelSection`` (model, policy, critic, ...) plus role-specific values."""
         return cls(role=role, config_key=config_key, dtype=section.dtype, strategy=section.strategy,
                    cpu_offload=section.cpu_offload, reshard_after_forward=section.reshard_after_forward,
-                   gradient_checkpointing=section.gradient_checkpointing, **kwargs)
+                   gradient_checkpointing=section.gradient_checkpointing, lora=section.lora, **kwargs)
 
 
 @dataclass

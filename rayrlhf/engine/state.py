@@ -40,6 +40,26 @@ def named_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def saved_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: ``named_state``, or with LoRA adapters only what trains (the
+    adapters and a scalar head; the frozen base is the model folder the run started from)."""
+    from rayrlhf.engine.lora import is_adapted
+
+    named = named_state(module)
+    if is_adapted(module):
+        return {k: v for k, v in named.items() if v.requires_grad}
+    return named
+
+
+def export_state(module: torch.nn.Module) -> dict:
+    """The weights as the plain model names them (what exports and rollout workers get):
+    ``named_state``, with LoRA adapters merged into their layers (``rayrlhf.engine.lora.Merged``,
+    computed when read by ``full_tensor``)."""
+    from rayrlhf.engine.lora import weight_entries
+
+    return weight_entries(named_state(module), module)
+
+
 def _model_file(folder: str, prefix: str, rank: int, world: int, sharded: bool) -> str:
     tail = f"-rank{rank}-of-{world}" if sharded else ""
     return os.path.join(folder, f"{prefix}{tail}.safetensors")
@@ -51,7 +71,7 @@ def save(engine, folder: str, prefix: str) -> None:
     sharded = engine.sharded
     if not sharded and engine.rank != 0:
         return
-    named = named_state(engine.hf_model)
+    named = saved_state(engine.hf_model)
     state = {k: _local(v).detach().to("cpu").contiguous() for k, v in named.items()}
     # Which tensors are shards, with their full shapes: what gather_shards concatenates.
     shards = {k: list(v.shape) for k, v in named.items() if _local(v) is not v}
@@ -81,7 +101,7 @@ def load(engine, folder: str, prefix: str, optimizer: bool = True) -> None:
             f"checkpoint resumes on the worker count it was saved with, here {engine.world}")
     saved = load_file(path)
     with torch.no_grad():
-        for name, t in named_state(engine.hf_model).items():
+        for name, t in saved_state(engine.hf_model).items():
             if name not in saved:
                 raise KeyError(f"{path}: no tensor {name!r}")
             _local(t).copy_(saved[name])
@@ -116,7 +136,12 @@ def full_tensor(t: torch.Tensor, device: torch.device | str = "cpu", dtype: torc
     collective), floating tensors cast to ``dtype`` when given."""
     from torch.distributed.tensor import DTensor
 
-    full = (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+    from rayrlhf.engine.lora import Merged
+
+    if isinstance(t, Merged):
+        full = t.full(lambda part: full_tensor(part, device))
+    else:
+        full = (t.full_tensor() if isinstance(t, DTensor) else t).detach()
     if dtype is not None and full.is_floating_point():
         full = full.to(dtype)
     return full.to(device)
@@ -128,7 +153,7 @@ def iter_full(module: torch.nn.Module, bucket_bytes: int, device: torch.device |
     sharded tensor is gathered with ``full_tensor()``, one at a time, so no rank ever holds
     more than one bucket of full weights."""
     bucket, size = {}, 0
-    for name, t in named_state(module).items():
+    for name, t in export_state(module).items():
         full = full_tensor(t, device)
         n = full.numel() * full.element_size()
         if bucket and size + n > bucket_bytes:
@@ -151,10 +176,13 @@ def full_state_dict(engine, dtype: torch.dtype | None = None, bucket_bytes: int 
     if engine.rank != 0:
         return {}
     # Names the state dict has but named_state dropped as duplicates (tied embeddings).
-    for name, t in engine.hf_model.state_dict().items():
-        if name not in out:
-            for other, p in named_state(engine.hf_model).items():
-                if p is t or (_local(p).data_ptr() == _local(t).data_ptr() and p.shape == t.shape):
+    from rayrlhf.engine.lora import weight_entries
+
+    plain = export_state(engine.hf_model)
+    for name, t in weight_entries(engine.hf_model.state_dict(), engine.hf_model).items():
+        if name not in out and torch.is_tensor(t):
+            for other, p in plain.items():
+                if torch.is_tensor(p) and (p is t or (_local(p).data_ptr() == _local(t).data_ptr() and p.shape == t.shape)):
                     out[name] = out[other]
                     break
     return out

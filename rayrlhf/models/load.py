@@ -54,13 +54,15 @@ def unwrap(model):
 
 
 def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None, state_dict: dict | None = None,
-              dtype: str | None = None) -> str:
+              dtype: str | None = None, adapter: tuple[dict, dict] | None = None) -> str:
     """Write a plain HF folder (config.json, model.safetensors, tokenizer) atomically.
 
     transformers and vLLM load the result directly; no merge step. ``extra`` is written to
     ``rayrlhf.json`` (what produced it: stage, step, metrics). ``state_dict``: the full
     weights to write instead of the model's own (gathered from an FSDP-sharded model);
-    ``dtype``: the dtype they are stored in, recorded in config.json.
+    ``dtype``: the dtype they are stored in, recorded in config.json. ``adapter``: (tensors,
+    adapter_config) of LoRA adapters, written to ``adapter/`` in peft's format
+    (adapter_model.safetensors, adapter_config.json) beside the merged weights.
     """
     from rayrlhf.utils.fs import atomic_dir
 
@@ -74,6 +76,15 @@ def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None, state_d
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        if adapter is not None:
+            from safetensors.torch import save_file
+
+            os.makedirs(os.path.join(tmp, "adapter"))
+            tensors, config = adapter
+            save_file({k: v.contiguous() for k, v in tensors.items()},
+                      os.path.join(tmp, "adapter", "adapter_model.safetensors"), metadata={"format": "pt"})
+            with open(os.path.join(tmp, "adapter", "adapter_config.json"), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
         if extra is not None:
             with open(os.path.join(tmp, "rayrlhf.json"), "w", encoding="utf-8") as f:
                 json.dump(extra, f, indent=2, sort_keys=True)

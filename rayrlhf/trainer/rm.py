@@ -147,9 +147,12 @@ class RMTask:
         self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
-        """On CPU in float32: the engine keeps float32 master weights and computes in model.dtype."""
-        m = self.cfg.model
-        return load_scalar_model(m.name_or_path, "float32", m.trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
+        """On CPU in float32 (the engine keeps float32 master weights and computes in model.dtype);
+        under LoRA the frozen base loads in model.dtype."""
+        from rayrlhf.trainer.loop import engine_settings
+
+        m, dtype = self.cfg.model, engine_settings(self.cfg, self.name).load_dtype(trainable=True)
+        return load_scalar_model(m.name_or_path, dtype, m.trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
 
     def collate(self, examples):
         if self.tokenizer.pad_token_id is None:

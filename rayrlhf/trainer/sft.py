@@ -23,9 +23,12 @@ class SFTTask:
         self.tokenizer = tokenizer_for(cfg.model)
 
     def build_model(self):
-        """On CPU in float32: the engine keeps float32 master weights and computes in model.dtype."""
-        m = self.cfg.model
-        return load_causal_lm(m.name_or_path, "float32", m.trust_remote_code)
+        """On CPU in float32 (the engine keeps float32 master weights and computes in model.dtype);
+        under LoRA the frozen base loads in model.dtype."""
+        from rayrlhf.trainer.loop import engine_settings
+
+        m, dtype = self.cfg.model, engine_settings(self.cfg, self.name).load_dtype(trainable=True)
+        return load_causal_lm(m.name_or_path, dtype, m.trust_remote_code)
 
     def collate(self, examples):
         return collate_sft(examples, self.tokenizer.pad_token_id)

@@ -301,3 +301,40 @@ def test_ppo_and_sft_stop_before_ray_when_a_role_cannot_fit(tmp_path, monkeypatc
     assert main(["sft", "--config", str(sft)]) == 2
     err = capsys.readouterr().err
     assert "model.strategy: fsdp" in err or "strategy: fsdp" in err
+
+
+# -- LoRA ------------------------------------------------------------------------------------------
+
+def test_lora_bytes_by_hand():
+    shape = ModelShape(vocab_size=1000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                       num_kv_heads=1, head_dim=32)
+    # q: 64->64, k, v: 64->32, o: 64->64, gate, up: 64->128, down: 128->64; rank 8 -> 8 x (in + out).
+    per_layer = 8 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert shape.lora_params(8, ["all-linear"]) == 2 * per_layer
+    assert shape.lora_params(8, ["q_proj", "v_proj"]) == 2 * 8 * ((64 + 64) + (64 + 32))
+    acts = activation_bytes(shape, 0, 2, True)
+    b = trained_bytes(shape, TrainSetup(dtype="bfloat16", lora_r=8), acts)
+    # The base in bf16 (2 bytes), the adapters in float32 with their gradients and AdamW state.
+    assert b.weights == 2 * shape.lm_params() + 4 * 2 * per_layer
+    assert b.grads == 4 * 2 * per_layer and b.optimizer == 8 * 2 * per_layer
+
+
+def test_llama2_70b_lora_fits_8_gpus_without_offload_and_needs_no_reference(tmp_path, capsys):
+    cpu = {"gpus_per_worker": 0}
+    path = ppo_yaml(tmp_path, "meta-llama/Llama-2-70b-hf",
+                    {"trainer": {"num_workers": 8, "gpus_per_worker": 1}, "critic": cpu, "rollout": cpu,
+                     "reference": cpu}, policy={"strategy": "fsdp", "lora": {"r": 16}})
+    cfg = load_config(PPOConfig, path)
+    assert cfg.reference_from_policy
+    plan = plan_memory("ppo", cfg)
+    assert "reference" not in plan.roles()
+    assert plan_main(["--no-cluster", "--config", path]) == 0, capsys.readouterr().out
+    full = plan_memory("ppo", load_config(PPOConfig, path, ["policy.lora.r=0"]))
+    assert "reference" in full.roles()
+    lora_row = next(r for r in plan.rows if r.role == "trainer")
+    full_row = next(r for r in full.rows if r.role == "trainer")
+    # AdamW state of 70B parameters over 8 GPUs (70 GiB each) against that of the adapters.
+    assert full_row.optimizer / lora_row.optimizer > 100
+    # A reference model of its own on another folder is still planned and started.
+    other = load_config(PPOConfig, path, ["reference.name_or_path=meta-llama/Llama-2-13b-hf"])
+    assert not other.reference_from_policy and "reference" in plan_memory("ppo", other).roles()
