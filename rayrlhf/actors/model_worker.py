@@ -174,7 +174,8 @@ class ModelWorker:
         All or nothing: a non-finite loss (on any rank) or gradient norm in any mini-batch
         stops the update there (every rank at the same mini-batch: the ranks agree before each
         step) and puts back the weights and optimizer state the update started from, bitwise;
-        ``skipped`` is then 1 and ``skipped_at`` the (1-based) mini-batch. ``rollback`` undoes
+        ``skipped`` is then 1, ``skipped_at`` the (1-based) mini-batch and the other stats that
+        mini-batch's. ``rollback`` undoes
         the last update later, when another role's update of the same iteration failed.
         """
         import time
@@ -182,20 +183,19 @@ class ModelWorker:
         totals: dict[str, float] = {}
         t0 = time.perf_counter()
         self.engine.snapshot()
-        done, failed = 0, 0
+        done, failed = 0, None
         for i, (mb, n_tok) in enumerate(zip(minibatches, num_tokens)):
             stats = self.engine.step(mb, lambda model, micro, n=n_tok: self._loss(model, micro, n))
             if stats.pop("skipped"):
                 failed = i + 1
-                totals.update({k: float(v) for k, v in stats.items()})  # what went wrong, as it was
+                totals = {k: float(v) for k, v in stats.items()}  # the failed mini-batch's stats
                 break
             done += 1
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         if failed:
             self.engine.restore()
-            out = {k: v for k, v in totals.items()}
-            out.update(skipped=1.0, skipped_at=float(failed))
+            out = dict(totals, skipped=1.0, skipped_at=float(failed))
         else:
             out = {k: v / max(1, done) for k, v in totals.items()}
             out["skipped"] = 0.0
