@@ -182,18 +182,42 @@ class ModelWorker:
         ``num_tokens[i]`` is the response-token count of global mini-batch i over all workers:
         each rank divides its token sum by it and DDP/FSDP average, so the step equals the
         full-batch step whatever the number of workers and micro-batches.
+
+        All or nothing: a non-finite loss (on any rank) or gradient norm in any mini-batch
+        stops the update there (every rank at the same mini-batch: the ranks agree before each
+        step) and puts back the weights and optimizer state the update started from, bitwise;
+        ``skipped`` is then 1, ``skipped_at`` the (1-based) mini-batch and the other stats that
+        mini-batch's. ``rollback`` undoes
+        the last update later, when another role's update of the same iteration failed.
         """
         import time
 
         totals: dict[str, float] = {}
         t0 = time.perf_counter()
-        for mb, n_tok in zip(minibatches, num_tokens):
+        self.engine.snapshot()
+        done, failed = 0, None
+        for i, (mb, n_tok) in enumerate(zip(minibatches, num_tokens)):
             stats = self.engine.step(mb, lambda model, micro, n=n_tok: self._loss(model, micro, n))
+            if stats.pop("skipped"):
+                failed = i + 1
+                totals = {k: float(v) for k, v in stats.items()}  # the failed mini-batch's stats
+                break
+            done += 1
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        out = {k: v / max(1, len(minibatches)) for k, v in totals.items()}
+        if failed:
+            self.engine.restore()
+            out = dict(totals, skipped=1.0, skipped_at=float(failed))
+        else:
+            out = {k: v / max(1, done) for k, v in totals.items()}
+            out["skipped"] = 0.0
         out["update_seconds"] = time.perf_counter() - t0
         return out
+
+    def rollback(self) -> bool:
+        """Undo the last ``update`` whole (weights and optimizer state bitwise as before it)."""
+        self.engine.restore()
+        return True
 
     def _loss(self, model, mb: dict, n_tok: float):
         """This micro-batch's share of the global loss, and its stats as shares too: a mean

@@ -173,8 +173,17 @@ class PPODriver:
                      advantages=adv["advantages"], returns=adv["returns"])
         with t("update"):
             upd = self._update(batch, step)
-        if not all(math.isfinite(v) for v in upd.values()):
-            return self._bad_step(step, f"non-finite loss {upd}", metrics, t)
+        failed = [r for r in ("actor", "critic") if upd.get(f"{r}/skipped")]
+        if failed or not all(math.isfinite(v) for v in upd.values()):
+            # All or nothing: the role whose update failed put its weights back itself; the
+            # other one undoes its update too, so weights, optimizer state and version all stay
+            # at this iteration's start and the next iteration's samples are truly fresh.
+            trained = self._rollback(step)
+            where = ", ".join(f"{r} mini-batch {int(upd.get(f'{r}/skipped_at', 0))}" for r in failed) or "stats"
+            metrics.update({f"{r}/skipped": 1.0 for r in trained})
+            return self._bad_step(step, f"non-finite loss or gradient norm ({where}: "
+                                        f"{ {k: v for k, v in upd.items() if not math.isfinite(v)} }); policy and "
+                                        f"critic weights, optimizer state and version unchanged", metrics, t)
         self.bad_steps = 0
         self.version += 1
         self.kl_ctl.update(float(adv["kl_per_response"].mean()), len(samples))
@@ -284,6 +293,15 @@ class PPODriver:
         out = {f"actor/{k}": v for k, v in _mean_dicts(pol_outs).items()}
         out.update({f"critic/{k}": v for k, v in _mean_dicts(cri_outs).items()})
         return out
+
+    def _rollback(self, step: int) -> list[str]:
+        """Undo this iteration's updates on every group that trained; the names undone."""
+        groups = {"critic": self.roles.critic}
+        if step >= self.p.critic_warmup_steps:
+            groups = {"actor": self.roles.policy, **groups}
+        get([a.rollback.remote() for g in groups.values() for a in g.actors], self.timeout,
+            "policy and critic in phase rollback")
+        return list(groups)
 
     def _sync(self) -> dict:
         res = self.cfg.resources

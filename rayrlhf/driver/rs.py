@@ -103,7 +103,10 @@ class RSDriver:
         return summary
 
     def round(self, rnd: int) -> dict:
-        """One round: K samples per prompt, the best kept, one fine-tuning pass, weights synced."""
+        """One round: K samples per prompt, the best kept, one fine-tuning pass, weights synced.
+        A round whose fine-tuning is skipped (no sample kept, or a non-finite loss or gradient
+        norm, which ``update`` undoes whole) says so, sets ``train/skipped``, and keeps the
+        version: no sync."""
         t, t0, k = Timer(), time.perf_counter(), self.r.k
         rows = self.order.rows(rnd)
         with t("generate"):
@@ -122,11 +125,21 @@ class RSDriver:
         with t("select"):
             kept, metrics = self.select(scored, k)
         self._write_kept(rnd, samples, scored, kept)
+        skipped = "no sample was kept" if not kept else None
         if kept:
             with t("finetune"):
                 batch = build_batch([samples[i].prompt_ids for i in kept], [samples[i].response_ids for i in kept],
                                     self.tokenizer.pad_token_id)
-                metrics.update(self._finetune(batch, rnd))
+                tuned = self._finetune(batch, rnd)
+            metrics.update(tuned)
+            if tuned["train/skipped"]:
+                skipped = (f"non-finite loss or gradient norm in mini-batch {int(tuned.get('train/skipped_at', 0))}; "
+                           "weights and optimizer state unchanged")
+        if skipped:
+            # All or nothing: no new weights, so no new version and nothing to sync.
+            print(f"[rayrlhf] round {rnd + 1}: skipped the fine-tuning: {skipped}", flush=True)
+            metrics["train/skipped"] = 1.0
+        else:
             self.version += 1
             with t("sync"):
                 metrics.update(self._sync())
@@ -163,7 +176,8 @@ class RSDriver:
 
     # -- phases ------------------------------------------------------------------------------------
     def _finetune(self, batch: dict, rnd: int) -> dict:
-        """``epochs`` passes of mini-batch NLL steps on the trainer group (rows split per rank)."""
+        """``epochs`` passes of mini-batch NLL steps on the trainer group (rows split per rank;
+        a rank left without a row of a mini-batch gets a zero-weighted one)."""
         pol = self.roles.policy
         n, G, world = batch["input_ids"].shape[0], self.r.global_batch_size, pol.world_size
         jobs, tokens = [[] for _ in range(world)], []
@@ -171,16 +185,22 @@ class RSDriver:
             order = np.random.default_rng([self.cfg.run.seed, rnd, epoch, 11]).permutation(n)
             chunks = [order[i:i + G] for i in range(0, n, G)]
             if len(chunks) > 1 and len(chunks[-1]) < world:
-                chunks[-2:] = [np.concatenate(chunks[-2:])]  # every rank needs a row of each step
+                chunks[-2:] = [np.concatenate(chunks[-2:])]  # a trailing mini-batch too small to share out
             for mb in chunks:
-                if len(mb) < world:
-                    return {"train/skipped": 1.0}
                 tokens.append(float(batch["response_mask"][mb].sum()))
                 for rank, part in enumerate(split_rows(len(mb), world)):
-                    jobs[rank].append(select_rows(batch, mb[part]))
+                    if part:
+                        jobs[rank].append(select_rows(batch, mb[part]))
+                    else:
+                        # Fewer kept rows than ranks: this rank takes part in the step (its
+                        # collectives must match the others') with a row weighted zero.
+                        pad = select_rows(batch, mb[:1])
+                        pad["response_mask"] = torch.zeros_like(pad["response_mask"])
+                        jobs[rank].append(pad)
         outs = get([a.update.remote(j, tokens) for a, j in zip(pol.actors, jobs)], self.timeout,
                    "policy in phase finetune")
-        return {f"train/{key}": float(np.mean([o[key] for o in outs])) for key in outs[0]}
+        keys = set().union(*outs)
+        return {f"train/{key}": float(np.mean([o[key] for o in outs if key in o])) for key in keys}
 
     def _sync(self) -> dict:
         res = self.cfg.resources

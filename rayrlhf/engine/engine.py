@@ -5,11 +5,18 @@
     stats = engine.step(batch, loss_fn)                   # one optimizer step, accumulated
     engine.save(folder, "policy"); engine.load(folder, "policy")
     for bucket in engine.iter_full_weights(bucket_bytes): ...   # sync to rollout workers
+    engine.snapshot(); ...; engine.restore()             # undo steps bitwise (a skipped PPO iteration)
 
 Role code never touches devices, wrappers or dtypes: batches come in on CPU and results go
 back on CPU. Under FSDP every collective (the all-gather of each layer in a forward) must be
 taken by every rank the same number of times, so the ranks agree on the number of
 micro-batches first and a rank with fewer rows runs a zero-weighted one on a row it has.
+
+A step is skipped whole when its gradient norm or any rank's loss is non-finite; the ranks
+agree (one all-reduce of a flag) before any of them steps. ``snapshot``/``restore`` undo
+several steps: the snapshot is a CPU copy of this rank's parameters (its local shards under
+FSDP) and optimizer state, so it costs host memory of about 12 bytes per local parameter
+with AdamW (float32 weights, exp_avg, exp_avg_sq), allocated once and reused.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ class Engine:
         self.hf_model = hf_model if hf_model is not None else model
         self.optimizer = None
         self.scheduler = None
+        self._snap: dict | None = None
         if trainable:
             if settings.lora.enabled:
                 from rayrlhf.engine.lora import apply_lora
@@ -136,7 +144,8 @@ class Engine:
         add up to the full-batch loss and the step equals the unaccumulated one; ``stats``
         are added up over micro-batches. A non-finite gradient norm (the same on every rank,
         taken after the reduction) skips the step whole: no weight, optimizer or scheduler
-        change, ``skipped`` = 1.
+        change, ``skipped`` = 1. So does a non-finite loss on any rank: the ranks agree before
+        stepping, so all of them step or none does.
         """
         return self._step([(mb, False) for mb in micro_batches], loss_fn)
 
@@ -144,9 +153,12 @@ class Engine:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        finite_loss = True
         for j, (mb, pad) in enumerate(chunks):
             with self._no_sync(j < len(chunks) - 1), self._compute():
                 loss, stats = loss_fn(self.model, to_device(mb, self.device))
+            if not pad:
+                finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
             # DDP and FSDP average gradients over ranks; each rank's loss is a share of the
             # global sum, so scale by world to recover the full-batch gradient. A padding
             # micro-batch only keeps the ranks' collectives in step: it adds no gradient.
@@ -156,7 +168,7 @@ class Engine:
                     totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm = self.clip_grad_norm()
         totals["grad_norm"] = grad_norm
-        if math.isfinite(grad_norm):
+        if self.agree(finite_loss and math.isfinite(grad_norm)):
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
@@ -165,6 +177,82 @@ class Engine:
             totals["skipped"] = 1.0
         self.optimizer.zero_grad(set_to_none=True)
         return totals
+
+    def agree(self, ok: bool) -> bool:
+        """True on every rank when ``ok`` holds on every rank of this engine's group (one
+        all-reduce); ``ok`` itself with one worker."""
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            t = torch.tensor([1 if ok else 0], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            return bool(t.item())
+        return ok
+
+    # -- undoing steps ---------------------------------------------------------------------------
+    def _opt_tensors(self):
+        """(param, key, local tensor) of every tensor in the optimizer state."""
+        from rayrlhf.engine.state import _local
+
+        for p, st in self.optimizer.state.items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    yield p, k, _local(v)
+
+    def snapshot(self) -> None:
+        """Keep this rank's parameters, optimizer state, param groups and scheduler as they are
+        now (a CPU copy, buffers reused from the last snapshot), for ``restore``."""
+        import copy
+
+        from rayrlhf.engine.state import _local
+
+        old = self._snap or {"params": {}, "opt": {}}
+
+        def keep(store: dict, key, t: torch.Tensor) -> torch.Tensor:
+            buf = store.get(key)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+            buf.copy_(t.detach())
+            return buf
+
+        with torch.no_grad():
+            params = {id(p): keep(old["params"], id(p), _local(p)) for p in self.model.parameters()}
+            opt: dict = {}
+            for p, k, t in self._opt_tensors():
+                opt[(id(p), k)] = keep(old["opt"], (id(p), k), t)
+        self._snap = {
+            "params": params, "opt": opt,
+            "has_state": {id(p) for p, st in self.optimizer.state.items() if st},
+            "other": {(id(p), k): copy.deepcopy(v) for p, st in self.optimizer.state.items()
+                      for k, v in st.items() if not torch.is_tensor(v)},
+            "groups": [copy.deepcopy({k: v for k, v in g.items() if k != "params"})
+                       for g in self.optimizer.param_groups],
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()) if self.scheduler is not None else None,
+        }
+
+    def restore(self) -> None:
+        """Put back, bitwise, what the last ``snapshot`` kept; no collectives (each rank its own)."""
+        import copy
+
+        from rayrlhf.engine.state import _local
+
+        snap = self._snap
+        if snap is None:
+            raise RuntimeError(f"{self.s.role} rank {self.rank}: restore() without a snapshot()")
+        with torch.no_grad():
+            for p in self.model.parameters():
+                _local(p).copy_(snap["params"][id(p)])
+            for p in list(self.optimizer.state):
+                if id(p) not in snap["has_state"]:
+                    del self.optimizer.state[p]  # state created after the snapshot (a first step)
+            for p, k, t in list(self._opt_tensors()):
+                t.copy_(snap["opt"][(id(p), k)])
+            by_id = {id(p): p for p in self.optimizer.state}
+            for (pid, k), v in snap["other"].items():
+                self.optimizer.state[by_id[pid]][k] = copy.deepcopy(v)
+        for g, kept in zip(self.optimizer.param_groups, snap["groups"]):
+            g.update(copy.deepcopy(kept))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _no_sync(self, skip_sync: bool):
         import contextlib

@@ -114,6 +114,7 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         ckpt.load_rng(os.path.join(found, f"rng-rank{info.rank}.pt"))
         state = read_json(os.path.join(found, "state.json"))
         start_step, best = state["step"], state.get("summary", {})
+    skipped = int(best.get("train/skipped_steps", 0))  # logged at every checkpoint step
 
     logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,
                            wandb_project=cfg.run.wandb_project) if info.rank == 0 else None
@@ -125,7 +126,6 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
     log_every = max(1, t_cfg.log_every)
     acc: dict[str, float] = {}
     t_last = time.perf_counter()
-    skipped = 0
     for step in range(start_step, total_steps):
         batch_idx = global_batch_indices(len(train_examples), step, G, seed)
         global_examples = [train_examples[i] for i in batch_idx]
@@ -134,18 +134,21 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
         micro = [task.collate(mine[i:i + mb]) for i in range(0, len(mine), mb)]
         sums = engine.step_micro(micro, lambda model, batch: task.loss(model, batch, normalizer))
         grad_norm, skip = sums.pop("grad_norm"), sums.pop("skipped")
-        if skip:
+        if skip:  # the same on every rank: the engine's ranks agree before stepping
             skipped += 1
-            print(f"[rayrlhf] step {step + 1}: skipped the optimizer step: non-finite gradient norm "
-                  f"({grad_norm}); weights and optimizer unchanged", flush=True)
+            if info.rank == 0:
+                print(f"[rayrlhf] step {step + 1}: skipped the optimizer step: non-finite loss or gradient norm "
+                      f"(grad norm {grad_norm}); weights, optimizer and schedule unchanged", flush=True)
         sums = info.all_reduce(sums)
-        for k, v in sums.items():
-            acc[k] = acc.get(k, 0.0) + v
+        if not skip:  # a skipped step's (non-finite) sums stay out of the logged means
+            for k, v in sums.items():
+                acc[k] = acc.get(k, 0.0) + v
         done = step + 1
         metrics = {}
         if done % log_every == 0 or done % ckpt_every == 0 or done == total_steps:
             now = time.perf_counter()
-            metrics.update(task.train_metrics(acc))
+            if acc:  # empty when every step since the last log was skipped
+                metrics.update(task.train_metrics(acc))
             metrics.update({"train/lr": engine.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                             "train/epoch": done / steps_per_epoch, "train/skipped_steps": float(skipped),
                             "timing/step": (now - t_last) / log_every})

@@ -122,3 +122,45 @@ def test_dropout_is_off_in_rl_so_the_first_ratio_is_one(tiny_tokenizer_dir, tmp_
     stats = w.update([mb], [float(batch["response_mask"].sum())])
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["clipfrac"] == 0.0
     assert w.model.config.attention_dropout == 0.0
+
+
+def _state(w):
+    """Weights and AdamW state, copied."""
+    weights = {k: v.detach().clone() for k, v in w.model.state_dict().items()}
+    opt = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+           for p, st in w.optimizer.state.items()}
+    return weights, opt
+
+
+def _same_state(a, b):
+    (wa, oa), (wb, ob) = a, b
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert oa.keys() == ob.keys()
+    for p in oa:
+        assert oa[p].keys() == ob[p].keys()
+        assert all(torch.equal(oa[p][k], ob[p][k]) if torch.is_tensor(oa[p][k]) else oa[p][k] == ob[p][k]
+                   for k in oa[p])
+
+
+def test_a_non_finite_mini_batch_undoes_the_whole_update(tiny_model_dir, batch):
+    """All or nothing: mini-batch 1 is fine, mini-batch 2 has a NaN advantage; the update
+    puts back the weights and optimizer state it started from, bitwise, and says where."""
+    w = ModelWorker("policy", tiny_model_dir, ENG, PPO)
+    n = float(batch["response_mask"].sum())
+    good = dict(batch, old_logprobs=w.forward(batch), advantages=batch["response_mask"].clone())
+    bad = dict(good, advantages=good["advantages"].clone())
+    bad["advantages"][0, -1] = float("nan")
+    # From a fresh optimizer (no state yet) and from one with state.
+    for _ in range(2):
+        before = _state(w)
+        stats = w.update([good, bad], [n, n])
+        assert stats["skipped"] == 1.0 and stats["skipped_at"] == 2.0
+        _same_state(_state(w), before)
+        assert w.update([good], [n])["skipped"] == 0.0
+    # A later rollback (the critic's update of the same iteration failed) undoes a good update too.
+    before = _state(w)
+    assert w.update([good, good], [n, n])["skipped"] == 0.0
+    moved = _state(w)[0]
+    assert any(not torch.equal(moved[k], before[0][k]) for k in moved)
+    w.rollback()
+    _same_state(_state(w), before)

@@ -270,3 +270,52 @@ def test_critic_and_reference_take_the_policy_settings_they_do_not_set():
     critic = resolve_derived(DerivedModelSection(name_or_path="rm", cpu_offload=True), policy)
     assert (critic.name_or_path, critic.dtype, critic.strategy, critic.cpu_offload) == ("rm", "bfloat16", "fsdp", True)
     assert resolve_derived(DerivedModelSection(), policy) == policy
+
+
+def _local_state(w):
+    """This rank's parameter shards and AdamW state, copied."""
+    from rayrlhf.engine.state import _local
+
+    params = [_local(p).detach().clone() for p in w.model.parameters()]
+    opt = [{k: _local(v).clone() for k, v in w.optimizer.state[p].items()} for p in w.model.parameters()]
+    return params, opt
+
+
+def _same_local(a, b) -> bool:
+    (pa, oa), (pb, ob) = a, b
+    return (all(torch.equal(x, y) for x, y in zip(pa, pb))
+            and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(oa, ob)))
+
+
+def _atomic(rank, world, port, model_dir):
+    """On two FSDP ranks: an update whose 2nd mini-batch is NaN on rank 1 only, and a step
+    whose loss is infinite on rank 1 only while every gradient is finite."""
+    w = _worker("policy", model_dir, rank, world, port, "fsdp", mb=2)
+    batch = make_batch(model_dir)
+    part = select_rows(batch, split_rows(B, world)[rank])
+    n = float(batch["response_mask"].sum())
+    part["old_logprobs"] = w.forward(part)
+    w.update([part], [n])  # AdamW state exists from here on
+    before = _local_state(w)
+    bad = dict(part, advantages=part["advantages"].clone())
+    if rank == 1:
+        bad["advantages"][0, 0] = float("nan")
+    stats = w.update([part, bad, part], [n, n, n])
+    undone = _same_local(_local_state(w), before)
+
+    def loss_fn(model, mb):
+        loss, stats = w._loss(model, mb, n)
+        return loss + (float("inf") if rank == 1 else 0.0), stats  # a constant: the gradient stays finite
+
+    step = w.engine.step(part, loss_fn)
+    return {"skipped": stats["skipped"], "skipped_at": stats["skipped_at"], "undone": undone,
+            "step_skipped": step["skipped"], "grad_norm": step["grad_norm"],
+            "unchanged": _same_local(_local_state(w), before)}
+
+
+def test_ranks_agree_and_an_update_is_undone_on_every_shard(tiny_model_dir, tmp_path):
+    out = run_ranks(2, _atomic, free_port(), tiny_model_dir, tmp_dir=str(tmp_path / "atomic"), init=False)
+    for r in out:
+        assert r["skipped"] == 1.0 and r["skipped_at"] == 2.0 and r["undone"]
+        # Rank 1's loss alone was non-finite: both ranks skip the step, so they stay one model.
+        assert r["step_skipped"] == 1.0 and r["unchanged"] and 0 < r["grad_norm"] < float("inf")

@@ -1,5 +1,6 @@
 """The shared training loop in one process (world size 1), as each Ray Train worker runs it."""
 import json
+import math
 import os
 
 import pytest
@@ -207,3 +208,24 @@ def test_rm_with_lora_trains_adapters_and_its_scalar_head(world, tmp_path):
 
     exported = load_scalar_model(str(tmp_path / "rm" / "export"))
     assert not any("lora" in k for k in exported.state_dict())
+
+
+class NaNAt(CrashAt):
+    """Delegates to a task, but the n-th loss call gives NaN: a step with a non-finite gradient."""
+
+    def loss(self, *args):
+        self.calls += 1
+        loss, stats = self.task.loss(*args)
+        if self.calls == self.n:
+            return loss * float("nan"), {k: float("nan") for k in stats}
+        return loss, stats
+
+
+def test_a_non_finite_step_is_skipped_whole_said_and_counted(world, tmp_path, capfd):
+    cfg = _sft_cfg(world, str(tmp_path / "nan"), epochs=0.5, log_every=2, checkpoint_every=100)
+    _run(cfg, task=NaNAt(SFTTask(cfg), n=2 * 2 + 1))  # 2 micro-batches a step: inside step 3
+    rows = [r for r in read_metrics(str(tmp_path / "nan")) if "train/skipped_steps" in r]
+    assert [r["train/skipped_steps"] for r in rows] == [0.0] + [1.0] * (len(rows) - 1)
+    # The skipped step's sums stay out of the logged loss, which stays finite.
+    assert all(isinstance(r.get("train/loss"), float) and math.isfinite(r["train/loss"]) for r in rows)
+    assert "step 3: skipped the optimizer step: non-finite loss or gradient norm" in capfd.readouterr().out
