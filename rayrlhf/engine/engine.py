@@ -15,8 +15,9 @@ micro-batches first and a rank with fewer rows runs a zero-weighted one on a row
 A step is skipped whole when its gradient norm or any rank's loss is non-finite; the ranks
 agree (one all-reduce of a flag) before any of them steps. ``snapshot``/``restore`` undo
 several steps: the snapshot is a CPU copy of this rank's parameters (its local shards under
-FSDP) and optimizer state, so it costs host memory of about 12 bytes per local parameter
-with AdamW (float32 weights, exp_avg, exp_avg_sq), allocated once and reused.
+FSDP) and optimizer state, so it costs host memory of about 12 bytes per local trained
+parameter with AdamW (float32 weights, exp_avg, exp_avg_sq), allocated once and reused; a
+frozen base under LoRA adapters is not copied.
 """
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ class Engine:
             return buf
 
         with torch.no_grad():
-            params = {id(p): keep(old["params"], id(p), _local(p)) for p in self.model.parameters()}
+            # Only what an optimizer step changes: a frozen base (LoRA) is never copied.
+            params = {id(p): keep(old["params"], id(p), _local(p)) for p in self.model.parameters() if p.requires_grad}
             opt: dict = {}
             for p, k, t in self._opt_tensors():
                 opt[(id(p), k)] = keep(old["opt"], (id(p), k), t)
@@ -239,7 +241,8 @@ class Engine:
             raise RuntimeError(f"{self.s.role} rank {self.rank}: restore() without a snapshot()")
         with torch.no_grad():
             for p in self.model.parameters():
-                _local(p).copy_(snap["params"][id(p)])
+                if p.requires_grad:
+                    _local(p).copy_(snap["params"][id(p)])
             for p in list(self.optimizer.state):
                 if id(p) not in snap["has_state"]:
                     del self.optimizer.state[p]  # state created after the snapshot (a first step)
