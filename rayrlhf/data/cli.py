@@ -69,10 +69,16 @@ def main(argv: list[str]) -> int:
         print(f"{source}: {result.n_rows} rows read as {result.format}, "
               f"{len(result.records)} records, {len(problems)} problems")
         if result.dropped:
-            left_out = ", ".join(f"{n} {why}" for why, n in sorted(result.dropped.items()))
-            print(f"{source}: left out {left_out}")
+            print(f"{source}: left out {_left_out(result.dropped)}")
+            if list(result.rows_by_file) != [source]:  # a folder: what each of its files left out
+                for file, dropped in sorted(result.dropped_by_file.items()):
+                    print(f"  {file}: left out {_left_out(dropped)}")
         failed = failed or bool(problems)
     return 1 if failed else 0
+
+
+def _left_out(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
 
 
 if __name__ == "__main__":

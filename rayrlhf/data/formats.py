@@ -42,6 +42,10 @@ class ReadResult:
     """Rows read, blank lines not counted; one ranked row may give several records."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Reason -> count of comparisons left out on purpose (``tie``: equal scores in a ranking)."""
+    dropped_by_file: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The same counts per file of the source (a folder holds several), files with none left out."""
+    rows_by_file: dict[str, int] = field(default_factory=dict)
+    """Rows read per file of the source."""
     kind: str = "unknown"
     """``preference``, ``sft`` or ``prompt`` (the detected one when ``kind="auto"``)."""
 
@@ -321,13 +325,18 @@ def read_records(
         spec = FORMATS[result.kind][result.format]
     for group, row in enumerate(chain(head, rows)):
         result.n_rows += 1
+        result.rows_by_file[row.file] = result.rows_by_file.get(row.file, 0) + 1
         try:
             if row.problem is not None:
                 raise RowError(row.problem.field, row.problem.reason)
-            ctx = _Context(Source(row.file, row.line), group, result.dropped)
+            ctx = _Context(Source(row.file, row.line), group, result.dropped_by_file.setdefault(row.file, {}))
             result.records.extend(_parse_row(row.value, spec, result.format, ctx))
         except RowError as e:
             result.problems.append(Problem(row.file, row.line, e.field, e.reason))
+    result.dropped_by_file = {f: d for f, d in result.dropped_by_file.items() if d}
+    for counts in result.dropped_by_file.values():
+        for why, n in counts.items():
+            result.dropped[why] = result.dropped.get(why, 0) + n
     return result
 
 

@@ -234,14 +234,52 @@ def read_splits(data, kind: str, tokenizer=None, max_response_tokens: int | None
                 records, found, dropped_long = drop_too_long(records, found)
             problems.extend(found)
             parts[split].extend(records)
-            n_long = len({p.line for p in dropped_long})
+            long_rows = _rows_by_file(dropped_long)
+            n_long = sum(len(lines) for lines in long_rows.values())
             report["sources"][source] = {"format": result.format, "rows": result.n_rows,
                                          "records": len(records), "problems": len(found),
                                          "dropped": dict(result.dropped, too_long=n_long),
-                                         "too_long": [str(p) for p in dropped_long]}
+                                         "too_long": [str(p) for p in dropped_long],
+                                         "files": _file_report(result, records, long_rows)}
             if n_long:
-                print(f"[rayrlhf] {source}: left out {n_long} rows over the token limits "
-                      "(data.too_long: drop; listed in data_report.json)", flush=True)
+                print(f"[rayrlhf] {source}: left out {_rows(n_long)} over the token limits "
+                      f"({_where(long_rows)}) (data.too_long: drop; listed in data_report.json)", flush=True)
     if problems:
         raise DataValidationError(problems)
     return parts, report
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+def _rows_by_file(problems: list[Problem]) -> dict[str, list[int]]:
+    """file -> the sorted 1-based lines (within that file) the problems name, each row once."""
+    out: dict[str, set[int]] = {}
+    for p in problems:
+        out.setdefault(p.file, set()).add(p.line)
+    return {f: sorted(lines) for f, lines in sorted(out.items())}
+
+
+def _where(rows: dict[str, list[int]], shown: int = 10) -> str:
+    """``a.jsonl: 1 row, line 2; b.jsonl: 2 rows, lines 2, 3`` (the first ``shown`` lines of each)."""
+    parts = []
+    for file, lines in rows.items():
+        listed = ", ".join(map(str, lines[:shown])) + (", ..." if len(lines) > shown else "")
+        parts.append(f"{file}: {_rows(len(lines))}, line{'' if len(lines) == 1 else 's'} {listed}")
+    return "; ".join(parts)
+
+
+def _file_report(result: ReadResult, records: list, long_rows: dict[str, list[int]]) -> dict:
+    """Per file of the source: rows read, records kept, and what was left out, by reason."""
+    kept: dict[str, int] = {}
+    for r in records:
+        if r.source is not None:
+            kept[r.source.file] = kept.get(r.source.file, 0) + 1
+    out = {}
+    for file, n in result.rows_by_file.items():
+        dropped = dict(result.dropped_by_file.get(file, {}))
+        if long_rows.get(file):
+            dropped["too_long"] = len(long_rows[file])
+        out[file] = {"rows": n, "records": kept.get(file, 0), "dropped": dropped}
+    return out

@@ -77,3 +77,20 @@ def test_parser_prog():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices["validate"]
     assert sub.prog == "rayrlhf data validate"
+
+
+def test_a_folder_says_what_each_file_left_out(tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "ranked"
+    folder.mkdir()
+    row = {"prompt": "Hi", "responses": ["a", "b", "c"], "scores": [2, 1, 1]}
+    (folder / "a.jsonl").write_text(json.dumps(row) + "\n")
+    (folder / "b.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, scores=[1, 1, 1])) + "\n")
+    assert main(["validate", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{folder}: 3 rows read as ranked, 4 records, 0 problems",
+        f"{folder}: left out 5 tie",
+        f"  {folder / 'a.jsonl'}: left out 1 tie",
+        f"  {folder / 'b.jsonl'}: left out 4 tie",
+    ]

@@ -193,3 +193,46 @@ def test_load_validated_returns_clean_records_or_drops_bad_rows(write_jsonl, mal
 def test_load_validated_refuses_an_empty_source(write_jsonl):
     with pytest.raises(DataValidationError, match="no rows"):
         load_validated(write_jsonl("empty.jsonl", ["", "  "]), "prompt")
+
+
+def test_too_long_rows_of_a_folder_are_counted_and_named_per_file(tmp_path, tokenizer, capsys):
+    """Two files of one folder, each with a long row on line 2: two rows left out, one per file,
+    each named by its own file and its line within that file."""
+    import json
+
+    from rayrlhf.config.schema import DataSection
+    from rayrlhf.data.validate import read_splits
+
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    good = {"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}
+    long = {"prompt": LONG, "chosen": "Hello.", "rejected": "Go."}
+    (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (good, long, good)))
+    (folder / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (good, long, long, good)))
+    data = DataSection(train=[str(folder)], eval=[str(folder / "a.jsonl")], too_long="drop", **LIMITS)
+    parts, report = read_splits(data, "preference", tokenizer, max_response_tokens=60)
+    assert len(parts["train"]) == 4
+    a, b = str(folder / "a.jsonl"), str(folder / "b.jsonl")
+    src = report["sources"][str(folder)]
+    assert src["dropped"]["too_long"] == 3
+    assert src["files"][a] == {"rows": 3, "records": 2, "dropped": {"too_long": 1}}
+    assert src["files"][b] == {"rows": 4, "records": 2, "dropped": {"too_long": 2}}
+    assert [x.split(": prompt: ")[0] for x in src["too_long"]] == [f"{a}:2", f"{b}:2", f"{b}:3"]
+    out = capsys.readouterr().out
+    assert f"{folder}: left out 3 rows over the token limits ({a}: 1 row, line 2; {b}: 2 rows, lines 2, 3)" in out
+    assert report["sources"][a]["dropped"]["too_long"] == 1
+
+
+def test_ties_of_a_folder_are_counted_per_file(tmp_path):
+    import json
+
+    folder = tmp_path / "ranked"
+    folder.mkdir()
+    row = {"prompt": "Hi", "responses": ["a", "b", "c"], "scores": [2, 1, 1]}
+    (folder / "a.jsonl").write_text(json.dumps(row) + "\n")
+    (folder / "b.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(dict(row, scores=[1, 1, 1])) + "\n")
+    result, problems = validate_source(str(folder), "preference")
+    assert not problems
+    assert result.dropped == {"tie": 5}
+    assert result.dropped_by_file == {str(folder / "a.jsonl"): {"tie": 1}, str(folder / "b.jsonl"): {"tie": 4}}
+    assert result.rows_by_file == {str(folder / "a.jsonl"): 1, str(folder / "b.jsonl"): 2}
