@@ -3,8 +3,8 @@
     cfg = load_config(SFTConfig, "jobs/toyworld_sft.yaml", ["train.lr=1e-4"])
 
 Every problem in a file is collected and reported at once (``ConfigError``), each with its
-dotted path: unknown keys (with the closest valid name), wrong types, failed ``validate()``
-checks of each section.
+dotted path: unknown keys (with the closest valid name), keys that moved (with where to), wrong
+types, failed ``validate()`` checks of each section.
 """
 from __future__ import annotations
 
@@ -150,6 +150,11 @@ def from_dict(cls: type, data: Any, path: str, problems: list[str]):
     kwargs = {}
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
+        moved = getattr(cls, "MOVED", {})
+        if key in moved:
+            problems.append(f"{dotted}: moved to {moved[key]}; set it there, e.g. "
+                            f"{_nested(moved[key], value)}")
+            continue
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -253,6 +258,14 @@ def save_config(cfg: Any, path: str) -> None:
     from rayrlhf.utils.fs import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _nested(dotted: str, value: Any) -> str:
+    """``"a.b.c", 2`` -> ``a: {b: {c: 2}}``, how a moved key is written in YAML."""
+    head, *rest = dotted.split(".")
+    if not rest:
+        return f"{head}: {yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    return f"{head}: {{{_nested('.'.join(rest), value)}}}"
 
 
 def _describe(value: Any) -> str:

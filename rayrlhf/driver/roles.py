@@ -82,7 +82,7 @@ class Roles:
             lambda rank: self._rollout_factory(rank, dict(model_path=cfg.policy.name_or_path, cfg=rcfg,
                                                           trust_remote_code=cfg.policy.trust_remote_code,
                                                           name=f"{run_name}/rollout/{rank}")),
-            rcfg.num_workers, rcfg.n_samples, seed, timeout, max_restarts, placement=self._rollout_factory)
+            res.rollout.num_workers, rcfg.n_samples, seed, timeout, max_restarts, placement=self._rollout_factory)
         self.fleet.wait_ready()
         self._eval_seed = derive_seed(seed, 0xE7A1)
 

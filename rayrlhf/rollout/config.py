@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 BACKENDS = ("vllm", "hf", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -10,11 +10,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class RolloutSection:
+    """How the rollout workers sample. How many workers there are, and what each reserves, is
+    ``resources.rollout`` (``num_workers``, ``gpus_per_worker``, ...): one key for both."""
+
+    MOVED: ClassVar[dict] = {"num_workers": "resources.rollout.num_workers"}
     backend: Literal["vllm", "hf", "auto"] = "auto"
     """Sampling engine: vllm, hf (transformers ``generate``), or auto (vllm when it imports,
     else hf)."""
-    num_workers: int = 1
-    """Rollout workers, each holding one engine."""
     temperature: float = 1.0
     """Sampling temperature; 0 means greedy. Behaviour logprobs are taken under logits / T."""
     top_p: float = 1.0
@@ -55,8 +57,6 @@ class RolloutSection:
         out = []
         if self.backend not in BACKENDS:
             out.append(f"backend: {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if self.num_workers < 1:
-            out.append(f"num_workers: must be at least 1, got {self.num_workers}")
         if self.temperature < 0:
             out.append(f"temperature: must be >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -82,3 +82,20 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(SFTConfig, str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(SFTConfig, _write(tmp_path, "model: {name_or_path: [\n"))
+
+
+def test_a_moved_key_says_where_it_lives_now(tmp_path):
+    """The fleet's size has one key, resources.rollout.num_workers; the old one is refused
+    with the line to write instead, before anything starts."""
+    from rayrlhf.config.ppo import PPOConfig
+
+    path = _write(tmp_path, """
+policy: {name_or_path: m}
+critic: {name_or_path: c}
+data: {train: [a.jsonl]}
+rollout: {backend: hf, num_workers: 3}
+""")
+    with pytest.raises(ConfigError) as e:
+        load_config(PPOConfig, path)
+    assert ("rollout.num_workers: moved to resources.rollout.num_workers; set it there, e.g. "
+            "resources: {rollout: {num_workers: 3}}") in e.value.problems

@@ -40,7 +40,7 @@ def _cfg(world, run_dir, **ppo):
                  "max_prompt_tokens": 96, "eval_limit": 4},
         "rewards": [{"name": "rule", "function": "tests.driver.faults:reward"}],
         "gold": {"helpfulness": "rayrlhf.tasks.toyworld:gold_helpfulness"},
-        "rollout": {"backend": "hf", "num_workers": 2, "max_new_tokens": 8, "n_samples": N, "max_model_len": 160},
+        "rollout": {"backend": "hf", "max_new_tokens": 8, "n_samples": N, "max_model_len": 160},
         "ppo": p,
         "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},

@@ -39,7 +39,7 @@ def _cfg(world, run_dir, **rs):
                  "max_prompt_tokens": 96, "eval_limit": EVAL},
         "rewards": [{"name": "rule", "function": "tests.driver.faults:reward"}],
         "gold": {"helpfulness": "rayrlhf.tasks.toyworld:gold_helpfulness"},
-        "rollout": {"backend": "hf", "num_workers": 2, "max_new_tokens": 8, "max_model_len": 160},
+        "rollout": {"backend": "hf", "max_new_tokens": 8, "max_model_len": 160},
         "rs": r,
         "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25},

@@ -306,7 +306,7 @@ def _ppo_cfg(world, run_dir):
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "eval": [f"{world}/data/prompts_eval.jsonl"],
                  "max_prompt_tokens": 96, "eval_limit": 4},
         "rewards": [{"name": "rule", "function": "tests.driver.test_scaling:scripted_reward"}],
-        "rollout": {"backend": "hf", "num_workers": 1, "max_new_tokens": 8, "n_samples": PPO_N, "max_model_len": 160},
+        "rollout": {"backend": "hf", "max_new_tokens": 8, "n_samples": PPO_N, "max_model_len": 160},
         "ppo": {"total_steps": STEPS, "prompts_per_step": PPO_PROMPTS, "ppo_epochs": 1, "global_mini_batch_size": 8,
                 "eval_every": STEPS, "checkpoint_every": STEPS, "rollout_mode": "async", "max_staleness": 1,
                 "call_timeout_s": 120},

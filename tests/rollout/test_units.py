@@ -15,7 +15,6 @@ def test_default_config_is_valid():
 
 @pytest.mark.parametrize("field,value,needle", [
     ("backend", "tgi", "backend"),
-    ("num_workers", 0, "num_workers"),
     ("temperature", -0.1, "temperature"),
     ("top_p", 0.0, "top_p"),
     ("top_p", 1.5, "top_p"),
