@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rs.k=16")
     p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
     p.add_argument("--config", required=True)
+    p.add_argument("--rerun", metavar="STAGE", default=None,
+                   help="run this stage and every later one anew (their old folders are kept as "
+                        "<stage>.replaced-N); needed after editing the config of a stage that has run")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run")
     p.add_argument("run_dir", help="the pipeline's run folder, e.g. runs/quickstart")
@@ -146,7 +149,7 @@ def _dispatch(args) -> int:
     if args.command == "pipeline":
         from rayrlhf.driver.pipeline import run_pipeline
 
-        run_pipeline(args.config, args.overrides)
+        run_pipeline(args.config, args.overrides, rerun=args.rerun)
         return 0
     if args.command == "toyworld":
         from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld

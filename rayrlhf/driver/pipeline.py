@@ -1,13 +1,20 @@
 """`rayrlhf pipeline`: stages in order on one Ray cluster, restartable.
 
-Each stage writes into ``<run>/<stage name>/`` and, when it has finished, a ``DONE.json``
-marker holding its summary. Running the same command again skips finished stages and resumes
-the unfinished one from its last checkpoint. A stage names its inputs explicitly: the string
-``{sft}`` in a stage's config is replaced by the folder of the stage named ``sft``, ``{run}``
-by the pipeline's run folder.
+Each stage writes into ``<run>/<stage name>/``: ``STAGE.json`` when it starts (its resolved
+config and that config's hash) and, when it has finished, a ``DONE.json`` marker holding its
+summary. Running the same command again skips finished stages and resumes the unfinished one
+from its last checkpoint, but only when the stage's resolved config is the one it ran with: a
+stage whose config changed stops the pipeline before any work, naming the changed keys and
+the two ways on (``--rerun STAGE``, which runs that stage and every later one anew, keeping the
+old folders as ``<stage>.replaced-N``; or a new ``run.name``). Keys that cannot change a
+result (``NOT_RESULTS``: logging, timeouts, restarts, checkpoints kept) are left out of the
+hash. A stage names its inputs explicitly: the string ``{sft}`` in a stage's config is
+replaced by the folder of the stage named ``sft``, ``{run}`` by the pipeline's run folder.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import sys
@@ -144,23 +151,126 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
         raise ConfigError(problems)
 
 
-def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) -> dict:
+NOT_RESULTS = frozenset({
+    "run.wandb_project", "train.log_every", "ppo.call_timeout_s", "rs.call_timeout_s",
+    "ppo.max_worker_restarts", "rs.max_worker_restarts", "ppo.max_bad_steps", "ppo.keep_checkpoints",
+})
+"""Dotted keys of a stage's config that cannot change what it computes; an edit to them lets a
+finished stage stay finished and an unfinished one resume."""
+
+
+def _leaves(obj, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are leaves."""
+    if isinstance(obj, dict) and obj:
+        out = {}
+        for k, v in obj.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def stage_fingerprint(stage_cfg) -> dict[str, Any]:
+    """The stage's resolved config as the dotted keys that decide its results."""
+    from rayrlhf.config.loader import to_dict
+
+    return {k: v for k, v in sorted(_leaves(to_dict(stage_cfg)).items()) if k not in NOT_RESULTS}
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key that differs (or is only on one side)."""
+    out = []
+    for k in sorted(set(before) | set(after)):
+        if before.get(k, "(unset)") != after.get(k, "(unset)"):
+            out.append(f"{k}: {before.get(k, '(unset)')!r} -> {after.get(k, '(unset)')!r}")
+    return out
+
+
+@dataclass
+class StagePlan:
+    name: str
+    action: Literal["skip", "resume", "run", "rerun"]
+    """skip: finished with this config; resume: started with this config; run: not started;
+    rerun: asked for with --rerun (or after a stage that is), the old folder is kept aside."""
+    fingerprint: dict[str, Any]
+
+
+def plan_stages(cfg: PipelineConfig, run_dir: str, configs: list, rerun: str | None = None) -> list[StagePlan]:
+    """What each stage will do, decided before any work: raises ConfigError when a stage folder
+    holds the work of another config, naming each changed key and the choices."""
+    names = [s.name for s in cfg.stages]
+    if rerun is not None and rerun not in names:
+        raise ConfigError([f"--rerun {rerun}: no such stage (stages: {', '.join(names)})"])
+    plans, problems, rerunning = [], [], False
+    for spec, stage_cfg in zip(cfg.stages, configs):
+        folder = os.path.join(run_dir, spec.name)
+        fp = stage_fingerprint(stage_cfg)
+        rerunning = rerunning or spec.name == rerun
+        if rerunning:
+            plans.append(StagePlan(spec.name, "rerun" if os.path.exists(folder) else "run", fp))
+            continue
+        if not os.path.exists(folder):
+            plans.append(StagePlan(spec.name, "run", fp))
+            continue
+        done = os.path.exists(os.path.join(folder, "DONE.json"))
+        stage_file = os.path.join(folder, "STAGE.json")
+        if os.path.exists(stage_file):
+            before = read_json(stage_file)
+            if before.get("config_hash") != fingerprint_hash(fp):
+                changes = changed_keys(before.get("config", {}), fp)
+                problems.append(
+                    f"stages.{spec.name}: {'finished' if done else 'started'} with another config; changed: "
+                    + "; ".join(changes[:20]) + (f"; and {len(changes) - 20} more" if len(changes) > 20 else ""))
+        plans.append(StagePlan(spec.name, "skip" if done else "resume", fp))
+    if problems:
+        first = next(p.split(":", 1)[0].split(".", 1)[1] for p in problems)
+        raise ConfigError(problems + [
+            f"to run with the new config, pass --rerun {first} (reruns it and every later stage; the old "
+            f"folders are kept as <stage>.replaced-N), or set a new run.name to start a separate run"])
+    return plans
+
+
+def _record_stage(folder: str, kind: str, fingerprint: dict[str, Any]) -> None:
+    """STAGE.json: the config a stage (started to) run with, written before its first work."""
+    path = os.path.join(folder, "STAGE.json")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_json(path, {"kind": kind, "config_hash": fingerprint_hash(fingerprint), "config": fingerprint})
+
+
+def _set_aside(folder: str) -> str:
+    n = 1
+    while os.path.exists(f"{folder}.replaced-{n}"):
+        n += 1
+    os.rename(folder, f"{folder}.replaced-{n}")
+    return f"{folder}.replaced-{n}"
+
+
+def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout, rerun: str | None = None) -> dict:
     from rayrlhf.config import save_config
     from rayrlhf.utils.ray_init import ensure_ray
 
     cfg, run_dir, configs = load_pipeline(path, list(overrides or []))
+    plans = plan_stages(cfg, run_dir, configs, rerun)
     check_pipeline_memory(cfg, run_dir, configs)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "pipeline.yaml"))
     results = {}
-    for spec, stage_cfg in zip(cfg.stages, configs):
+    for spec, stage_cfg, plan in zip(cfg.stages, configs, plans):
         folder = os.path.join(run_dir, spec.name)
         marker = os.path.join(folder, "DONE.json")
-        if os.path.exists(marker):
+        if plan.action == "skip":
             results[spec.name] = read_json(marker)
-            print(f"[pipeline] {spec.name}: finished earlier, skipped", file=out, flush=True)
+            print(f"[pipeline] {spec.name}: finished earlier with this config, skipped", file=out, flush=True)
             continue
+        if plan.action == "rerun":
+            print(f"[pipeline] {spec.name}: rerun; the earlier folder is now {_set_aside(folder)}",
+                  file=out, flush=True)
         print(f"[pipeline] {spec.name} ({spec.kind}) -> {folder}", file=out, flush=True)
+        _record_stage(folder, spec.kind, plan.fingerprint)
         t0 = time.perf_counter()
         if spec.kind == "toyworld":
             from rayrlhf.driver.toyworld_stage import run_toyworld
@@ -173,15 +283,16 @@ def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout) 
             if spec.kind == "ppo":
                 from rayrlhf.driver.ppo_stage import run_ppo
 
-                summary = run_ppo(stage_cfg, resume=os.path.isdir(folder))
+                summary = run_ppo(stage_cfg, resume=plan.action == "resume")
             elif spec.kind == "rs":
                 from rayrlhf.driver.rs_stage import run_rs
 
-                summary = run_rs(stage_cfg, resume=os.path.isdir(folder))
+                summary = run_rs(stage_cfg, resume=plan.action == "resume")
             else:
-                summary = run_train_stage(spec.kind, stage_cfg, resume=os.path.isdir(folder))
+                summary = run_train_stage(spec.kind, stage_cfg, resume=plan.action == "resume")
             print_summary(spec.name, summary, out=out)
         summary = dict(summary, kind=spec.kind, seconds=round(time.perf_counter() - t0, 1))
+        _record_stage(folder, spec.kind, plan.fingerprint)  # a stage that writes its folder whole replaced it
         atomic_write_json(marker, summary)
         results[spec.name] = summary
     atomic_write_json(os.path.join(run_dir, "summary.json"), results)

@@ -136,7 +136,7 @@ def test_pipeline_end_to_end_then_rerun_skips_finished_stages(full_run):
     again = _cli("pipeline", "--config", path)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("toyworld", "sft", "rm_safety", "rs", "ppo"):
-        assert f"[pipeline] {stage}: finished earlier, skipped" in again.stdout
+        assert f"[pipeline] {stage}: finished earlier with this config, skipped" in again.stdout
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_killed_during_rejection_sampling_then_rerun_matches_an_uninterrupted_ru
     again = _cli("pipeline", "--config", path)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("toyworld", "sft", "rm_safety"):
-        assert f"[pipeline] {stage}: finished earlier, skipped" in again.stdout
+        assert f"[pipeline] {stage}: finished earlier with this config, skipped" in again.stdout
     assert "resumed from" in again.stdout and "after round" in again.stdout
     for stage in ("rs", "ppo"):
         assert _comparable(run / stage) == _comparable(full / stage), stage
