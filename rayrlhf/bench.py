@@ -8,6 +8,10 @@ measured against a baseline in the same process tree:
   ppo/async_over_sync           end-to-end samples/s, async (max_staleness 1) / sync
   ppo/sync_share_of_step        weight-sync seconds / step seconds (sync mode)
   ppo/step_over_bound           async step seconds / max(generation, training + sync)
+  ppo/balanced/async_over_sync  the same ratio where generation and training take about as
+                                long (4 samples per prompt, longer responses, max_staleness 2),
+                                the median of --repeats runs per mode (the bound is about 2);
+                                with the share of samples by staleness (ppo/balanced/staleness@k)
   rm/kwise_over_pairs           reward-model comparisons/s on ranked lists of 4, each list one
                                 example (responses scored once) / every pair its own example
 With ``--memory`` (rayrlhf.engine.bench_memory):
@@ -75,7 +79,8 @@ def _rm_ranked_ratio(world: str, lists: int = 48, lists_per_batch: int = 8) -> d
     return out
 
 
-def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str):
+def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str, n_samples: int = 2,
+             max_new_tokens: int = 32, prompts_per_step: int = 16, max_staleness: int = 1):
     from rayrlhf.config import load_config
     from rayrlhf.config.ppo import PPOConfig
 
@@ -83,10 +88,12 @@ def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str):
         "policy": {"name_or_path": f"{world}/base_model"},
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "max_prompt_tokens": 96},
         "rewards": [{"name": "gold", "function": "rayrlhf.tasks.toyworld:gold_reward"}],
-        "rollout": {"backend": backend, "n_samples": 2, "max_new_tokens": 32, "max_model_len": 192},
-        "ppo": {"total_steps": steps, "prompts_per_step": 16, "global_mini_batch_size": 16, "ppo_epochs": 1,
-                "rollout_mode": mode, "max_staleness": 1, "eval_every": 10_000, "checkpoint_every": 10_000,
-                "actor_lr": 1e-5, "critic_lr": 1e-5},
+        "rollout": {"backend": backend, "n_samples": n_samples, "max_new_tokens": max_new_tokens,
+                    "max_model_len": 96 + max_new_tokens},
+        "ppo": {"total_steps": steps, "prompts_per_step": prompts_per_step,
+                "global_mini_batch_size": prompts_per_step * n_samples, "ppo_epochs": 1,
+                "rollout_mode": mode, "max_staleness": max_staleness, "eval_every": 10_000,
+                "checkpoint_every": 10_000, "actor_lr": 1e-5, "critic_lr": 1e-5},
         # Generation and training each get one core: the overlap async mode is for.
         "resources": {"trainer": {"cpus_per_worker": 1.0}, "critic": {"cpus_per_worker": 0.01},
                       "reference": {"cpus_per_worker": 0.01, "colocate_with": "trainer"},
@@ -106,11 +113,48 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
                                 ("reward", "reference", "logprobs", "values", "advantages", "update", "sync"))
                            for r in rows]))
     sync = float(np.mean([r.get("timing/sync", 0.0) for r in rows]))
+    # Share of the measured samples made k versions before the weights they trained.
+    counts: dict[int, float] = {}
+    for r in rows:
+        for key, share in r.items():
+            if key.startswith("async/staleness@"):
+                k = int(key.split("@", 1)[1])
+                counts[k] = counts.get(k, 0.0) + share * r["rollout/samples"]
+    total = sum(counts.values()) or 1.0
     return {"step_seconds": step, "samples_per_s": samples / step, "sync_seconds": sync,
-            "generate_seconds": gen, "train_plus_sync_seconds": train}
+            "generate_seconds": gen, "train_plus_sync_seconds": train,
+            **{f"staleness@{k}": counts[k] / total for k in sorted(counts)}}
 
 
-def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
+def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int, repeats: int,
+                    max_new_tokens: int) -> dict:
+    """async/sync where generation and training each take about half a sync step: the median of
+    ``repeats`` runs per mode, alternating modes so that drift in the machine hits both."""
+    runs: dict[str, list[dict]] = {"sync": [], "async": []}
+    from rayrlhf.driver.ppo_stage import run_ppo
+
+    for i in range(repeats):
+        for mode in ("sync", "async"):
+            run_dir = os.path.join(tmp, f"balanced_{mode}_{i}")
+            run_ppo(_ppo_cfg(world, run_dir, mode, steps + warmup, backend, n_samples=4,
+                             max_new_tokens=max_new_tokens, prompts_per_step=8, max_staleness=2))
+            runs[mode].append(_ppo_figures(run_dir, warmup))
+    med = {m: {k: float(np.median([f.get(k, 0.0) for f in fs])) for k in fs[0]} for m, fs in runs.items()}
+    out = {f"ppo/balanced/{m}/{k}": v for m, f in med.items() for k, v in f.items()
+           if not k.startswith("staleness@")}
+    out["ppo/balanced/async_over_sync"] = med["async"]["samples_per_s"] / med["sync"]["samples_per_s"]
+    out["ppo/balanced/async_over_sync_runs"] = [a["samples_per_s"] / s["samples_per_s"]
+                                                for s, a in zip(runs["sync"], runs["async"])]
+    out["ppo/balanced/generate_over_train"] = (med["sync"]["generate_seconds"]
+                                               / med["sync"]["train_plus_sync_seconds"])
+    keys = sorted({k for f in runs["async"] for k in f if k.startswith("staleness@")})
+    out.update({f"ppo/balanced/{k}": float(np.mean([f.get(k, 0.0) for f in runs["async"]])) for k in keys})
+    out["ppo/balanced/repeats"] = repeats
+    return out
+
+
+def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: int = 2,
+              balanced_new_tokens: int = 96) -> dict:
     from rayrlhf.data.tokenize import render_prompt
     from rayrlhf.driver.ppo_stage import run_ppo
     from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
@@ -146,7 +190,9 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2) -> dict:
     bound = max(s["generate_seconds"], s["train_plus_sync_seconds"])
     out["ppo/bound_seconds"] = bound
     out["ppo/step_over_bound"] = a["step_seconds"] / bound
+    out.update(_balanced_ratio(world, tmp, backend, steps, warmup, repeats, balanced_new_tokens))
     out["goals"] = {"ppo/async_over_sync >= 1.3": out["ppo/async_over_sync"] >= 1.3,
+                    "ppo/balanced/async_over_sync >= 1.6": out["ppo/balanced/async_over_sync"] >= 1.6,
                     "ppo/sync_share_of_step < 0.05": out["ppo/sync_share_of_step"] < 0.05,
                     "rollout/vllm_over_hf >= 1.5": out.get("rollout/vllm_over_hf", 0.0) >= 1.5,
                     "rm/kwise_over_pairs >= 2": out["rm/kwise_over_pairs"] >= 2}
@@ -158,6 +204,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hidden", type=int, default=384, help="model width (head_dim 64)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--steps", type=int, default=6, help="measured PPO iterations per mode")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per mode of the balanced async "
+                        "setting; the median is reported")
+    parser.add_argument("--balanced-new-tokens", type=int, default=96, help="response length of the "
+                        "balanced setting (longer responses shift time to generation)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--memory", action="store_true", help="instead: the deepest tiny Llama whose PPO "
                         "update fits a per-rank memory budget with ddp and fsdp(2), as a ratio")
@@ -175,7 +225,8 @@ def main(argv: list[str]) -> int:
 
         result = run_memory(budget_mib=args.budget_mib)
     else:
-        result = run_bench(args.hidden, args.layers, args.steps)
+        result = run_bench(args.hidden, args.layers, args.steps, repeats=args.repeats,
+                           balanced_new_tokens=args.balanced_new_tokens)
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out:

@@ -197,6 +197,7 @@ class PPODriver:
             "rollout/samples": len(samples), "rollout/response_length": float(np.mean(lengths)),
             "rollout/truncated_fraction": float(np.mean([s.finish_reason == "length" for s in samples])),
             "async/staleness_mean": float(staleness.float().mean()), "async/staleness_max": float(staleness.max()),
+            **{f"async/staleness@{k}": float((staleness == k).float().mean()) for k in range(int(staleness.max()) + 1)},
             "async/queue_depth": float(len(self.pending)), "policy/version": float(self.version),
             **self.counters,
         })

@@ -158,6 +158,7 @@ def test_async_with_staleness_one_uses_older_samples(world, reference_run, tmp_p
     assert _sample_versions(run_dir) == [[0], [0], [1], [2]]
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert [r["async/staleness_mean"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert [(r["async/staleness@0"], r.get("async/staleness@1")) for r in rows] == [(1.0, None)] + [(0.0, 1.0)] * 3
     assert "async/importance_weight_mean" not in rows[0]  # fresh samples: no correction
     assert all(0 < r["async/importance_weight_mean"] <= 2.0 for r in rows[1:])
     # The engine-vs-trainer KL, every iteration; on fresh samples (step 1) engines agree closely.

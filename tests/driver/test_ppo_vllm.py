@@ -79,4 +79,5 @@ def test_async_on_vllm_with_a_killed_worker(world, tmp_path):
     assert [e["sample_versions"] for e in ledger] == [[0], [0], [1, 2], [2]]
     rows = read_metrics(run_dir)[1:]
     assert rows[2]["async/staleness_max"] == 1.0 and rows[2]["async/staleness_mean"] == 0.5
+    assert rows[2]["async/staleness@0"] == 0.5 and rows[2]["async/staleness@1"] == 0.5
     assert all(r["sync/probe_max_diff"] < 1e-3 for r in rows if "sync/probe_max_diff" in r)
