@@ -1,0 +1,29 @@
+"""`rayrlhf bench` reduces a run's metrics to its figures: means over measured iterations,
+and the share of samples by staleness weighted by each iteration's samples."""
+import json
+
+import pytest
+
+from rayrlhf.bench import _ppo_figures
+
+
+def test_figures_skip_warmup_and_weight_staleness_by_samples(tmp_path):
+    rows = [
+        # warm-up: left out
+        {"timing/step": 9.0, "timing/generate": 9.0, "rollout/samples": 8, "async/staleness@0": 1.0},
+        {"timing/step": 2.0, "timing/generate": 1.0, "timing/update": 1.5, "timing/sync": 0.1,
+         "rollout/samples": 8, "async/staleness@0": 0.5, "async/staleness@1": 0.5},
+        {"timing/step": 4.0, "timing/generate": 3.0, "timing/update": 0.5, "timing/sync": 0.3,
+         "rollout/samples": 24, "async/staleness@0": 0.0, "async/staleness@1": 0.5, "async/staleness@2": 0.5},
+        {"eval/gold_reward": 0.3},  # not an iteration
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    f = _ppo_figures(str(tmp_path), warmup=1)
+    assert f["step_seconds"] == pytest.approx(3.0)
+    assert f["samples_per_s"] == pytest.approx(16 / 3.0)
+    assert f["generate_seconds"] == pytest.approx(2.0)
+    assert f["train_plus_sync_seconds"] == pytest.approx((1.6 + 0.8) / 2)
+    # 32 samples: 4 fresh, 4 + 12 one version old, 12 two versions old.
+    assert f["staleness@0"] == pytest.approx(4 / 32)
+    assert f["staleness@1"] == pytest.approx(16 / 32)
+    assert f["staleness@2"] == pytest.approx(12 / 32)
