@@ -169,11 +169,30 @@ def _leaves(obj, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
-def stage_fingerprint(stage_cfg) -> dict[str, Any]:
-    """The stage's resolved config as the dotted keys that decide its results."""
+def _relative_to_run(value, run_dir: str):
+    """Paths inside the run folder written as ``{run}/...``, so a run folder that is moved or
+    copied elsewhere (another disk, another machine) keeps its finished stages."""
+    if isinstance(value, str):
+        if value == run_dir:
+            return "{run}"
+        if value.startswith(run_dir + os.sep):
+            return "{run}" + value[len(run_dir):]
+        return value
+    if isinstance(value, list):
+        return [_relative_to_run(v, run_dir) for v in value]
+    return value
+
+
+def stage_fingerprint(stage_cfg, run_dir: str | None = None) -> dict[str, Any]:
+    """The stage's resolved config as the dotted keys that decide its results; with ``run_dir``,
+    paths inside it are written relative to it (``{run}/sft/export``)."""
     from rayrlhf.config.loader import to_dict
 
-    return {k: v for k, v in sorted(_leaves(to_dict(stage_cfg)).items()) if k not in NOT_RESULTS}
+    leaves = {k: v for k, v in sorted(_leaves(to_dict(stage_cfg)).items()) if k not in NOT_RESULTS}
+    if run_dir:
+        root = os.path.normpath(os.path.abspath(run_dir))
+        leaves = {k: _relative_to_run(v, root) for k, v in leaves.items()}
+    return leaves
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -207,7 +226,7 @@ def plan_stages(cfg: PipelineConfig, run_dir: str, configs: list, rerun: str | N
     plans, problems, rerunning = [], [], False
     for spec, stage_cfg in zip(cfg.stages, configs):
         folder = os.path.join(run_dir, spec.name)
-        fp = stage_fingerprint(stage_cfg)
+        fp = stage_fingerprint(stage_cfg, run_dir)
         rerunning = rerunning or spec.name == rerun
         if rerunning:
             plans.append(StagePlan(spec.name, "rerun" if os.path.exists(folder) else "run", fp))

@@ -116,3 +116,29 @@ def test_keys_that_cannot_change_a_result_are_left_out_of_the_hash():
     c = stage_fingerprint(load_config(SFTConfig, data={**base, "train": {"lr": 1e-3}}))
     assert fingerprint_hash(a) == fingerprint_hash(b)
     assert changed_keys(a, c) == [f"train.lr: {a['train.lr']!r} -> 0.001"]
+
+
+def test_a_run_folder_copied_elsewhere_keeps_its_finished_stages(tmp_path):
+    """Paths inside the run folder are hashed relative to it: a copy of the run under another
+    output_dir skips both stages, while a path outside it still counts as an edit."""
+    import shutil
+
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    path = _pipeline(tmp_path / "one")
+    _run(path)
+    stage = json.loads((tmp_path / "one" / "runs" / "edits" / "a" / "STAGE.json").read_text())
+    assert stage["config"]["out"] == "{run}/a"
+    shutil.copytree(tmp_path / "one" / "runs", tmp_path / "two" / "runs")
+    moved = _pipeline(tmp_path / "two")
+    assert _run(moved).count("finished earlier with this config, skipped") == 2
+
+    from rayrlhf.driver.pipeline import stage_fingerprint
+    from rayrlhf.config import SFTConfig, load_config
+
+    inside = load_config(SFTConfig, data={"model": {"name_or_path": str(tmp_path / "r" / "sft" / "export")},
+                                          "data": {"train": [str(tmp_path / "d.jsonl")]}})
+    fp = stage_fingerprint(inside, str(tmp_path / "r"))
+    assert fp["model.name_or_path"] == "{run}/sft/export"
+    assert fp["data.train"] == [str(tmp_path / "d.jsonl")]
+    assert stage_fingerprint(inside, str(tmp_path / "r2"))["model.name_or_path"] == str(tmp_path / "r" / "sft" / "export")
