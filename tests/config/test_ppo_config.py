@@ -68,3 +68,15 @@ def test_memory_plan_and_placement_roles_leave_out_the_critic_without_gae():
     assert "critic" in planned_roles("ppo", _cfg())
     roles = planned_roles("ppo", _cfg(ppo={"advantage": "grpo"}, rollout={"n_samples": 2}))
     assert "critic" not in roles and "trainer" in roles and "reference" in roles
+
+
+def test_the_grpo_job_places_no_critic():
+    import os
+
+    from rayrlhf.config.loader import load_config as load
+    from rayrlhf.engine.memory import planned_roles
+
+    job = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "toyworld_grpo.yaml")
+    cfg = load(PPOConfig, path=job)
+    assert cfg.ppo.advantage == "grpo" and cfg.rollout.n_samples == 4
+    assert planned_roles("ppo", cfg) == ["trainer", "reference", "rollout", "reward/helpfulness", "reward/safety"]
