@@ -193,7 +193,12 @@ class PPOSection:
     grpo_std_normalize: bool = True
     """grpo: divide by the group's standard deviation; false gives Dr. GRPO's advantages, the
     score minus the group mean (Liu et al. 2025). The policy loss is token-level either way: a
-    mini-batch's summed token losses divided by its number of response tokens."""
+    mini-batch's summed token losses divided by loss_agg's count."""
+    loss_agg: Literal["token_mean", "seq_sum_token_norm"] = "token_mean"
+    """What the policy-gradient loss of a mini-batch divides its summed token losses by. token_mean: the
+    mini-batch's number of response tokens. seq_sum_token_norm: the constant rows x
+    rollout.max_new_tokens, so no response's tokens weigh more for being in a batch of short
+    responses (Dr. GRPO, Liu et al. 2025, sec. 3.1). The KL and entropy terms and the critic's loss are token means either way."""
     critic_warmup_steps: int = 0
     """Iterations that update only the critic, so values are sensible before the policy moves."""
     rollout_mode: Literal["sync", "async"] = "async"

@@ -28,7 +28,8 @@ from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_chec
                                    sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
-from rayrlhf.driver.ppo_math import behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl
+from rayrlhf.driver.ppo_math import (behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl,
+                                     loss_divisor)
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
 from rayrlhf.rollout.types import Sample
@@ -281,12 +282,14 @@ class PPODriver:
         cri_size = cri.world_size if cri is not None else 0
         pol_jobs = [[] for _ in range(pol.world_size)]
         cri_jobs = [[] for _ in range(cri_size)]
-        tokens = []
+        tokens, divisors = [], []
         for epoch in range(self.p.ppo_epochs):
             order = np.random.default_rng([self.cfg.run.seed, step, epoch, 7]).permutation(n)
             for start in range(0, n, G):
                 mb = order[start:start + G]
                 tokens.append(float(batch["response_mask"][mb].sum()))
+                divisors.append(loss_divisor(batch["response_mask"][mb], self.p.loss_agg,
+                                             self.cfg.rollout.max_new_tokens))
                 for jobs, size in ((pol_jobs, pol.world_size), (cri_jobs, cri_size)):
                     if not size:
                         continue
@@ -295,7 +298,8 @@ class PPODriver:
         refs = []
         train_policy = step >= self.p.critic_warmup_steps
         if train_policy:
-            refs += [a.update.remote(j, tokens) for a, j in zip(pol.actors, pol_jobs)]
+            pol_divisors = None if self.p.loss_agg == "token_mean" else divisors
+            refs += [a.update.remote(j, tokens, pol_divisors) for a, j in zip(pol.actors, pol_jobs)]
         if cri is not None:
             refs += [a.update.remote(j, tokens) for a, j in zip(cri.actors, cri_jobs)]
         outs = get(refs, self.timeout, "policy and critic in phase update")

@@ -98,3 +98,14 @@ def compute_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_log
         stats["critic/values_mean"] = float(masked_mean(values, mask))
         stats["critic/returns_mean"] = float(masked_mean(returns, mask))
     return {"advantages": advantages, "returns": returns, "kl_per_response": per_seq_kl, "stats": stats}
+
+
+def loss_divisor(response_mask: torch.Tensor, loss_agg: str, max_new_tokens: int) -> float:
+    """What one mini-batch's summed token losses are divided by (``ppo.loss_agg``): its number of
+    response tokens (token_mean), or the constant rows x max_new_tokens (seq_sum_token_norm,
+    Dr. GRPO). Shape: response_mask (B, T-1), the mini-batch's rows."""
+    if loss_agg == "token_mean":
+        return float(response_mask.sum())
+    if loss_agg == "seq_sum_token_norm":
+        return float(response_mask.shape[0] * max_new_tokens)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
-from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages, loss_divisor
 
 # One row: 2 prompt tokens, 2 response tokens -> columns (T-1 = 3): [prompt->r1, r1->r2] = cols 1, 2.
 MASK = torch.tensor([[0.0, 1.0, 1.0]])
@@ -126,3 +126,11 @@ def test_reinforce_pp_whitens_the_summed_kl_penalised_rewards():
     torch.testing.assert_close(out["returns"], torch.tensor([[1.5, 2.0]]))
     s = 1 / math.sqrt(2)
     torch.testing.assert_close(out["advantages"], torch.tensor([[-s, s]]), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_divisor_is_the_token_count_or_a_constant():
+    # 2 rows with 3 and 1 response tokens; max_new_tokens 8
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert loss_divisor(mask, "token_mean", 8) == 4.0
+    assert loss_divisor(mask, "seq_sum_token_norm", 8) == 16.0  # 2 rows x 8, whatever the lengths
+    assert loss_divisor(mask[:, :2], "seq_sum_token_norm", 8) == 16.0
