@@ -153,6 +153,8 @@ def build_roles(cfg, run_name: str) -> Roles:
         entropy_coef=p.entropy_coef))
     critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train),
                       CriticLoss(p.value_clip)) if p.uses_critic else None
+    if critic is None and cfg.critic != type(cfg.critic)():
+        print(f"[rayrlhf] ppo.advantage: {p.advantage} trains no critic; the critic section is not used", flush=True)
     # Under LoRA on the reference's weights, the policy computes reference logprobs itself.
     reference = None if cfg.reference_from_policy else RoleSpec(
         _engine(cfg, cfg.reference, "reference", "reference", forward_micro_batch_size=p.forward_micro_batch_size))

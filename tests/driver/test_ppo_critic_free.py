@@ -1,5 +1,5 @@
-"""Critic-free PPO (ppo.advantage: grpo, rloo) on Ray with tiny models: no critic worker,
-placement group, checkpoint or metrics; checkpoints resume exactly."""
+"""Critic-free PPO (ppo.advantage: grpo, Dr. GRPO, rloo, reinforce++) on Ray with tiny models:
+no critic worker, placement group, checkpoint or metrics; checkpoints resume exactly."""
 import glob
 import os
 
@@ -25,15 +25,23 @@ def world(tmp_path_factory):
     yield from world_on_local_ray(tmp_path_factory, "ppo_critic_free_world")
 
 
-def _cfg(world, run_dir, advantage):
+CASES = {
+    "grpo": {"advantage": "grpo", "kl_in": "loss"},
+    "rloo": {"advantage": "rloo", "kl_in": "loss"},
+    "dr_grpo": {"advantage": "grpo", "grpo_std_normalize": False, "loss_agg": "seq_sum_token_norm", "kl_in": "reward"},
+    "reinforce++": {"advantage": "reinforce++", "kl_in": "reward"},
+}
+
+
+def _cfg(world, run_dir, case):
     return load_config(PPOConfig, data={
         "policy": {"name_or_path": f"{world}/base_model"},
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "eval": [f"{world}/data/prompts_eval.jsonl"],
                  "max_prompt_tokens": 96, "eval_limit": EVAL},
         "rewards": [{"name": "rule", "function": "tests.driver.faults:reward"}],
         "rollout": {"backend": "hf", "max_new_tokens": 8, "n_samples": N, "max_model_len": 160},
-        "ppo": {"advantage": advantage, "total_steps": STEPS, "prompts_per_step": PROMPTS, "ppo_epochs": 1,
-                "global_mini_batch_size": 4, "actor_lr": 1e-3, "kl_coef": 0.1, "kl_in": "loss",
+        "ppo": {**CASES[case], "total_steps": STEPS, "prompts_per_step": PROMPTS, "ppo_epochs": 1,
+                "global_mini_batch_size": 4, "actor_lr": 1e-3, "kl_coef": 0.1,
                 "eval_every": STEPS, "checkpoint_every": 1, "rollout_mode": "sync", "call_timeout_s": 120},
         "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"cpus_per_worker": 0.25}, "reference": {"cpus_per_worker": 0.25},
@@ -72,11 +80,11 @@ def _comparable(run_dir):
             for r in read_metrics(run_dir)]
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
-def test_critic_free_runs_place_no_critic_and_resume_exactly(world, tmp_path, placed, capfd, advantage):
+@pytest.mark.parametrize("case", list(CASES))
+def test_critic_free_runs_place_no_critic_and_resume_exactly(world, tmp_path, placed, capfd, case):
     full = str(tmp_path / "full")
     faults.reset()
-    run_ppo(_cfg(world, full, advantage))
+    run_ppo(_cfg(world, full, case))
     assert placed["critic"] is None
     assert "critic" not in placed["plan"] and "trainer" in placed["plan"]
     assert "critic" not in placed["groups"] and "trainer" in placed["groups"]
@@ -95,8 +103,8 @@ def test_critic_free_runs_place_no_critic_and_resume_exactly(world, tmp_path, pl
     stopped = str(tmp_path / "stopped")
     faults.reset(crash_at=CRASH_IN_STEP_2)
     with pytest.raises(RuntimeError, match="driver killed"):
-        run_ppo(_cfg(world, stopped, advantage))
+        run_ppo(_cfg(world, stopped, case))
     faults.reset()
-    run_ppo(_cfg(world, stopped, advantage), resume=True)
+    run_ppo(_cfg(world, stopped, case), resume=True)
     assert "checkpoints/step-00000001 at step 1" in capfd.readouterr().out
     assert _comparable(stopped) == _comparable(full)
