@@ -176,12 +176,15 @@ class ModelWorker:
         return self.forward(batch, temperature=1.0)[0].tolist()
 
     # -- updates -----------------------------------------------------------------------------
-    def update(self, minibatches: list[dict], num_tokens: list[float]) -> dict:
+    def update(self, minibatches: list[dict], num_tokens: list[float],
+               loss_tokens: list[float] | None = None) -> dict:
         """One optimizer step per mini-batch (this worker's rows of it); returns mean stats.
 
         ``num_tokens[i]`` is the response-token count of global mini-batch i over all workers:
         each rank divides its token sum by it and DDP/FSDP average, so the step equals the
-        full-batch step whatever the number of workers and micro-batches.
+        full-batch step whatever the number of workers and micro-batches. ``loss_tokens[i]``,
+        when given, replaces that count as the policy loss's divisor (a constant normaliser,
+        ``ppo.loss_agg``); the stats stay token means.
 
         All or nothing: a non-finite loss (on any rank) or gradient norm in any mini-batch
         stops the update there (every rank at the same mini-batch: the ranks agree before each
@@ -196,8 +199,9 @@ class ModelWorker:
         t0 = time.perf_counter()
         self.engine.snapshot()
         done, failed = 0, None
-        for i, (mb, n_tok) in enumerate(zip(minibatches, num_tokens)):
-            stats = self.engine.step(mb, lambda model, micro, n=n_tok: self._loss(model, micro, n))
+        divisors = loss_tokens or num_tokens
+        for i, (mb, n_tok, n_loss) in enumerate(zip(minibatches, num_tokens, divisors)):
+            stats = self.engine.step(mb, lambda model, micro, n=n_tok, d=n_loss: self._loss(model, micro, n, d))
             if stats.pop("skipped"):
                 failed = i + 1
                 totals = {k: float(v) for k, v in stats.items()}  # the failed mini-batch's stats
@@ -219,7 +223,7 @@ class ModelWorker:
         self.engine.restore()
         return True
 
-    def _loss(self, model, mb: dict, n_tok: float):
+    def _loss(self, model, mb: dict, n_tok: float, n_loss: float | None = None):
         """This micro-batch's share of the global loss, and its stats as shares too: a mean
         over the micro-batch's tokens is weighted by its tokens / the global count x world, so
         adding micro-batches and averaging ranks gives the token mean of the mini-batch."""
@@ -240,9 +244,10 @@ class ModelWorker:
             loss = -(logprobs * mask).sum() / n_tok
             return loss, {"nll": float(loss.detach()) * self.world, "loss": float(loss.detach()) * self.world}
         logprobs, logits = self._logprobs(model, mb, cfg.temperature)
+        n_loss = n_loss or n_tok
         loss, stats = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mask,
                                       clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
-                                      dual_clip=cfg.dual_clip, num_tokens=n_tok)
+                                      dual_clip=cfg.dual_clip, num_tokens=n_loss)
         out = {k: float(v) * share for k, v in stats.items()}
         if cfg.kl_in == "loss":
             # KL as a loss term (Shao et al. 2024, eq. 3) instead of in the reward.

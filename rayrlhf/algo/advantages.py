@@ -1,4 +1,5 @@
-"""Advantage estimators: GAE for PPO and group-normalised scores for GRPO."""
+"""Advantage estimators: GAE for PPO; group baselines (GRPO, Dr. GRPO, RLOO) and REINFORCE++ returns
+for critic-free RL."""
 
 from __future__ import annotations
 
@@ -100,3 +101,62 @@ def group_normalized_advantages(
     normalized = (grouped - mean) / (std + eps)
     out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
     return normalized.reshape(scores.shape).to(out_dtype)
+
+
+def leave_one_out_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO outcome advantages: each sample's score minus the mean of the other samples of its
+    prompt (Ahmadian et al. 2024, eq. 6), A_i = r_i - 1/(G-1) sum_{j != i} r_j.
+
+    Groups are consecutive, as in ``group_normalized_advantages``.
+
+    Args:
+        scores: One scalar reward per sample. Shape: (N * group_size,).
+        group_size: Samples per prompt, at least 2.
+
+    Returns:
+        Per-sample advantages. Shape: (N * group_size,).
+    """
+    if group_size < 2:
+        raise ValueError(f"leave-one-out needs at least 2 samples per prompt, got group_size={group_size}")
+    if scores.numel() % group_size != 0:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of group_size={group_size}")
+    grouped = scores.detach().float().reshape(-1, group_size)  # (N, G)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(scores.shape)
+
+
+def group_centered_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Dr. GRPO outcome advantages: the score minus its group's mean, with no division by the
+    group's standard deviation (Liu et al. 2025, "Understanding R1-Zero-like training", sec. 3.1).
+
+    Shapes: scores (N * group_size,) -> (N * group_size,).
+    """
+    if scores.numel() % group_size != 0:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of group_size={group_size}")
+    grouped = scores.detach().float().reshape(-1, group_size)  # (N, G)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(scores.shape)
+
+
+@torch.no_grad()
+def reinforce_pp_returns(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ returns (Hu 2025): G_t = sum_{s >= t} gamma^(s - t) r_s over response tokens,
+    with no critic; the caller whitens them over the batch to get the advantages.
+
+    Args:
+        rewards: Per-token rewards, -beta * KL_t on every response token plus the score on the
+            last one. Shape: (B, T).
+        response_mask: 1 on response tokens; masked positions are stepped over. Shape: (B, T).
+        gamma: Discount.
+
+    Returns:
+        Returns, 0 outside the mask. Shape: (B, T).
+    """
+    mask = response_mask.bool()
+    running = torch.zeros_like(rewards[:, 0])
+    out = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        # G_t = r_t + gamma * G_{t+1}
+        g = rewards[:, t] + gamma * running
+        out[:, t] = torch.where(mask[:, t], g, torch.zeros_like(g))
+        running = torch.where(mask[:, t], g, running)
+    return out

@@ -177,7 +177,28 @@ class PPOSection:
     loss (Shao et al. 2024). k1 is refused in the loss: its gradient has zero mean under the
     policy's own samples, so as a loss it does not pull the policy toward the reference."""
     kl_in: Literal["reward", "loss"] = "reward"
-    """Put the KL penalty into the per-token reward (InstructGPT) or into the loss (GRPO)."""
+    """Put the KL penalty into the per-token reward (InstructGPT) or into the loss (GRPO). With
+    advantage gae or reinforce++, reward means -kl_coef * KL_t on every response token before
+    the returns are summed; with grpo or rloo, it means kl_coef times the response's summed KL
+    is subtracted from its score before the group baseline. loss: the rewards are the scores
+    alone and kl_coef * KL_t (kl_estimator, k3 by default) is added to the policy loss."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
+    """Advantage estimator. gae: a critic and GAE (gamma, lam, whiten_advantages). The others
+    place no critic (no critic worker, placement, checkpoint or memory; critic.* and the critic
+    keys here are unused): grpo: (score - group mean) / (group std + eps) on every response token
+    (Shao et al. 2024); rloo: score - mean of the prompt's other samples (Ahmadian et al. 2024);
+    reinforce++: the summed future per-token rewards (gamma, no critic), whitened over the
+    iteration's response tokens (Hu 2025). A group is the rollout.n_samples samples of one
+    prompt, so grpo and rloo need n_samples >= 2."""
+    grpo_std_normalize: bool = True
+    """grpo: divide by the group's standard deviation; false gives Dr. GRPO's advantages, the
+    score minus the group mean (Liu et al. 2025). The policy loss is token-level either way: a
+    mini-batch's summed token losses divided by loss_agg's count."""
+    loss_agg: Literal["token_mean", "seq_sum_token_norm"] = "token_mean"
+    """What the policy-gradient loss of a mini-batch divides its summed token losses by. token_mean: the
+    mini-batch's number of response tokens. seq_sum_token_norm: the constant rows x
+    rollout.max_new_tokens, so no response's tokens weigh more for being in a batch of short
+    responses (Dr. GRPO, Liu et al. 2025, sec. 3.1). The KL and entropy terms and the critic's loss are token means either way."""
     critic_warmup_steps: int = 0
     """Iterations that update only the critic, so values are sensible before the policy moves."""
     rollout_mode: Literal["sync", "async"] = "async"
@@ -226,6 +247,11 @@ class PPOSection:
     """Times a dead rollout worker is replaced before the run gives up."""
 
     @property
+    def uses_critic(self) -> bool:
+        """GAE needs a critic; the group baselines and REINFORCE++ do not."""
+        return self.advantage == "gae"
+
+    @property
     def kl_estimator_used(self) -> str:
         """The estimator in effect: the configured one, else k1 in the reward and k3 in the loss."""
         return self.kl_estimator or ("k3" if self.kl_in == "loss" else "k1")
@@ -244,6 +270,9 @@ class PPOSection:
             out.append("kl_estimator: k1 with kl_in: loss has a gradient of zero mean on the policy's own "
                        "samples, so it would not pull the policy toward the reference; use k3 (the default "
                        "for the loss) or k2, or put the KL in the reward (kl_in: reward)")
+        if not self.uses_critic and self.critic_warmup_steps:
+            out.append(f"critic_warmup_steps: {self.critic_warmup_steps} warms up a critic, but advantage: "
+                       f"{self.advantage} has none; set critic_warmup_steps: 0")
         if self.per_worker_micro_batch_size < 1 or self.forward_micro_batch_size < 1:
             out.append("per_worker_micro_batch_size and forward_micro_batch_size must be at least 1")
         return out
@@ -290,6 +319,9 @@ class PPOConfig:
                        "and importance weights take the trainer's logprobs of the full distribution, which "
                        "would not be the truncated one the rollout sampled from; set top_p: 1.0 and top_k: -1 "
                        "for PPO (rejection sampling and best-of-K may truncate)")
+        if self.ppo.advantage in ("grpo", "rloo") and self.rollout.n_samples < 2:
+            out.append(f"rollout.n_samples: ppo.advantage: {self.ppo.advantage} compares the samples of each prompt, "
+                       f"so it needs at least 2 per prompt, got {self.rollout.n_samples}")
         trainers = self.resources.trainer.num_workers
         if self.ppo.global_mini_batch_size % trainers:
             out.append(f"ppo.global_mini_batch_size ({self.ppo.global_mini_batch_size}) must be a multiple of "

@@ -2,6 +2,9 @@
 
     generate -> reward -> reference / logprobs / values -> advantages -> update -> sync
 
+With ``ppo.advantage`` other than gae there is no critic: no values phase, and the update
+trains the policy alone.
+
 Actors do the model work (``rayrlhf.actors``); this driver only moves batches between them and
 computes advantages with the pure functions of ``rayrlhf.algo``. Asynchronous mode keeps up to
 ``max_staleness`` further iterations of generation in flight while the trainer updates.
@@ -25,7 +28,8 @@ from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_chec
                                    sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
-from rayrlhf.driver.ppo_math import behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl
+from rayrlhf.driver.ppo_math import (behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl,
+                                     loss_divisor)
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
 from rayrlhf.rollout.types import Sample
@@ -153,8 +157,10 @@ class PPODriver:
                 ref_lp = self._forward(self.roles.policy, batch, "reference", method="reference_forward")
         with t("logprobs"):
             old_lp = self._forward(self.roles.policy, batch, "policy")
-        with t("values"):
-            values = self._forward(self.roles.critic, batch, "critic")
+        values = None
+        if self.roles.critic is not None:
+            with t("values"):
+                values = self._forward(self.roles.critic, batch, "critic")
         with t("advantages"):
             engine_lp = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"])
             stale = staleness > 0
@@ -168,9 +174,11 @@ class PPODriver:
             behaviour = behaviour_for_rows(engine_lp, old_lp, stale, tis) if tis or bool(stale.any()) else None
             adv = compute_advantages(scores, old_lp, ref_lp, values, batch["response_mask"], behaviour,
                                      self.kl_ctl.value, self.p.kl_estimator_used, self.p.kl_in, self.p.gamma, self.p.lam,
-                                     self.p.whiten_advantages, self.p.importance_cap)
-        batch.update(old_logprobs=old_lp, ref_logprobs=ref_lp, values=values,
-                     advantages=adv["advantages"], returns=adv["returns"])
+                                     self.p.whiten_advantages, self.p.importance_cap, self.p.advantage,
+                                     self.cfg.rollout.n_samples, self.p.grpo_std_normalize)
+        batch.update(old_logprobs=old_lp, ref_logprobs=ref_lp, advantages=adv["advantages"], returns=adv["returns"])
+        if values is not None:
+            batch["values"] = values
         with t("update"):
             upd = self._update(batch, step)
         failed = [r for r in ("actor", "critic") if upd.get(f"{r}/skipped")]
@@ -272,32 +280,39 @@ class PPODriver:
         n = batch["input_ids"].shape[0]
         G = self.p.global_mini_batch_size
         pol, cri = self.roles.policy, self.roles.critic
+        cri_size = cri.world_size if cri is not None else 0
         pol_jobs = [[] for _ in range(pol.world_size)]
-        cri_jobs = [[] for _ in range(cri.world_size)]
-        tokens = []
+        cri_jobs = [[] for _ in range(cri_size)]
+        tokens, divisors = [], []
         for epoch in range(self.p.ppo_epochs):
             order = np.random.default_rng([self.cfg.run.seed, step, epoch, 7]).permutation(n)
             for start in range(0, n, G):
                 mb = order[start:start + G]
                 tokens.append(float(batch["response_mask"][mb].sum()))
-                for jobs, size in ((pol_jobs, pol.world_size), (cri_jobs, cri.world_size)):
+                divisors.append(loss_divisor(batch["response_mask"][mb], self.p.loss_agg,
+                                             self.cfg.rollout.max_new_tokens))
+                for jobs, size in ((pol_jobs, pol.world_size), (cri_jobs, cri_size)):
+                    if not size:
+                        continue
                     for rank, part in enumerate(split_rows(len(mb), size)):
                         jobs[rank].append(select_rows(batch, mb[part]))
         refs = []
         train_policy = step >= self.p.critic_warmup_steps
         if train_policy:
-            refs += [a.update.remote(j, tokens) for a, j in zip(pol.actors, pol_jobs)]
-        refs += [a.update.remote(j, tokens) for a, j in zip(cri.actors, cri_jobs)]
+            pol_divisors = None if self.p.loss_agg == "token_mean" else divisors
+            refs += [a.update.remote(j, tokens, pol_divisors) for a, j in zip(pol.actors, pol_jobs)]
+        if cri is not None:
+            refs += [a.update.remote(j, tokens) for a, j in zip(cri.actors, cri_jobs)]
         outs = get(refs, self.timeout, "policy and critic in phase update")
         pol_outs = outs[:pol.world_size] if train_policy else []
-        cri_outs = outs[len(outs) - cri.world_size:]
+        cri_outs = outs[pol.world_size if train_policy else 0:]
         out = {f"actor/{k}": v for k, v in _mean_dicts(pol_outs).items()}
         out.update({f"critic/{k}": v for k, v in _mean_dicts(cri_outs).items()})
         return out
 
     def _rollback(self, step: int) -> list[str]:
         """Undo this iteration's updates on every group that trained; the names undone."""
-        groups = {"critic": self.roles.critic}
+        groups = {"critic": self.roles.critic} if self.roles.critic is not None else {}
         if step >= self.p.critic_warmup_steps:
             groups = {"actor": self.roles.policy, **groups}
         get([a.rollback.remote() for g in groups.values() for a in g.actors], self.timeout,
@@ -336,12 +351,16 @@ class PPODriver:
                      "samples": [dataclasses.asdict(x) for x in job.result[0]]} for job in self.pending]
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
                  "bad_steps": self.bad_steps}
-        save_loop_checkpoint(self.run_dir, step, [self.roles.policy, self.roles.critic], self.fleet, state,
+        save_loop_checkpoint(self.run_dir, step, self._trained_groups(), self.fleet, state,
                              self.p.keep_checkpoints, summary, self.timeout, files={INFLIGHT: inflight})
+
+    def _trained_groups(self) -> list:
+        """The groups a checkpoint holds: the policy, and the critic where there is one."""
+        return [g for g in (self.roles.policy, self.roles.critic) if g is not None]
 
     def _restore(self) -> tuple[int, list[GenJob]]:
         """The step to go on from and the in-flight jobs saved with its checkpoint."""
-        loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy, self.roles.critic], self.fleet, self.timeout)
+        loaded = load_loop_checkpoint(self.run_dir, self._trained_groups(), self.fleet, self.timeout)
         if not loaded:
             return 0, []
         found, state = loaded

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from rayrlhf.algo.advantages import gae
+from rayrlhf.algo.advantages import (gae, group_centered_advantages, group_normalized_advantages,
+                                     leave_one_out_advantages, reinforce_pp_returns)
 from rayrlhf.algo.kl import kl_penalty
 from rayrlhf.algo.masked import masked_mean, masked_sum, masked_whiten
 from rayrlhf.algo.rewards import token_level_rewards
@@ -42,7 +43,8 @@ def behaviour_for_rows(engine_logprobs: torch.Tensor, old_logprobs: torch.Tensor
 def compute_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                        values: torch.Tensor, response_mask: torch.Tensor, behaviour_logprobs: torch.Tensor | None,
                        kl_coef: float, kl_estimator: str = "k1", kl_in: str = "reward", gamma: float = 1.0,
-                       lam: float = 0.95, whiten: bool = True, importance_cap: float = 2.0) -> dict:
+                       lam: float = 0.95, whiten: bool = True, importance_cap: float = 2.0,
+                       estimator: str = "gae", group_size: int = 1, std_normalize: bool = True) -> dict:
     """Advantages and returns for one iteration.
 
     Rewards per token (InstructGPT eq. 2): r_t = -beta * KL_t, plus the sequence score at the
@@ -58,10 +60,24 @@ def compute_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_log
     mask = response_mask
     kl = kl_penalty(old_logprobs, ref_logprobs, kl_estimator) * mask
     beta = kl_coef if kl_in == "reward" else 0.0
-    rewards = token_level_rewards(scores, kl, mask, beta)
-    advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
-    if whiten:
-        advantages = masked_whiten(advantages, mask)
+    if estimator == "gae":
+        rewards = token_level_rewards(scores, kl, mask, beta)
+        advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
+        if whiten:
+            advantages = masked_whiten(advantages, mask)
+    elif estimator == "reinforce++":
+        returns = reinforce_pp_returns(token_level_rewards(scores, kl, mask, beta), mask, gamma)
+        advantages = masked_whiten(returns, mask)
+    else:
+        outcome = scores.float() - beta * masked_sum(kl, mask, dim=1)  # (B,)
+        if estimator == "rloo":
+            per_sample = leave_one_out_advantages(outcome, group_size)
+        elif std_normalize:
+            per_sample = group_normalized_advantages(outcome, group_size)
+        else:
+            per_sample = group_centered_advantages(outcome, group_size)
+        advantages = per_sample.to(mask.dtype)[:, None] * mask
+        returns = advantages
     stats = {}
     if behaviour_logprobs is not None:
         log_w = (old_logprobs - behaviour_logprobs) * mask
@@ -75,8 +91,21 @@ def compute_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_log
         "kl/per_response": float(per_seq_kl.mean()),
         "kl/per_token": float(masked_mean(kl_penalty(old_logprobs, ref_logprobs, "k1"), mask)),
         "kl/coef": kl_coef,
-        "critic/values_mean": float(masked_mean(values, mask)),
-        "critic/returns_mean": float(masked_mean(returns, mask)),
         "actor/advantages_abs_mean": float(masked_mean(advantages.abs(), mask)),
+        "actor/advantages_mean": float(masked_mean(advantages, mask)),
     })
+    if values is not None:
+        stats["critic/values_mean"] = float(masked_mean(values, mask))
+        stats["critic/returns_mean"] = float(masked_mean(returns, mask))
     return {"advantages": advantages, "returns": returns, "kl_per_response": per_seq_kl, "stats": stats}
+
+
+def loss_divisor(response_mask: torch.Tensor, loss_agg: str, max_new_tokens: int) -> float:
+    """What one mini-batch's summed token losses are divided by (``ppo.loss_agg``): its number of
+    response tokens (token_mean), or the constant rows x max_new_tokens (seq_sum_token_norm,
+    Dr. GRPO). Shape: response_mask (B, T-1), the mini-batch's rows."""
+    if loss_agg == "token_mean":
+        return float(response_mask.sum())
+    if loss_agg == "seq_sum_token_norm":
+        return float(response_mask.shape[0] * max_new_tokens)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}")

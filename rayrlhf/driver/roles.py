@@ -1,7 +1,7 @@
 """The actors of a PPO run, placed by ``rayrlhf.placement`` from the config's resources.
 
     policy      ModelWorker(kind=policy) x N, one torch.distributed group (DDP or FSDP)
-    critic      ModelWorker(kind=critic) x N, its own group
+    critic      ModelWorker(kind=critic) x N, its own group (ppo.advantage: gae only)
     reference   ModelWorker(kind=reference) x R (rows split across replicas)
     reward/<n>  RewardModelWorker x replicas per reward model; rule-based sources run here
     rollout     RolloutWorker x M, behind ``RolloutFleet``
@@ -143,7 +143,7 @@ def _engine(cfg, section, role: str, key: str, **kwargs) -> EngineSettings:
 
 
 def build_roles(cfg, run_name: str) -> Roles:
-    """The actors of a PPO run: policy, critic, reference, reward sources, rollout fleet."""
+    """The actors of a PPO run: policy, critic (GAE only), reference, reward sources, rollout fleet."""
     p = cfg.ppo
     train = dict(max_grad_norm=p.max_grad_norm, micro_batch_size=p.per_worker_micro_batch_size,
                  forward_micro_batch_size=p.forward_micro_batch_size)
@@ -151,7 +151,10 @@ def build_roles(cfg, run_name: str) -> Roles:
         objective="ppo", temperature=cfg.rollout.temperature or 1.0, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high,
         dual_clip=p.dual_clip, kl_in=p.kl_in, kl_coef=p.kl_coef, kl_estimator=p.kl_estimator_used,
         entropy_coef=p.entropy_coef))
-    critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train), CriticLoss(p.value_clip))
+    critic = RoleSpec(_engine(cfg, cfg.critic, "critic", "critic", lr=p.critic_lr, **train),
+                      CriticLoss(p.value_clip)) if p.uses_critic else None
+    if critic is None and cfg.critic != type(cfg.critic)():
+        print(f"[rayrlhf] ppo.advantage: {p.advantage} trains no critic; the critic section is not used", flush=True)
     # Under LoRA on the reference's weights, the policy computes reference logprobs itself.
     reference = None if cfg.reference_from_policy else RoleSpec(
         _engine(cfg, cfg.reference, "reference", "reference", forward_micro_batch_size=p.forward_micro_batch_size))

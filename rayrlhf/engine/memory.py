@@ -218,9 +218,10 @@ def _roles(command: str, cfg) -> list[_Role]:
     out = [_Role("trainer", "policy", "resources.trainer", pol.name_or_path, "trained", pol,
                  res.trainer.num_workers, micro * seq, fwd)]
     if command == "ppo":
-        critic = resolve_derived(cfg.critic, pol)
-        out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
-                         res.critic.num_workers, micro * seq, fwd, lm_head=False))
+        if cfg.ppo.uses_critic:  # the group baselines and REINFORCE++ have no critic
+            critic = resolve_derived(cfg.critic, pol)
+            out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
+                             res.critic.num_workers, micro * seq, fwd, lm_head=False))
         if not cfg.reference_from_policy:  # under LoRA the policy computes reference logprobs itself
             ref = resolve_derived(cfg.reference, pol)
             out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,

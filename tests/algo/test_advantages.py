@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from rayrlhf.algo.advantages import gae, group_normalized_advantages, whiten_advantages
+from rayrlhf.algo.advantages import (gae, group_centered_advantages, group_normalized_advantages,
+                                     leave_one_out_advantages, reinforce_pp_returns, whiten_advantages)
 
 REWARDS = torch.tensor([[0.0, 0.0, 1.0]])
 VALUES = torch.tensor([[0.5, 0.2, 0.4]])
@@ -89,3 +90,37 @@ def test_group_normalized_advantages_edge_cases():
     assert torch.equal(group_normalized_advantages(torch.tensor([3.0, 4.0]), 1), torch.zeros(2))
     with pytest.raises(ValueError, match="groups"):
         group_normalized_advantages(torch.ones(5), group_size=2)
+
+
+def test_leave_one_out_advantages_by_hand():
+    # groups of 2: [1, 2] -> [1 - 2, 2 - 1] = [-1, 1]; [3, 6] -> [3 - 6, 6 - 3] = [-3, 3]
+    out = leave_one_out_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), group_size=2)
+    torch.testing.assert_close(out, torch.tensor([-1.0, 1.0, -3.0, 3.0]))
+    # group of 3: [1, 2, 6]: 1 - (2 + 6) / 2 = -3, 2 - (1 + 6) / 2 = -1.5, 6 - (1 + 2) / 2 = 4.5
+    out = leave_one_out_advantages(torch.tensor([1.0, 2.0, 6.0]), group_size=3)
+    torch.testing.assert_close(out, torch.tensor([-3.0, -1.5, 4.5]))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        leave_one_out_advantages(torch.ones(4), group_size=1)
+
+
+def test_dr_grpo_advantages_do_not_divide_by_the_std():
+    # [1, 2, 3, 6] in groups of 2: means 1.5 and 4.5 -> [-0.5, 0.5, -1.5, 1.5]; GRPO divides each
+    # group by its sample std (0.7071 and 2.1213), giving +-0.7071 in both groups.
+    scores = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    torch.testing.assert_close(group_centered_advantages(scores, 2), torch.tensor([-0.5, 0.5, -1.5, 1.5]))
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(group_normalized_advantages(scores, 2), torch.tensor([-s, s, -s, s]),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_reinforce_pp_returns_are_the_summed_future_rewards():
+    # row 0: rewards [-0.1, -0.2, 1.0 - 0.3] -> returns [0.4, 0.5, 0.7]
+    # row 1: a masked gap at t=1 is stepped over, padding at t=3 stays 0:
+    #   [-0.1, (x), 2.0, pad] -> [1.9, 0, 2.0, 0]
+    rewards = torch.tensor([[-0.1, -0.2, 0.7, 0.0], [-0.1, 9.0, 2.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    out = reinforce_pp_returns(rewards, mask)
+    torch.testing.assert_close(out, torch.tensor([[0.4, 0.5, 0.7, 0.0], [1.9, 0.0, 2.0, 0.0]]))
+    # gamma 0.5 on row 0: G_2 = 0.7, G_1 = -0.2 + 0.35 = 0.15, G_0 = -0.1 + 0.075 = -0.025
+    out = reinforce_pp_returns(rewards[:1], mask[:1], gamma=0.5)
+    torch.testing.assert_close(out, torch.tensor([[-0.025, 0.15, 0.7, 0.0]]))

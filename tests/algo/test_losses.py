@@ -280,3 +280,15 @@ def test_dpo_label_smoothing():
         beta=0.5, label_smoothing=0.1,
     )
     assert loss.item() == pytest.approx(0.9 * softplus(1.0) + 0.1 * softplus(-1.0))
+
+
+def test_ppo_policy_loss_with_a_constant_normaliser_by_hand():
+    # At ratio 1 each token's loss is -A. Advantages 1, 1 (row 0) and 2 (row 1) on 3 response
+    # tokens: sum -4; token mean -4 / 3; Dr. GRPO's constant 2 rows x 4 max tokens: -4 / 8.
+    lp = torch.zeros(2, 3)
+    adv = torch.tensor([[1.0, 1.0, 5.0], [2.0, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    token_mean, _ = ppo_policy_loss(lp, lp.clone(), adv, mask)
+    torch.testing.assert_close(token_mean, torch.tensor(-4.0 / 3.0))
+    constant, _ = ppo_policy_loss(lp, lp.clone(), adv, mask, num_tokens=8.0)
+    torch.testing.assert_close(constant, torch.tensor(-0.5))

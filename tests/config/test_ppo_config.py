@@ -46,3 +46,37 @@ def test_evaluation_defaults_and_bad_settings():
     assert [p for p in err.value.problems if p.startswith("eval.")] == [
         "eval.samples_per_prompt: must be at least 1, got 0", "eval.bootstrap: must be at least 1, got 0",
         "eval.interval: must be in (0, 1), got 1.0"]
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_group_baselines_need_two_samples_per_prompt(advantage):
+    with pytest.raises(ConfigError, match=f"rollout.n_samples: ppo.advantage: {advantage} compares the samples"):
+        _cfg(ppo={"advantage": advantage}, rollout={"n_samples": 1})
+    assert not _cfg(ppo={"advantage": advantage}, rollout={"n_samples": 2}).ppo.uses_critic
+    assert _cfg(ppo={"advantage": "reinforce++"}, rollout={"n_samples": 1}).ppo.advantage == "reinforce++"
+
+
+def test_critic_warmup_is_refused_without_a_critic():
+    with pytest.raises(ConfigError, match="critic_warmup_steps: 2 warms up a critic, but advantage: reinforce"):
+        _cfg(ppo={"advantage": "reinforce++", "critic_warmup_steps": 2})
+    assert _cfg(ppo={"critic_warmup_steps": 2}).ppo.uses_critic
+
+
+def test_memory_plan_and_placement_roles_leave_out_the_critic_without_gae():
+    from rayrlhf.engine.memory import planned_roles
+
+    assert "critic" in planned_roles("ppo", _cfg())
+    roles = planned_roles("ppo", _cfg(ppo={"advantage": "grpo"}, rollout={"n_samples": 2}))
+    assert "critic" not in roles and "trainer" in roles and "reference" in roles
+
+
+def test_the_grpo_job_places_no_critic():
+    import os
+
+    from rayrlhf.config.loader import load_config as load
+    from rayrlhf.engine.memory import planned_roles
+
+    job = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "toyworld_grpo.yaml")
+    cfg = load(PPOConfig, path=job)
+    assert cfg.ppo.advantage == "grpo" and cfg.rollout.n_samples == 4
+    assert planned_roles("ppo", cfg) == ["trainer", "reference", "rollout", "reward/helpfulness", "reward/safety"]

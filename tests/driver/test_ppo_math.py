@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
-from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages
+from rayrlhf.driver.ppo_math import behaviour_tensor, compute_advantages, loss_divisor
 
 # One row: 2 prompt tokens, 2 response tokens -> columns (T-1 = 3): [prompt->r1, r1->r2] = cols 1, 2.
 MASK = torch.tensor([[0.0, 1.0, 1.0]])
@@ -86,3 +86,51 @@ def test_behaviour_rows_fresh_samples_weigh_one_unless_tis():
     # Row 0 (stale): w = min(exp(old - engine), 2) = exp(-0.5); row 1 (fresh): w = 1 exactly.
     assert torch.allclose(out["advantages"][0], ref["advantages"][0] * math.exp(-0.5))
     assert torch.equal(out["advantages"][1], ref["advantages"][1])
+
+
+def test_rloo_with_the_kl_in_the_reward_subtracts_each_sequences_kl_before_the_baseline():
+    # Two samples of one prompt, two response tokens each; k1 KL per token = old - ref.
+    old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+    ref = torch.tensor([[-1.0, -1.0], [-2.0, -1.5]])  # KL sums: 0 and 1.5
+    mask = torch.ones(2, 2)
+    scores = torch.tensor([1.0, 3.0])
+    # beta 0.4: outcomes 1 - 0 = 1, 3 - 0.6 = 2.4 -> RLOO [1 - 2.4, 2.4 - 1] = [-1.4, 1.4] per token
+    out = compute_advantages(scores, old, ref, None, mask, None, kl_coef=0.4, estimator="rloo", group_size=2)
+    torch.testing.assert_close(out["advantages"], torch.tensor([[-1.4, -1.4], [1.4, 1.4]]))
+    assert not any(k.startswith("critic/") for k in out["stats"])
+    # kl_in: loss leaves the scores alone: [1 - 3, 3 - 1]
+    out = compute_advantages(scores, old, ref, None, mask, None, kl_coef=0.4, kl_in="loss", kl_estimator="k3",
+                             estimator="rloo", group_size=2)
+    torch.testing.assert_close(out["advantages"], torch.tensor([[-2.0, -2.0], [2.0, 2.0]]))
+
+
+def test_grpo_and_dr_grpo_broadcast_over_the_response_tokens_only():
+    lp = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    scores = torch.tensor([0.0, 2.0])  # mean 1, sample std sqrt(2)
+    out = compute_advantages(scores, lp, lp.clone(), None, mask, None, kl_coef=0.1, estimator="grpo", group_size=2)
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(out["advantages"], torch.tensor([[-s, -s, 0.0], [s, s, s]]), atol=1e-5, rtol=1e-5)
+    out = compute_advantages(scores, lp, lp.clone(), None, mask, None, kl_coef=0.1, estimator="grpo", group_size=2,
+                             std_normalize=False)
+    torch.testing.assert_close(out["advantages"], torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]]))
+
+
+def test_reinforce_pp_whitens_the_summed_kl_penalised_rewards():
+    old = torch.tensor([[-1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -1.0]])  # k1 KL [1, 0]
+    # beta 0.5: rewards [-0.5, 2.0] -> returns [1.5, 2.0]; whitened: mean 1.75, unbiased std
+    # sqrt(0.125) -> [-0.7071, 0.7071]
+    out = compute_advantages(torch.tensor([2.0]), old, ref, None, torch.ones(1, 2), None, kl_coef=0.5,
+                             estimator="reinforce++")
+    torch.testing.assert_close(out["returns"], torch.tensor([[1.5, 2.0]]))
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(out["advantages"], torch.tensor([[-s, s]]), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_divisor_is_the_token_count_or_a_constant():
+    # 2 rows with 3 and 1 response tokens; max_new_tokens 8
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert loss_divisor(mask, "token_mean", 8) == 4.0
+    assert loss_divisor(mask, "seq_sum_token_norm", 8) == 16.0  # 2 rows x 8, whatever the lengths
+    assert loss_divisor(mask[:, :2], "seq_sum_token_norm", 8) == 16.0
