@@ -1,5 +1,5 @@
 """DPO through the shared loop in one process: it learns, its reference is scored once, a
-strong constraint keeps it at the reference, resume is exact and bad rows stop it early."""
+resume is exact and bad rows stop it early."""
 import json
 import math
 import os
@@ -13,7 +13,7 @@ from rayrlhf.config import DPOConfig, load_config
 from rayrlhf.data.validate import DataValidationError
 from rayrlhf.driver.train_stage import prepare
 from rayrlhf.metrics import read_metrics
-from rayrlhf.trainer.dpo import DPOTask, sequence_logps
+from rayrlhf.trainer.dpo import DPOTask
 from rayrlhf.trainer.loop import WorkerInfo, train
 from tests.trainer.test_loop import CrashAt, _comparable
 
@@ -46,16 +46,6 @@ def _run(cfg, resume=False, task=None):
     return train(task, cfg, prep["train"], prep["eval"], prep["run_dir"], WorkerInfo(), resume=resume), prep, task
 
 
-def _max_logp_change(world, export_dir, examples, task):
-    from rayrlhf.models import load_causal_lm
-
-    start = load_causal_lm(f"{world}/base_model", torch.float32, False).eval()
-    end = load_causal_lm(export_dir, torch.float32, False).eval()
-    batch = task.collate([{k: v for k, v in ex.items() if k != "ref"} for ex in examples])
-    with torch.no_grad():
-        return float((sequence_logps(end, batch) - sequence_logps(start, batch)).abs().max())
-
-
 def test_dpo_learns_scores_the_reference_once_and_resumes_exactly(world, tmp_path):
     cfg = _cfg(world, str(tmp_path / "full"), beta=0.1)
     summary, prep, task = _run(cfg)
@@ -86,17 +76,6 @@ def test_dpo_learns_scores_the_reference_once_and_resumes_exactly(world, tmp_pat
     a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
     b = load_file(str(tmp_path / "stopped" / "export" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_strong_constraint_keeps_the_policy_at_the_reference(world, tmp_path):
-    moved = {}
-    for name, beta in (("loose", 0.1), ("tight", 1e4)):
-        cfg = _cfg(world, str(tmp_path / name), loss="ipo", beta=beta)
-        _, prep, task = _run(cfg)
-        moved[name] = _max_logp_change(world, str(tmp_path / name / "export"), prep["eval"][:16], task)
-    print("max |logp change| on held-out sequences", moved)
-    assert moved["tight"] < 0.1 * moved["loose"]
-    assert moved["loose"] > 1.0
 
 
 def test_a_row_without_rejected_stops_before_training(world, tmp_path):
