@@ -1,5 +1,5 @@
-"""DPO through the shared loop in one process: it learns, its reference is scored once, a
-resume is exact and bad rows stop it early."""
+"""DPO through the shared loop in one process: it learns, its reference is scored once, resume
+is exact and bad rows stop it early."""
 import json
 import math
 import os
