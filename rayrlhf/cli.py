@@ -4,6 +4,7 @@
     rayrlhf report runs/quickstart                               # index.html + plots of a run
     rayrlhf sft --config jobs/toyworld_sft.yaml train.lr=1e-4    # one stage, dotted overrides
     rayrlhf rm --config jobs/toyworld_rm_helpfulness.yaml --resume
+    rayrlhf dpo --config jobs/toyworld_dpo.yaml                  # DPO of the SFT policy on preference pairs
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
     rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
     _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
+    _stage_parser(sub, "dpo", "direct preference optimisation of a causal LM on preference pairs (Ray Train)")
     _stage_parser(sub, "ppo", "PPO with a critic, GAE and a KL penalty, on Ray actors")
     _stage_parser(sub, "rs", "best-of-K rejection sampling in rounds, fine-tuning on the kept samples")
     p = sub.add_parser("best-of-k", help="score K samples per prompt and keep the best; trains nothing")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from rayrlhf.config import load_config
 
-    if args.command in ("sft", "rm"):
+    if args.command in ("sft", "rm", "dpo"):
         from rayrlhf.driver.train_stage import STAGES, print_summary, run_train_stage
 
         cfg = load_config(STAGES[args.command], args.config, args.overrides)

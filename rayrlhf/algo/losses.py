@@ -216,6 +216,9 @@ def dpo_loss(
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     num_pairs: int | None = None,
+    loss_type: str = "sigmoid",
+    margin: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Direct Preference Optimization loss (Rafailov et al. 2023 eq. 7).
 
@@ -223,6 +226,10 @@ def dpo_loss(
     loss = -(1 - ls) * log sigmoid(h) - ls * log sigmoid(-h)
     ``label_smoothing`` ls > 0 is conservative DPO (Mitchell 2023, "A note on DPO with noisy
     preferences"): preferences are assumed flipped with probability ls.
+    ``loss_type="ipo"`` (Azar et al. 2023 eq. 17): loss = (u - 1 / (2 * beta))^2 with
+    u = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)).
+    ``margin`` m (Llama 2-style, from the preference data) is subtracted inside:
+    sigmoid: h - m; ipo: (u - m - 1 / (2 * beta))^2.
 
     Args:
         policy_chosen_logps: Sequence log-probabilities of chosen responses. Shape: (B,).
@@ -232,6 +239,9 @@ def dpo_loss(
         beta: Strength of the implicit KL constraint.
         label_smoothing: Assumed probability in [0, 0.5) that a label is flipped.
         num_pairs: If given, divide the summed loss by this (the global pair count).
+        loss_type: ``sigmoid`` (DPO, cDPO with label_smoothing) or ``ipo``.
+        margin: Per-pair margin, or None for none. Shape: (B,).
+        weights: Per-pair weight of its loss term, or None for 1. Shape: (B,).
 
     Returns:
         ``(loss, stats)`` with stats ``reward_accuracy``, ``reward_margin``,
@@ -240,8 +250,17 @@ def dpo_loss(
     """
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
-    h = beta * (chosen_logratios - rejected_logratios)
-    losses = -(1.0 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
+    u = chosen_logratios - rejected_logratios
+    m = 0.0 if margin is None else margin
+    if loss_type == "ipo":
+        losses = (u - m - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "sigmoid":
+        h = beta * u - m
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
+    else:
+        raise ValueError(f"loss_type {loss_type!r}: expected sigmoid or ipo")
+    if weights is not None:
+        losses = losses * weights
     loss = losses.mean() if num_pairs is None else losses.sum() / num_pairs
     with torch.no_grad():
         chosen_rewards = beta * chosen_logratios.float()

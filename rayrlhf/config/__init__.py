@@ -2,6 +2,8 @@
 from rayrlhf.config.loader import ConfigError, load_config, save_config, to_dict
 from rayrlhf.config.schema import (
     DataSection,
+    DPOConfig,
+    DPOSection,
     ModelSection,
     RewardSection,
     RMConfig,
@@ -13,6 +15,6 @@ from rayrlhf.config.schema import (
 
 __all__ = [
     "ConfigError", "load_config", "save_config", "to_dict",
-    "DataSection", "ModelSection", "RewardSection", "RMConfig", "RunSection",
+    "DataSection", "DPOConfig", "DPOSection", "ModelSection", "RewardSection", "RMConfig", "RunSection",
     "ScalingSection", "SFTConfig", "TrainSection",
 ]

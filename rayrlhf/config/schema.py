@@ -241,6 +241,38 @@ class RewardSection:
 
 
 @dataclass
+class DPOSection:
+    loss: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    """sigmoid: -log sigmoid(beta * u - m) (DPO, Rafailov et al. 2023); cdpo: the same with
+    label_smoothing (conservative DPO, Mitchell 2023); ipo: (u - m - 1 / (2 * beta))^2
+    (Azar et al. 2023), where u = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r))
+    over response tokens and m is the pair's margin (0 with margin: none)."""
+    beta: float = 0.1
+    """Strength of the implicit KL constraint to the reference."""
+    label_smoothing: float = 0.1
+    """cdpo only: assumed probability in [0, 0.5) that a preference label is flipped."""
+    margin: Literal["none", "label", "value"] = "none"
+    """Margin m subtracted inside the loss, as the RM stage's reward.margin: none; label (from
+    the margin label via margin_values); value (the numeric margin field), times margin_scale."""
+    margin_values: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGIN_VALUES))
+    """Margin per label (Llama 2 Table 27, "margin small")."""
+    margin_scale: float = 1.0
+    """Multiplies every margin."""
+    ranked_lists = "pairs"  # a ranked list of K trains on its K(K-1)/2 pairs, each its own example
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.beta <= 0:
+            out.append(f"beta: {self.beta} must be > 0")
+        if self.loss == "cdpo" and not 0.0 <= self.label_smoothing < 0.5:
+            out.append(f"label_smoothing: {self.label_smoothing} must be in [0, 0.5)")
+        unknown = [k for k in self.margin_values if k not in MARGIN_LEVELS]
+        if unknown:
+            out.append(f"margin_values: unknown level(s) {unknown}; levels are {list(MARGIN_LEVELS)}")
+        return out
+
+
+@dataclass
 class SFTConfig:
     """`rayrlhf sft`: supervised fine-tuning on demonstrations."""
 
@@ -260,4 +292,16 @@ class RMConfig:
     train: TrainSection = field(default_factory=TrainSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     reward: RewardSection = field(default_factory=RewardSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+@dataclass
+class DPOConfig:
+    """`rayrlhf dpo`: direct preference optimisation of a causal LM on preference pairs."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
     run: RunSection = field(default_factory=RunSection)

@@ -33,7 +33,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "sft", "rm", "rs", "ppo"] = "sft"
+    kind: Literal["toyworld", "sft", "rm", "dpo", "rs", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -142,7 +142,7 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
     known = pipeline_model_configs(cfg, run_dir, configs)
     problems = []
     for spec, stage_cfg in zip(cfg.stages, configs):
-        if spec.kind in ("sft", "rm", "ppo", "rs"):
+        if spec.kind in ("sft", "rm", "dpo", "ppo", "rs"):
             try:
                 check_memory(spec.kind, stage_cfg, known)
             except ConfigError as e:

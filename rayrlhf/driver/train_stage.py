@@ -1,4 +1,4 @@
-"""Driver side of the supervised stages (`rayrlhf sft`, `rayrlhf rm`).
+"""Driver side of the supervised stages (`rayrlhf sft`, `rayrlhf rm`, `rayrlhf dpo`).
 
 Order of work, cheapest first: resolve the run folder, read and validate every data source
 (all problems reported at once, before any Ray actor starts), tokenize, then hand the encoded
@@ -11,13 +11,13 @@ import json
 import os
 import sys
 
-from rayrlhf.config import RMConfig, SFTConfig, save_config
+from rayrlhf.config import DPOConfig, RMConfig, SFTConfig, save_config
 from rayrlhf.config.loader import ConfigError, check_model_paths
 from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
 
-STAGES = {"sft": SFTConfig, "rm": RMConfig}
-KIND = {"sft": "sft", "rm": "preference"}
+STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
+KIND = {"sft": "sft", "rm": "preference", "dpo": "preference"}
 
 
 def run_dir_of(stage: str, cfg) -> str:
@@ -29,6 +29,10 @@ def make_task(stage: str, cfg):
         from rayrlhf.trainer.sft import SFTTask
 
         return SFTTask(cfg)
+    if stage == "dpo":
+        from rayrlhf.trainer.dpo import DPOTask
+
+        return DPOTask(cfg)
     from rayrlhf.trainer.rm import RMTask
 
     return RMTask(cfg)
@@ -84,9 +88,11 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
     else:
         from rayrlhf.trainer.rm import encode_pair_records, length_baseline
 
-        train_ex, t_stats = encode_pair_records(train_recs, task.tokenizer, max_len, cfg.reward)
-        eval_ex, _ = encode_pair_records(eval_recs, task.tokenizer, max_len, cfg.reward)
-        report["eval_length_baseline_accuracy"] = length_baseline(eval_recs)
+        pair_cfg = cfg.dpo if stage == "dpo" else cfg.reward
+        train_ex, t_stats = encode_pair_records(train_recs, task.tokenizer, max_len, pair_cfg)
+        eval_ex, _ = encode_pair_records(eval_recs, task.tokenizer, max_len, pair_cfg)
+        if stage == "rm":
+            report["eval_length_baseline_accuracy"] = length_baseline(eval_recs)
     report["encoding"] = t_stats
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))

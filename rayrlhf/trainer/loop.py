@@ -1,4 +1,4 @@
-"""The data-parallel training loop every supervised stage shares (SFT, reward models, ...).
+"""The data-parallel training loop every supervised stage shares (SFT, reward models, DPO).
 
 It runs in each Ray Train worker (``train_loop_per_worker``) and, unchanged, in one plain
 process (``world_size == 1``, no process group), the way Ray Train's quick start runs the
@@ -107,6 +107,8 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
                     device=info.device)
     engine.scheduler = build_scheduler(engine.optimizer, total_steps, t_cfg.warmup_ratio, t_cfg.lr_schedule,
                                        t_cfg.min_lr_ratio)
+    if hasattr(task, "prepare_reference"):  # from the starting weights, so before a checkpoint loads
+        task.prepare_reference(engine, info, train_examples, eval_examples)
     start_step, best = 0, {}
     found = ckpt.latest_checkpoint(run_dir) if resume else None
     if found:

@@ -292,3 +292,32 @@ def test_ppo_policy_loss_with_a_constant_normaliser_by_hand():
     torch.testing.assert_close(token_mean, torch.tensor(-4.0 / 3.0))
     constant, _ = ppo_policy_loss(lp, lp.clone(), adv, mask, num_tokens=8.0)
     torch.testing.assert_close(constant, torch.tensor(-0.5))
+
+
+def test_ipo_loss_by_hand():
+    # beta = 0.5, so the target 1 / (2 beta) = 1
+    # pair 0: u = (-1 - -2) - (-3 - -2) = 2, loss = (2 - 1)^2 = 1
+    # pair 1: u = 0, loss = (0 - 1)^2 = 1; pair 2: u = 1, loss = 0
+    pc = torch.tensor([-1.0, -2.0, -1.0])
+    pr = torch.tensor([-3.0, -2.0, -2.0])
+    ref = torch.tensor([-2.0, -2.0, -2.0])
+    loss, stats = dpo_loss(pc, pr, ref, ref, beta=0.5, loss_type="ipo")
+    assert loss.item() == pytest.approx(2.0 / 3.0)
+    assert stats["reward_accuracy"].item() == pytest.approx(2.0 / 3.0)
+    # with a margin of 1 on pair 2: (1 - 1 - 1)^2 = 1
+    loss, _ = dpo_loss(pc, pr, ref, ref, beta=0.5, loss_type="ipo", margin=torch.tensor([0.0, 0.0, 1.0]))
+    assert loss.item() == pytest.approx(1.0)
+
+
+def test_cdpo_and_margin_by_hand():
+    # cDPO ls = 0.25 at h = 0: 0.75 log 2 + 0.25 log 2 = log 2 whatever ls
+    zero = torch.tensor([-2.0])
+    loss, _ = dpo_loss(zero, zero, zero, zero, beta=0.1, label_smoothing=0.25)
+    assert loss.item() == pytest.approx(math.log(2.0))
+    # h = beta * u - m = 0.5 * 2 - 3 = -2: 0.75 * log(1 + e^2) + 0.25 * log(1 + e^-2)
+    pc, pr = torch.tensor([-1.0]), torch.tensor([-3.0])
+    loss, _ = dpo_loss(pc, pr, zero, zero, beta=0.5, label_smoothing=0.25, margin=torch.tensor([3.0]))
+    assert loss.item() == pytest.approx(0.75 * softplus(-2.0) + 0.25 * softplus(2.0))
+    assert loss.item() == pytest.approx(0.75 * 2.126928 + 0.25 * 0.126928, abs=1e-5)
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_loss(pc, pr, zero, zero, loss_type="hinge")

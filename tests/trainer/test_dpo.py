@@ -1,0 +1,89 @@
+"""DPO through the shared loop in one process: it learns, its reference is scored once, resume
+is exact and bad rows stop it early."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rayrlhf import checkpoint as ckpt
+from rayrlhf.config import DPOConfig, load_config
+from rayrlhf.data.validate import DataValidationError
+from rayrlhf.driver.train_stage import prepare
+from rayrlhf.metrics import read_metrics
+from rayrlhf.trainer.dpo import DPOTask
+from rayrlhf.trainer.loop import WorkerInfo, train
+from tests.trainer.test_loop import CrashAt, _comparable
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
+    from rayrlhf.models.tiny import TinyModelSpec
+
+    out = tmp_path_factory.mktemp("tw")
+    run_toyworld(ToyworldConfig(out=str(out), n_sft=64, n_pref=96, n_prompts=20, n_eval_prompts=10, vocab_size=300,
+                                model=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
+    return str(out)
+
+
+def _cfg(world, run_dir, train_file=None, **dpo):
+    return load_config(DPOConfig, data={
+        "model": {"name_or_path": f"{world}/base_model"},
+        "data": {"train": [train_file or f"{world}/data/pref_helpfulness_train.jsonl"],
+                 "eval": [f"{world}/data/pref_helpfulness_eval.jsonl"]},
+        "train": {"epochs": 2, "lr": 3e-3, "global_batch_size": 16, "per_worker_micro_batch_size": 8,
+                  "log_every": 1, "checkpoint_every": 4},
+        "dpo": dpo, "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir)},
+    })
+
+
+def _run(cfg, resume=False, task=None):
+    prep = prepare("dpo", cfg, resume=resume)
+    task = task or DPOTask(cfg)
+    return train(task, cfg, prep["train"], prep["eval"], prep["run_dir"], WorkerInfo(), resume=resume), prep, task
+
+
+def test_dpo_learns_scores_the_reference_once_and_resumes_exactly(world, tmp_path):
+    cfg = _cfg(world, str(tmp_path / "full"), beta=0.1)
+    summary, prep, task = _run(cfg)
+    n_train, n_eval, mb = len(prep["train"]), len(prep["eval"]), 8
+    # 2 epochs, one reference pass before the first step: each example scored once
+    assert task.reference_batches == math.ceil(n_train / mb) + math.ceil(n_eval / mb)
+    rows = read_metrics(str(tmp_path / "full"))
+    acc = [r["train/rewards/accuracies"] for r in rows if "train/rewards/accuracies" in r]
+    print("DPO train accuracies", acc[0], acc[-1], "eval", summary["eval/rewards/accuracies"])
+    assert acc[0] == 0.0  # the first step's pairs are scored before any update: policy == reference
+    assert sum(acc[-3:]) / 3 > 0.5
+    assert summary["train/rewards/margins"] > 0
+    for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+              "logps/rejected", "loss"):
+        assert f"train/{k}" in summary and f"eval/{k}" in summary
+    assert summary["eval/pairs"] == n_eval
+    assert json.load(open(tmp_path / "full" / "export" / "rayrlhf.json"))["stage"] == "dpo"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "full" / "export"))
+
+    stopped = _cfg(world, str(tmp_path / "stopped"), beta=0.1)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(stopped, task=CrashAt(DPOTask(stopped), n=5 * 2 + 1))  # inside step 6, after the step-4 checkpoint
+    assert os.path.basename(ckpt.latest_checkpoint(str(tmp_path / "stopped"))) == "step-00000004"
+    _run(stopped, resume=True)
+    assert _comparable(read_metrics(str(tmp_path / "stopped"))) == _comparable(rows)
+    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_row_without_rejected_stops_before_training(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = [json.loads(line) for line in open(f"{world}/data/pref_helpfulness_train.jsonl")][:3]
+    del rows[1]["rejected"]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataValidationError) as e:
+        prepare("dpo", _cfg(world, str(tmp_path / "x"), train_file=str(bad)), resume=False)
+    print(e.value)
+    assert "bad.jsonl" in str(e.value) and "rejected" in str(e.value) and ":2" in str(e.value)
