@@ -87,3 +87,18 @@ def test_a_row_without_rejected_stops_before_training(world, tmp_path):
         prepare("dpo", _cfg(world, str(tmp_path / "x"), train_file=str(bad)), resume=False)
     print(e.value)
     assert "bad.jsonl" in str(e.value) and "rejected" in str(e.value) and ":2" in str(e.value)
+
+
+def test_a_larger_beta_keeps_the_policy_nearer_the_reference(world, tmp_path):
+    """The same training at beta 0.1, 1 and 100: the held-out log-ratio log pi/pi_ref of the
+    chosen responses (the implicit reward over beta) shrinks as beta grows. It does not reach 0
+    at beta 100: Adam's first steps move the policy before the loss saturates."""
+    drift = {}
+    for beta in (0.1, 1.0, 100.0):
+        cfg = _cfg(world, str(tmp_path / f"beta{beta}"), beta=beta)
+        cfg.train.lr = 3e-4
+        summary, _, _ = _run(cfg)
+        drift[beta] = abs(summary["eval/rewards/chosen"]) / beta
+    print("DPO |log pi/pi_ref| of held-out chosen responses by beta", drift)
+    assert drift[100.0] < drift[1.0] < drift[0.1]
+    assert drift[100.0] < 0.4 * drift[0.1]
