@@ -102,3 +102,40 @@ def test_a_larger_beta_keeps_the_policy_nearer_the_reference(world, tmp_path):
     print("DPO |log pi/pi_ref| of held-out chosen responses by beta", drift)
     assert drift[100.0] < drift[1.0] < drift[0.1]
     assert drift[100.0] < 0.4 * drift[0.1]
+
+
+def test_dpo_with_lora_scores_the_reference_on_the_base_and_resumes_exactly(world, tmp_path):
+    """With adapters the reference is the base with them switched off: its logprobs equal a
+    plain load of the base model's, also when the run resumes after its adapters have moved."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from rayrlhf.trainer.dpo import sequence_logps
+    from tests.trainer.test_loop import _lora
+
+    def cfg_of(name):
+        cfg = _lora(_cfg(world, str(tmp_path / name), beta=0.1))
+        cfg.train.lr = 2e-2
+        return cfg
+
+    summary, prep, task = _run(cfg_of("full"))
+    rows = read_metrics(str(tmp_path / "full"))
+    print("DPO LoRA eval", {k: v for k, v in summary.items() if k.startswith("eval/")})
+    assert summary["train/rewards/margins"] > 0
+    base = AutoModelForCausalLM.from_pretrained(f"{world}/base_model").eval()
+    exs = prep["eval"][:8]
+    with torch.no_grad():
+        expected = sequence_logps(base, task.collate([{k: v for k, v in ex.items() if k != "ref"} for ex in exs]))
+    got = torch.tensor([x for ex in exs for x in ex["ref"]])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+
+    stopped = cfg_of("stopped")
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(stopped, task=CrashAt(DPOTask(stopped), n=5 * 2 + 1))
+    _, prep2, _ = _run(cfg_of("stopped"), resume=True)
+    assert [ex["ref"] for ex in prep2["eval"]] == [ex["ref"] for ex in prep["eval"]]
+    assert _comparable(read_metrics(str(tmp_path / "stopped"))) == _comparable(rows)
+    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
+    assert not any("lora" in k for k in a)
+    b = base.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if k in b)  # the adapters are merged into the export
