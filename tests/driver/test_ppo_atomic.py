@@ -82,9 +82,9 @@ def test_a_failed_critic_mini_batch_undoes_the_whole_iteration(tiny_model_dir, m
     # The critic's third mini-batch gives a NaN loss; the policy's four all went through.
     real, calls = critic._loss, []
 
-    def poisoned(model, mb, n):
+    def poisoned(model, mb, *norms):
         calls.append(1)
-        loss, stats = real(model, mb, n)
+        loss, stats = real(model, mb, *norms)
         return (loss * float("nan"), stats) if len(calls) == 3 else (loss, stats)
 
     critic._loss = poisoned
