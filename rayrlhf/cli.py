@@ -5,6 +5,7 @@
     rayrlhf sft --config jobs/toyworld_sft.yaml train.lr=1e-4    # one stage, dotted overrides
     rayrlhf rm --config jobs/toyworld_rm_helpfulness.yaml --resume
     rayrlhf dpo --config jobs/toyworld_dpo.yaml                  # DPO of the SFT policy on preference pairs
+    rayrlhf rrhf --config jobs/toyworld_rrhf.yaml                # RRHF on ranked lists of responses
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
     rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
     _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
     _stage_parser(sub, "dpo", "direct preference optimisation of a causal LM on preference pairs (Ray Train)")
+    _stage_parser(sub, "rrhf", "RRHF: rank ranked lists (or pairs) by the policy's own log-probabilities (Ray Train)")
     _stage_parser(sub, "ppo", "PPO with a critic, GAE and a KL penalty, on Ray actors")
     _stage_parser(sub, "rs", "best-of-K rejection sampling in rounds, fine-tuning on the kept samples")
     p = sub.add_parser("best-of-k", help="score K samples per prompt and keep the best; trains nothing")
@@ -112,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from rayrlhf.config import load_config
+    from rayrlhf.config import SUPERVISED_COMMANDS, load_config
 
-    if args.command in ("sft", "rm", "dpo"):
+    if args.command in SUPERVISED_COMMANDS:
         from rayrlhf.driver.train_stage import STAGES, print_summary, run_train_stage
 
         cfg = load_config(STAGES[args.command], args.config, args.overrides)

@@ -37,7 +37,7 @@ import yaml
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_EXCLUDES = [".venv", "venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache"]
-COMMANDS = ("pipeline", "sft", "rm", "dpo", "ppo")
+COMMANDS = ("pipeline", "sft", "rm", "dpo", "rrhf", "ppo")
 AUTH_HELP = (
     "The cluster uses Ray token authentication. Supply its token, then retry:\n"
     "  export RAY_AUTH_MODE=token\n"

@@ -21,6 +21,7 @@ from rayrlhf.algo.losses import (
     dpo_loss,
     pairwise_reward_loss,
     ppo_policy_loss,
+    rrhf_loss,
     sft_loss,
     value_loss,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "masked_whiten",
     "pairwise_reward_loss",
     "ppo_policy_loss",
+    "rrhf_loss",
     "select_best_of_k",
     "sft_loss",
     "token_level_rewards",

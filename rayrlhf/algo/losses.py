@@ -272,3 +272,45 @@ def dpo_loss(
             "rejected_reward": rejected_rewards.mean(),
         }
     return loss, stats
+
+
+def rrhf_loss(
+    token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    better: torch.Tensor,
+    worse: torch.Tensor,
+    best: torch.Tensor,
+    rank_weight: float = 1.0,
+    sft_weight: float = 1.0,
+    length_penalty: float = 1.0,
+    num_lists: int | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RRHF: Rank Responses to align language models with Human Feedback (Yuan et al. 2023).
+
+    Each response i is scored by its length-normalised log-probability
+    p_i = sum_t log pi(y_i,t) / |y_i|^length_penalty. The loss of one ranked list is
+    rank_weight * sum over its pairs (b better than w) of max(0, p_w - p_b) (eq. 2) plus
+    sft_weight * -(1 / |y_best|) sum_t log pi(y_best,t) (eq. 3: fine-tuning on the best).
+
+    Args:
+        token_logps: Log-probability of every response token. Shape: (S, T).
+        mask: 1 on response tokens. Shape: (S, T).
+        better, worse: Rows of the better and the worse response of every pair. Shape: (P,).
+        best: Row of the best response of every list. Shape: (L,).
+        num_lists: If given, divide the summed loss by this (the global list count); else by L.
+
+    Returns:
+        ``(loss, stats)`` with per-batch sums ``rank_sum``, ``sft_sum``, ``correct`` (pairs
+        with p_b > p_w) and the scores ``p`` (Shape: (S,)).
+    """
+    mask = mask.to(token_logps.dtype)
+    length = mask.sum(-1).clamp(min=1.0)
+    p = (token_logps * mask).sum(-1) / length ** length_penalty  # (S,)
+    hinge = torch.relu(p[worse] - p[better])  # (P,)
+    nll_best = -(token_logps[best] * mask[best]).sum(-1) / length[best]  # (L,)
+    total = rank_weight * hinge.sum() + sft_weight * nll_best.sum()
+    loss = total / (best.numel() if num_lists is None else num_lists)
+    with torch.no_grad():
+        stats = {"rank_sum": hinge.sum(), "sft_sum": nll_best.sum(),
+                 "correct": (p[better] > p[worse]).float().sum(), "p": p.detach()}
+    return loss, stats

@@ -7,14 +7,17 @@ from rayrlhf.config.schema import (
     ModelSection,
     RewardSection,
     RMConfig,
+    RRHFConfig,
+    RRHFSection,
     RunSection,
     ScalingSection,
     SFTConfig,
     TrainSection,
+    SUPERVISED_COMMANDS,
 )
 
 __all__ = [
     "ConfigError", "load_config", "save_config", "to_dict",
-    "DataSection", "DPOConfig", "DPOSection", "ModelSection", "RewardSection", "RMConfig", "RunSection",
-    "ScalingSection", "SFTConfig", "TrainSection",
+    "DataSection", "DPOConfig", "DPOSection", "ModelSection", "RewardSection", "RMConfig", "RRHFConfig", "RRHFSection", "RunSection",
+    "ScalingSection", "SFTConfig", "SUPERVISED_COMMANDS", "TrainSection",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from rayrlhf.data.schema import DEFAULT_MARGIN_VALUES, MARGIN_LEVELS
 
@@ -273,6 +273,31 @@ class DPOSection:
 
 
 @dataclass
+class RRHFSection:
+    """RRHF (Yuan et al. 2023): each prompt's K ranked responses, scored by the policy's
+    length-normalised log-probability p_i = sum_t log pi(y_i,t) / |y_i|^length_penalty; the loss
+    of one list is rank_weight * sum over its pairs (better b, worse w) of max(0, p_w - p_b)
+    plus sft_weight * the token-mean negative log-likelihood of its best response."""
+    rank_weight: float = 1.0
+    """Weight of the ranking term."""
+    sft_weight: float = 1.0
+    """Weight of the fine-tuning term on the best response of each list (0 turns it off)."""
+    length_penalty: float = 1.0
+    """Exponent of the response length dividing each summed log-probability (0: no division)."""
+    ranked_lists = "kwise"  # a ranked list of K is one example: its K responses, C(K, 2) pairs
+    margin = "none"  # rankings carry no margins in RRHF
+    margin_values: ClassVar[dict] = {}
+    margin_scale = 1.0
+
+    def validate(self) -> list[str]:
+        out = [f"{k}: {getattr(self, k)} must be >= 0" for k in ("rank_weight", "sft_weight", "length_penalty")
+               if getattr(self, k) < 0]
+        if self.rank_weight == 0 and self.sft_weight == 0:
+            out.append("rank_weight and sft_weight are both 0: nothing to train")
+        return out
+
+
+@dataclass
 class SFTConfig:
     """`rayrlhf sft`: supervised fine-tuning on demonstrations."""
 
@@ -305,3 +330,19 @@ class DPOConfig:
     scaling: ScalingSection = field(default_factory=ScalingSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+@dataclass
+class RRHFConfig:
+    """`rayrlhf rrhf`: rank responses to align a causal LM (RRHF) on ranked lists or pairs."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    rrhf: RRHFSection = field(default_factory=RRHFSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+SUPERVISED_COMMANDS = ("sft", "rm", "dpo", "rrhf")
+"""The commands (and pipeline stage kinds) that run the shared supervised loop on Ray Train."""

@@ -33,7 +33,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "sft", "rm", "dpo", "rs", "ppo"] = "sft"
+    kind: Literal["toyworld", "sft", "rm", "dpo", "rrhf", "rs", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -142,7 +142,7 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
     known = pipeline_model_configs(cfg, run_dir, configs)
     problems = []
     for spec, stage_cfg in zip(cfg.stages, configs):
-        if spec.kind in ("sft", "rm", "dpo", "ppo", "rs"):
+        if spec.kind != "toyworld":
             try:
                 check_memory(spec.kind, stage_cfg, known)
             except ConfigError as e:
@@ -344,6 +344,12 @@ def print_report(results: dict, out=sys.stdout) -> None:
             print(f"{name:>12}: {s.get('rounds')} rounds of best-of-{s.get('k')}; kept samples' reward by round "
                   f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
                   f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
+        elif kind == "dpo":
+            print(f"{name:>12}: held-out reward accuracy {s.get('eval/rewards/accuracies', float('nan')):.1%}, "
+                  f"margin {s.get('eval/rewards/margins', float('nan')):.3f} in {s.get('seconds')} s", file=out)
+        elif kind == "rrhf":
+            print(f"{name:>12}: held-out rank accuracy {s.get('eval/rank_accuracy', float('nan')):.1%}, "
+                  f"best-response loss {s.get('eval/sft_loss', float('nan')):.3f} in {s.get('seconds')} s", file=out)
         elif kind == "ppo":
             gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
                               f"{s[k]:.3f}" for k in sorted(s) if k.startswith("eval/gold") or k == "eval/reward")

@@ -1,4 +1,4 @@
-"""Driver side of the supervised stages (`rayrlhf sft`, `rayrlhf rm`, `rayrlhf dpo`).
+"""Driver side of the supervised stages (`rayrlhf sft`, `rayrlhf rm`, `rayrlhf dpo`, `rayrlhf rrhf`).
 
 Order of work, cheapest first: resolve the run folder, read and validate every data source
 (all problems reported at once, before any Ray actor starts), tokenize, then hand the encoded
@@ -11,13 +11,13 @@ import json
 import os
 import sys
 
-from rayrlhf.config import DPOConfig, RMConfig, SFTConfig, save_config
+from rayrlhf.config import DPOConfig, RMConfig, RRHFConfig, SFTConfig, save_config
 from rayrlhf.config.loader import ConfigError, check_model_paths
 from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
 
-STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
-KIND = {"sft": "sft", "rm": "preference", "dpo": "preference"}
+STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "rrhf": RRHFConfig}
+KIND = {"sft": "sft", "rm": "preference", "dpo": "preference", "rrhf": "preference"}
 
 
 def run_dir_of(stage: str, cfg) -> str:
@@ -33,6 +33,10 @@ def make_task(stage: str, cfg):
         from rayrlhf.trainer.dpo import DPOTask
 
         return DPOTask(cfg)
+    if stage == "rrhf":
+        from rayrlhf.trainer.rrhf import RRHFTask
+
+        return RRHFTask(cfg)
     from rayrlhf.trainer.rm import RMTask
 
     return RMTask(cfg)
@@ -88,7 +92,7 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
     else:
         from rayrlhf.trainer.rm import encode_pair_records, length_baseline
 
-        pair_cfg = cfg.dpo if stage == "dpo" else cfg.reward
+        pair_cfg = {"dpo": getattr(cfg, "dpo", None), "rrhf": getattr(cfg, "rrhf", None)}.get(stage) or cfg.reward
         train_ex, t_stats = encode_pair_records(train_recs, task.tokenizer, max_len, pair_cfg)
         eval_ex, _ = encode_pair_records(eval_recs, task.tokenizer, max_len, pair_cfg)
         if stage == "rm":

@@ -21,7 +21,8 @@ def run_kind(cfg: dict) -> tuple[str, str, dict]:
     """(command, checkpoint file prefix, model section) of a run's saved config.yaml."""
     if "policy" in cfg:
         return ("ppo" if "ppo" in cfg else "rs"), "policy", cfg["policy"]
-    return ("rm" if "reward" in cfg else "sft"), "model", cfg["model"]
+    command = next((c for c in ("dpo", "rrhf") if c in cfg), "rm" if "reward" in cfg else "sft")
+    return command, "model", cfg["model"]
 
 
 def export_checkpoint(run_dir: str, step: int | None = None, out: str | None = None) -> str:

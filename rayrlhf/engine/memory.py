@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from rayrlhf.config.loader import ConfigError, _looks_local
+from rayrlhf.config.schema import SUPERVISED_COMMANDS
 from rayrlhf.config.ppo import resolve_derived
 from rayrlhf.engine.memory_model import (CUDA_CONTEXT_BYTES, DTYPE_BYTES, GIB, ModelShape, TrainSetup,
                                          activation_bytes, frozen_bytes, rollout_bytes, trained_bytes)
@@ -175,7 +176,7 @@ def pipeline_model_configs(pipeline, run_dir: str, configs: list) -> dict:
                 "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads or m.num_heads,
                 "tie_word_embeddings": m.tie_word_embeddings}
             continue
-        section, key = (cfg.model, "model") if spec.kind in ("sft", "rm", "dpo") else (cfg.policy, "policy")
+        section, key = (cfg.model, "model") if spec.kind in SUPERVISED_COMMANDS else (cfg.policy, "policy")
         try:
             known[os.path.join(folder, "export")] = read_model_config(section.name_or_path, key, known)
         except ConfigError as e:
@@ -206,7 +207,7 @@ def planned_roles(command: str, cfg) -> list[str]:
 
 
 def _roles(command: str, cfg) -> list[_Role]:
-    if command in ("sft", "rm", "dpo"):
+    if command in SUPERVISED_COMMANDS:
         pairs = 1 if command == "sft" else 2
         tokens = cfg.train.per_worker_micro_batch_size * pairs * (cfg.data.max_prompt_tokens + cfg.data.max_response_tokens)
         return [_Role(command, "model", "scaling", cfg.model.name_or_path, "trained", cfg.model,
@@ -262,7 +263,7 @@ def _estimate(r: _Role, shape: ModelShape, gpu_bytes: int, on_gpu: bool):
 
 def _gpu_slots(command: str, cfg, roles: list[_Role], notes: list[str]) -> dict[str, list[tuple[str, list[int]]]]:
     """Role -> per worker (bundle label, GPU ids it computes on); [] for a CPU worker."""
-    if command in ("sft", "rm", "dpo"):
+    if command in SUPERVISED_COMMANDS:
         on = cfg.scaling.use_gpu
         return {command: [(f"worker/{i}", [i] if on else [], 1.0) for i in range(cfg.scaling.num_workers)]}
     from rayrlhf.config.resources import gpu_capacity
@@ -296,9 +297,9 @@ def plan_memory(command: str, cfg, known: dict | None = None) -> MemoryPlan:
     """The memory of every role of ``cfg`` (an SFTConfig, RMConfig, PPOConfig or RSConfig), per
     worker and per GPU. ``known`` maps model folders a pipeline has not written yet to their
     config (pipeline_model_configs). Raises ConfigError when a GPU role's model has no config.json."""
-    if command not in ("sft", "rm", "dpo", "ppo", "rs"):
-        raise ValueError(f"command {command!r}: expected sft, rm, dpo, ppo or rs")
-    scaling = cfg.scaling if command in ("sft", "rm", "dpo") else cfg.resources
+    if command not in SUPERVISED_COMMANDS + ("ppo", "rs"):
+        raise ValueError(f"command {command!r}: expected one of {', '.join(SUPERVISED_COMMANDS)}, ppo or rs")
+    scaling = cfg.scaling if command in SUPERVISED_COMMANDS else cfg.resources
     gpu_bytes = int(scaling.gpu_memory_gib * GIB)
     roles, notes = _roles(command, cfg), []
     slots = _gpu_slots(command, cfg, roles, notes)
@@ -351,6 +352,9 @@ def plan_memory(command: str, cfg, known: dict | None = None) -> MemoryPlan:
     if command == "rm":
         notes.append("rm: 2 sequences per example (a pair); ranked lists with reward.ranked_lists: kwise hold K "
                      "per example, so multiply the activations by K/2")
+    if command == "rrhf":
+        notes.append("rrhf: 2 sequences per example (a pair); a ranked list of K is one example of K sequences, "
+                     "so multiply the activations by K/2")
     plan = MemoryPlan(command, gpu_bytes, rows, notes, checks)
     plan._redo = (cfg, known)
     return plan
@@ -371,7 +375,7 @@ def _rollout_checks(r: _Role, est, gpu_bytes: int) -> list[tuple[str, str, str]]
 
 
 def _memory_key(command: str) -> str:
-    return "scaling.gpu_memory_gib" if command in ("sft", "rm", "dpo") else "resources.gpu_memory_gib"
+    return "scaling.gpu_memory_gib" if command in SUPERVISED_COMMANDS else "resources.gpu_memory_gib"
 
 
 def _breakdown(row: MemoryRow) -> str:
@@ -381,7 +385,7 @@ def _breakdown(row: MemoryRow) -> str:
 
 
 def uses_gpu(command: str, cfg) -> bool:
-    if command in ("sft", "rm", "dpo"):
+    if command in SUPERVISED_COMMANDS:
         return bool(cfg.scaling.use_gpu)
     res = cfg.resources.roles()
     return any(res[r].gpus_per_worker > 0 for r in planned_roles(command, cfg))

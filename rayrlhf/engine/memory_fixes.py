@@ -55,8 +55,9 @@ def fixes_for(redo, command: str, role: str) -> list[str]:
 
 def _levers(command: str, cfg, role: str) -> list[Lever]:
     from rayrlhf.config.ppo import resolve_derived
+    from rayrlhf.config.schema import SUPERVISED_COMMANDS
 
-    if command in ("sft", "rm"):
+    if command in SUPERVISED_COMMANDS:
         return _trained_levers(cfg.model, "model", "scaling.num_workers", cfg.scaling.num_workers,
                                "train.per_worker_micro_batch_size", cfg.train.per_worker_micro_batch_size)
     res = cfg.resources.roles()[role]

@@ -6,7 +6,7 @@
     rayrlhf plan --config jobs/ppo.yaml --probe                 # also start a tiny actor per worker
     rayrlhf plan --config jobs/qwen0.5b_hh_rlhf.yaml --no-cluster --gpu-memory-gib 40
 
-Any command's config: sft, rm, ppo, rs, or a pipeline (every sft/rm/rs/ppo stage in turn),
+Any command's config: sft, rm, dpo, rrhf, ppo, rs, or a pipeline (every stage but toyworld in turn),
 told apart by its top-level keys or named with --command. With a cluster, the placement groups
 of ppo/rs are created for a moment to learn which node each bundle goes to, then removed. No
 model is loaded: the memory plan reads each model's config.json (rayrlhf.engine.memory). Exit
@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 from rayrlhf.config.loader import ConfigError, apply_overrides, load_config, read_yaml
 from rayrlhf.config.resources import ResourcesSection
+from rayrlhf.config.schema import SUPERVISED_COMMANDS
 from rayrlhf.placement.plan import add_resources, check_fits, format_resources, node_resources, plan_placement
 from rayrlhf.placement.report import format_plan, format_train_workers
 
-COMMANDS = ("sft", "rm", "ppo", "rs", "pipeline")
+COMMANDS = SUPERVISED_COMMANDS + ("ppo", "rs", "pipeline")
 
 
 @dataclass
@@ -55,7 +56,7 @@ def detect_command(raw: dict) -> str | None:
     if "rs" in raw:
         return "rs"
     if "model" in raw:
-        return "rm" if "reward" in raw else "sft"
+        return next((c for c in ("dpo", "rrhf") if c in raw), "rm" if "reward" in raw else "sft")
     return None
 
 
@@ -84,19 +85,19 @@ def load_stages(path: str, overrides: list[str], command: str | None) -> list[St
         pipe, run_dir, configs = load_pipeline(path, overrides)
         known = pipeline_model_configs(pipe, run_dir, configs)
         return [Stage(f"stage {spec.name} ({spec.kind})", spec.kind, c, known)
-                for spec, c in zip(pipe.stages, configs) if spec.kind in ("sft", "rm", "ppo", "rs")]
+                for spec, c in zip(pipe.stages, configs) if spec.kind != "toyworld"]
     from rayrlhf.config.ppo import PPOConfig
     from rayrlhf.config.rs import RSConfig
-    from rayrlhf.config.schema import RMConfig, SFTConfig
+    from rayrlhf.driver.train_stage import STAGES
 
-    cls = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "rs": RSConfig}[command]
+    cls = {**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command]
     return [Stage(None, command, load_config(cls, path, overrides))]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rayrlhf plan", description="Print the placement plan and the GPU memory "
                                 "plan of a config, and check that the Ray cluster can hold it. Loads no model.")
-    p.add_argument("--config", required=True, help="YAML file of any command (sft, rm, ppo, rs, pipeline)")
+    p.add_argument("--config", required=True, help=f"YAML file of any command ({', '.join(COMMANDS)})")
     p.add_argument("--command", choices=COMMANDS, default=None, help="the command the config is for "
                    "(default: told from its top-level keys)")
     p.add_argument("--gpu-memory-gib", type=float, default=None, help="memory of each GPU in GiB (default: "
@@ -123,7 +124,7 @@ def plan_main(argv: list[str] | None = None) -> int:
             placements = []
             for st in stages:
                 if args.gpu_memory_gib is not None:
-                    section = st.cfg.scaling if st.command in ("sft", "rm") else st.cfg.resources
+                    section = st.cfg.scaling if st.command in SUPERVISED_COMMANDS else st.cfg.resources
                     section.gpu_memory_gib = args.gpu_memory_gib
                 placement = (plan_placement(st.cfg.resources, roles=planned_roles(st.command, st.cfg))
                              if st.command in ("ppo", "rs") else None)

@@ -321,3 +321,36 @@ def test_cdpo_and_margin_by_hand():
     assert loss.item() == pytest.approx(0.75 * 2.126928 + 0.25 * 0.126928, abs=1e-5)
     with pytest.raises(ValueError, match="loss_type"):
         dpo_loss(pc, pr, zero, zero, loss_type="hinge")
+
+
+def test_rrhf_loss_by_hand():
+    from rayrlhf.algo.losses import rrhf_loss
+
+    # One list of 3 responses ranked 0 > 1 > 2, response lengths 2, 1, 2 (all tokens of the mask).
+    lp = torch.tensor([[-1.0, -3.0], [-1.0, 0.0], [-0.5, -0.5]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    better, worse, best = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2]), torch.tensor([0])
+    # p = -4/2 = -2, -1/1 = -1, -1/2 = -0.5. Hinges: max(0, -1 - -2) = 1, max(0, -0.5 - -2) = 1.5,
+    # max(0, -0.5 - -1) = 0.5: rank 3. SFT on the best: 4 / 2 = 2.
+    loss, st = rrhf_loss(lp, mask, better, worse, best)
+    assert loss.item() == pytest.approx(5.0)
+    assert st["rank_sum"].item() == pytest.approx(3.0) and st["sft_sum"].item() == pytest.approx(2.0)
+    assert st["correct"].item() == 0.0
+    loss, _ = rrhf_loss(lp, mask, better, worse, best, rank_weight=2.0, sft_weight=0.5, num_lists=4)
+    assert loss.item() == pytest.approx((2.0 * 3.0 + 0.5 * 2.0) / 4)
+    # length_penalty 0: summed logprobs -4, -1, -1: hinges 3, 3, 0
+    _, st = rrhf_loss(lp, mask, better, worse, best, length_penalty=0.0)
+    assert st["rank_sum"].item() == pytest.approx(6.0)
+    # In the right order, only the SFT term is left.
+    loss, st = rrhf_loss(lp.flip(0), mask.flip(0), better, worse, best)
+    assert st["rank_sum"].item() == 0.0 and st["correct"].item() == 3.0
+    assert loss.item() == pytest.approx(0.5)
+
+
+def test_the_best_of_a_list_is_the_one_never_ranked_below():
+    from rayrlhf.trainer.rrhf import best_of_list
+
+    assert best_of_list([0, 0, 1], [1, 2, 2]) == 0
+    assert best_of_list([2, 2, 0], [0, 1, 1]) == 2
+    with pytest.raises(ValueError, match="a ranking has a best response"):
+        best_of_list([0, 1], [1, 0])
