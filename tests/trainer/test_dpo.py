@@ -9,41 +9,25 @@ import torch
 from safetensors.torch import load_file
 
 from rayrlhf import checkpoint as ckpt
-from rayrlhf.config import DPOConfig, load_config
 from rayrlhf.data.validate import DataValidationError
 from rayrlhf.driver.train_stage import prepare
 from rayrlhf.metrics import read_metrics
 from rayrlhf.trainer.dpo import DPOTask
-from rayrlhf.trainer.loop import WorkerInfo, train
+from tests.trainer.pref_stage import run_stage, small_world, stage_cfg
 from tests.trainer.test_loop import CrashAt, _comparable
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
-    from rayrlhf.models.tiny import TinyModelSpec
-
-    out = tmp_path_factory.mktemp("tw")
-    run_toyworld(ToyworldConfig(out=str(out), n_sft=64, n_pref=96, n_prompts=20, n_eval_prompts=10, vocab_size=300,
-                                model=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
-    return str(out)
+    return small_world(tmp_path_factory.mktemp("tw"))
 
 
 def _cfg(world, run_dir, train_file=None, **dpo):
-    return load_config(DPOConfig, data={
-        "model": {"name_or_path": f"{world}/base_model"},
-        "data": {"train": [train_file or f"{world}/data/pref_helpfulness_train.jsonl"],
-                 "eval": [f"{world}/data/pref_helpfulness_eval.jsonl"]},
-        "train": {"epochs": 2, "lr": 3e-3, "global_batch_size": 16, "per_worker_micro_batch_size": 8,
-                  "log_every": 1, "checkpoint_every": 4},
-        "dpo": dpo, "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir)},
-    })
+    return stage_cfg("dpo", world, run_dir, train_file or f"{world}/data/pref_helpfulness_train.jsonl", dpo)
 
 
 def _run(cfg, resume=False, task=None):
-    prep = prepare("dpo", cfg, resume=resume)
-    task = task or DPOTask(cfg)
-    return train(task, cfg, prep["train"], prep["eval"], prep["run_dir"], WorkerInfo(), resume=resume), prep, task
+    return run_stage("dpo", cfg, resume, task)
 
 
 def test_dpo_learns_scores_the_reference_once_and_resumes_exactly(world, tmp_path):

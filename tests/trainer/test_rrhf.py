@@ -8,45 +8,31 @@ import torch
 from safetensors.torch import load_file
 
 from rayrlhf import checkpoint as ckpt
-from rayrlhf.config import RRHFConfig, load_config
 from rayrlhf.data.validate import DataValidationError
 from rayrlhf.driver.train_stage import prepare
 from rayrlhf.metrics import read_metrics
-from rayrlhf.trainer.loop import WorkerInfo, train
 from rayrlhf.trainer.rrhf import RRHFTask
+from tests.trainer.pref_stage import run_stage, small_world, stage_cfg
 from tests.trainer.test_loop import CrashAt, _comparable
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
-    from rayrlhf.models.tiny import TinyModelSpec
-
-    out = tmp_path_factory.mktemp("tw")
-    run_toyworld(ToyworldConfig(out=str(out), n_sft=64, n_pref=96, n_prompts=20, n_eval_prompts=10, vocab_size=300,
-                                model=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)))
-    ranked = out / "data" / "pref_ranked_train.jsonl"
-    lines = ranked.read_text().splitlines(keepends=True)
-    (out / "ranked96.jsonl").write_text("".join(lines[:96]))
-    (out / "ranked_heldout.jsonl").write_text("".join(lines[96:192]))
-    return str(out)
+    out = small_world(tmp_path_factory.mktemp("tw"))
+    lines = open(os.path.join(out, "data", "pref_ranked_train.jsonl")).read().splitlines(keepends=True)
+    with open(os.path.join(out, "ranked96.jsonl"), "w") as f:
+        f.write("".join(lines[:96]))
+    with open(os.path.join(out, "ranked_heldout.jsonl"), "w") as f:
+        f.write("".join(lines[96:192]))
+    return out
 
 
 def _cfg(world, run_dir, train_file=None, **rrhf):
-    return load_config(RRHFConfig, data={
-        "model": {"name_or_path": f"{world}/base_model"},
-        "data": {"train": [train_file or f"{world}/ranked96.jsonl"],
-                 "eval": [f"{world}/data/pref_helpfulness_eval.jsonl"]},
-        "train": {"epochs": 2, "lr": 3e-3, "global_batch_size": 16, "per_worker_micro_batch_size": 8,
-                  "log_every": 1, "checkpoint_every": 4},
-        "rrhf": rrhf, "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir)},
-    })
+    return stage_cfg("rrhf", world, run_dir, train_file or f"{world}/ranked96.jsonl", rrhf)
 
 
 def _run(cfg, resume=False, task=None):
-    prep = prepare("rrhf", cfg, resume=resume)
-    task = task or RRHFTask(cfg)
-    return train(task, cfg, prep["train"], prep["eval"], prep["run_dir"], WorkerInfo(), resume=resume), prep, task
+    return run_stage("rrhf", cfg, resume, task)
 
 
 def test_rrhf_keeps_each_ranked_list_whole_learns_its_order_and_resumes_exactly(world, tmp_path):
