@@ -32,3 +32,27 @@ def run_stage(stage: str, cfg, resume=False, task=None):
     prep = prepare(stage, cfg, resume=resume)
     task = task or make_task(stage, cfg)
     return train(task, cfg, prep["train"], prep["eval"], prep["run_dir"], WorkerInfo(), resume=resume), prep, task
+
+
+def check_resumes_exactly(stage: str, cfg, full_dir: str) -> dict:
+    """Kill ``cfg``'s run inside step 6 (after the step-4 checkpoint), resume it: its metrics
+    and exported weights equal the uninterrupted run's in ``full_dir``. Returns the prepared data
+    of the resumed run."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from rayrlhf import checkpoint as ckpt
+    from rayrlhf.metrics import read_metrics
+    from tests.trainer.test_loop import CrashAt, _comparable
+
+    run_dir = os.path.join(cfg.run.output_dir, cfg.run.name)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_stage(stage, cfg, task=CrashAt(make_task(stage, cfg), n=5 * 2 + 1))
+    assert os.path.basename(ckpt.latest_checkpoint(run_dir)) == "step-00000004"
+    _, prep, _ = run_stage(stage, cfg, resume=True)
+    assert _comparable(read_metrics(run_dir)) == _comparable(read_metrics(full_dir))
+    a = load_file(os.path.join(full_dir, "export", "model.safetensors"))
+    b = load_file(os.path.join(run_dir, "export", "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return prep

@@ -2,18 +2,16 @@
 is exact and bad rows stop it early."""
 import json
 import math
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rayrlhf import checkpoint as ckpt
 from rayrlhf.data.validate import DataValidationError
 from rayrlhf.driver.train_stage import prepare
 from rayrlhf.metrics import read_metrics
 from rayrlhf.trainer.dpo import DPOTask
-from tests.trainer.pref_stage import run_stage, small_world, stage_cfg
+from tests.trainer.pref_stage import check_resumes_exactly, run_stage, small_world, stage_cfg
 from tests.trainer.test_loop import CrashAt, _comparable
 
 
@@ -51,15 +49,7 @@ def test_dpo_learns_scores_the_reference_once_and_resumes_exactly(world, tmp_pat
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "full" / "export"))
 
-    stopped = _cfg(world, str(tmp_path / "stopped"), beta=0.1)
-    with pytest.raises(RuntimeError, match="killed"):
-        _run(stopped, task=CrashAt(DPOTask(stopped), n=5 * 2 + 1))  # inside step 6, after the step-4 checkpoint
-    assert os.path.basename(ckpt.latest_checkpoint(str(tmp_path / "stopped"))) == "step-00000004"
-    _run(stopped, resume=True)
-    assert _comparable(read_metrics(str(tmp_path / "stopped"))) == _comparable(rows)
-    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
-    b = load_file(str(tmp_path / "stopped" / "export" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    check_resumes_exactly("dpo", _cfg(world, str(tmp_path / "stopped"), beta=0.1), str(tmp_path / "full"))
 
 
 def test_a_row_without_rejected_stops_before_training(world, tmp_path):

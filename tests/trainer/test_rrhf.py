@@ -5,15 +5,11 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from rayrlhf import checkpoint as ckpt
 from rayrlhf.data.validate import DataValidationError
 from rayrlhf.driver.train_stage import prepare
-from rayrlhf.metrics import read_metrics
 from rayrlhf.trainer.rrhf import RRHFTask
-from tests.trainer.pref_stage import run_stage, small_world, stage_cfg
-from tests.trainer.test_loop import CrashAt, _comparable
+from tests.trainer.pref_stage import check_resumes_exactly, run_stage, small_world, stage_cfg
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +40,6 @@ def test_rrhf_keeps_each_ranked_list_whole_learns_its_order_and_resumes_exactly(
     batch = task.collate(prep["train"][:2])
     assert batch["best"].tolist() == [0, 4]
     assert batch["input_ids"].shape[0] == 8 and batch["better"].numel() == 12
-    rows = read_metrics(str(tmp_path / "full"))
     for k in ("loss", "rank_loss", "sft_loss", "rank_accuracy", "best_score"):
         assert f"train/{k}" in summary and f"eval/{k}" in summary
     assert summary["eval/lists"] == len(prep["eval"]) == summary["eval/pairs"]  # held-out pairs: lists of 2
@@ -54,15 +49,7 @@ def test_rrhf_keeps_each_ranked_list_whole_learns_its_order_and_resumes_exactly(
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "full" / "export"))
 
-    stopped = _cfg(world, str(tmp_path / "stopped"))
-    with pytest.raises(RuntimeError, match="killed"):
-        _run(stopped, task=CrashAt(RRHFTask(stopped), n=5 * 2 + 1))  # inside step 6, after the step-4 checkpoint
-    assert os.path.basename(ckpt.latest_checkpoint(str(tmp_path / "stopped"))) == "step-00000004"
-    _run(stopped, resume=True)
-    assert _comparable(read_metrics(str(tmp_path / "stopped"))) == _comparable(rows)
-    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
-    b = load_file(str(tmp_path / "stopped" / "export" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    check_resumes_exactly("rrhf", _cfg(world, str(tmp_path / "stopped")), str(tmp_path / "full"))
 
 
 def test_the_ranking_term_orders_responses_better_than_fine_tuning_on_the_best_alone(world, tmp_path):
