@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataValidationError) as e:
         print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:  # a data source, prompt file or folder named in the config
+        print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args) -> int:

@@ -125,3 +125,17 @@ def test_plan_export_and_submit_know_the_dpo_and_rrhf_commands(world, tmp_path, 
     assert plan_main(["--config", str(path), "--no-cluster"]) == 0
     out = capsys.readouterr().out
     assert "memory plan (rrhf" in out and "a ranked list of K is one example of K sequences" in out
+
+
+def test_a_missing_data_file_is_a_one_line_error_not_a_traceback(world, tmp_path, capsys):
+    import yaml
+
+    from rayrlhf.cli import main
+
+    path = tmp_path / "rrhf.yaml"
+    missing = tmp_path / "no_such_ranked.jsonl"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": f"{world}/base_model"}, "rrhf": {},
+                                    "data": {"train": [str(missing)]}, "run": {"output_dir": str(tmp_path)}}))
+    assert main(["rrhf", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayrlhf rrhf: ") and str(missing) in err and "Traceback" not in err
