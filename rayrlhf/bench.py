@@ -8,10 +8,13 @@ measured against a baseline in the same process tree:
   ppo/async_over_sync           end-to-end samples/s, async (max_staleness 1) / sync
   ppo/sync_share_of_step        weight-sync seconds / step seconds (sync mode)
   ppo/step_over_bound           async step seconds / max(generation, training + sync)
-  ppo/balanced/async_over_sync  the same ratio where generation and training take about as
-                                long (4 samples per prompt, longer responses, max_staleness 2),
-                                the median of --repeats runs per mode (the bound is about 2);
-                                with the share of samples by staleness (ppo/balanced/staleness@k)
+  ppo/balanced/async_over_sync  the same ratio in a setting that shifts time to generation
+                                (4 samples per prompt, --balanced-new-tokens responses,
+                                max_staleness 2), the median of --repeats runs per mode; its
+                                bound is (generation + training) / training, which reaches 2 only
+                                when the two take as long (ppo/balanced/generate_over_train says
+                                how close a run came: 0.40 on a 2-core CPU at the defaults); with
+                                the share of samples by staleness (ppo/balanced/staleness@k)
   rm/kwise_over_pairs           reward-model comparisons/s on ranked lists of 4, each list one
                                 example (responses scored once) / every pair its own example
 With ``--memory`` (rayrlhf.engine.bench_memory):
@@ -128,8 +131,9 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
 
 def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int, repeats: int,
                     max_new_tokens: int) -> dict:
-    """async/sync where generation and training each take about half a sync step: the median of
-    ``repeats`` runs per mode, alternating modes so that drift in the machine hits both."""
+    """async/sync with more of each step in generation (4 samples per prompt, ``max_new_tokens``
+    per response, max_staleness 2): the median of ``repeats`` runs per mode, alternating modes so
+    that drift in the machine hits both, and how balanced the setting was (generate_over_train)."""
     runs: dict[str, list[dict]] = {"sync": [], "async": []}
     from rayrlhf.driver.ppo_stage import run_ppo
 

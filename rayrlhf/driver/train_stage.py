@@ -92,7 +92,7 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
     else:
         from rayrlhf.trainer.rm import encode_pair_records, length_baseline
 
-        pair_cfg = {"dpo": getattr(cfg, "dpo", None), "rrhf": getattr(cfg, "rrhf", None)}.get(stage) or cfg.reward
+        pair_cfg = cfg.reward if stage == "rm" else getattr(cfg, stage)  # the dpo or rrhf section
         train_ex, t_stats = encode_pair_records(train_recs, task.tokenizer, max_len, pair_cfg)
         eval_ex, _ = encode_pair_records(eval_recs, task.tokenizer, max_len, pair_cfg)
         if stage == "rm":
