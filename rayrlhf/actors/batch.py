@@ -37,6 +37,13 @@ def select_rows(batch: dict, rows) -> dict:
     return out
 
 
+def as_lists(batch: dict, group: int) -> dict:
+    """Rows ``l * group + g`` as list l's response g: every tensor (N * group, ...) becomes
+    (N, group, ...), so that a split into rows (micro-batches, ranks) keeps each list whole."""
+    return {k: v.reshape(v.shape[0] // group, group, *v.shape[1:]) if torch.is_tensor(v) and v.dim() > 0 else v
+            for k, v in batch.items()}
+
+
 def split_rows(n: int, parts: int) -> list[list[int]]:
     """Row indices of ``parts`` contiguous, near-equal shards."""
     base, extra = divmod(n, parts)

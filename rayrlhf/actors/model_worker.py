@@ -1,8 +1,9 @@
 """One actor class for every model role that runs forward passes on rollout batches.
 
 ``kind`` selects the model and what ``update`` optimises:
-  policy     causal LM; logprobs; clipped PPO policy loss, or with ``PolicyLoss(objective="sft")``
-             the NLL of kept samples (rejection sampling) (trainable, a DDP or FSDP group of N)
+  policy     causal LM; logprobs; clipped PPO policy loss, or in rounds of sampling
+             (``PolicyLoss.objective``) the NLL of kept samples (rejection sampling), DPO on
+             best/worst pairs or RRHF on ranked lists (trainable, a DDP or FSDP group of N)
   critic     scalar head on every token; values; clipped value loss (trainable)
   reference  the frozen initial policy; logprobs for the KL term (and DPO)
 The algorithm itself (losses, GAE, KL) lives in ``rayrlhf.algo``; devices, wrapping, precision
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from rayrlhf.algo.kl import kl_penalty
 from rayrlhf.algo.logprobs import token_logprobs
-from rayrlhf.algo.losses import ppo_policy_loss, value_loss
+from rayrlhf.algo.losses import dpo_loss, ppo_policy_loss, ranked_list_pairs, rrhf_loss, value_loss
 from rayrlhf.engine.settings import CriticLoss, EngineSettings, PolicyLoss
 
 KINDS = ("policy", "critic", "reference")
@@ -180,9 +181,10 @@ class ModelWorker:
                loss_tokens: list[float] | None = None) -> dict:
         """One optimizer step per mini-batch (this worker's rows of it); returns mean stats.
 
-        ``num_tokens[i]`` is the response-token count of global mini-batch i over all workers:
-        each rank divides its token sum by it and DDP/FSDP average, so the step equals the
-        full-batch step whatever the number of workers and micro-batches. ``loss_tokens[i]``,
+        ``num_tokens[i]`` is the response-token count of global mini-batch i over all workers
+        (its list count for the dpo and rrhf objectives): each rank divides its sum by it and
+        DDP/FSDP average, so the step equals the full-batch step whatever the number of workers
+        and micro-batches. ``loss_tokens[i]``,
         when given, replaces that count as the policy loss's divisor (a constant normaliser,
         ``ppo.loss_agg``); the stats stay token means.
 
@@ -227,9 +229,11 @@ class ModelWorker:
         """This micro-batch's share of the global loss, and its stats as shares too: a mean
         over the micro-batch's tokens is weighted by its tokens / the global count x world, so
         adding micro-batches and averaging ranks gives the token mean of the mini-batch."""
+        cfg = self.loss_cfg
+        if self.kind == "policy" and cfg.objective in ("dpo", "rrhf"):
+            return self._list_loss(model, mb, n_tok)
         mask = mb["response_mask"]
         share = float(mask.sum()) / n_tok * self.world
-        cfg = self.loss_cfg
         if self.kind == "critic":
             values = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"])
             loss, stats = value_loss(values, mb["values"], mb["returns"], mask, clip_range=cfg.value_clip,
@@ -261,6 +265,48 @@ class ModelWorker:
             ent_term = (entropy_from_logits(logits)[:, :-1] * mask).sum() / n_tok
             loss = loss - cfg.entropy_coef * ent_term
             out["entropy"] = float(ent_term.detach()) * self.world
+        out["loss"] = float(loss.detach()) * self.world
+        return loss, out
+
+    def _list_loss(self, model, mb: dict, n_lists: float):
+        """Online DPO and RRHF. Each row of ``mb`` is one prompt's list of G responses:
+        ``input_ids`` (L, G, T), ``response_mask`` (L, G, T-1); dpo: G = 2, the chosen first, and
+        the reference's summed logprobs ``ref_logps`` (L, 2); rrhf: G = K and the responses'
+        rewards ``scores`` (L, K). A list whose mask is all zero (a rank's padding) adds nothing.
+        ``n_lists`` is the mini-batch's list count over all ranks: the loss is this micro-batch's
+        share of the mean over lists, and the stats are shares too. Logprobs at temperature 1:
+        both losses are defined on the model's own distribution."""
+        L, G = mb["input_ids"].shape[:2]
+        flat = {k: mb[k].flatten(0, 1) for k in ("input_ids", "attention_mask")}
+        lp, _ = self._logprobs(model, flat, 1.0)
+        mask = mb["response_mask"].flatten(0, 1).to(lp.dtype)
+        real = mask.view(L, G, -1).sum((1, 2)) > 0  # (L,)
+        scale = self.world / n_lists  # a sum over this micro-batch's lists -> its share of the mean
+        cfg = self.loss_cfg
+        if cfg.objective == "dpo":
+            d = cfg.dpo
+            seq = (lp * mask).sum(-1).view(L, 2)
+            ref = mb["ref_logps"].to(seq.dtype)
+            loss, _ = dpo_loss(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1], beta=d.beta,
+                               label_smoothing=d.label_smoothing if d.loss == "cdpo" else 0.0,
+                               loss_type="ipo" if d.loss == "ipo" else "sigmoid", weights=real.to(seq.dtype),
+                               num_pairs=n_lists)
+            with torch.no_grad():
+                w = real.to(seq.dtype)
+                chosen, rejected = d.beta * (seq[:, 0] - ref[:, 0]), d.beta * (seq[:, 1] - ref[:, 1])
+                out = {"rewards/chosen": float((chosen * w).sum()) * scale,
+                       "rewards/rejected": float((rejected * w).sum()) * scale,
+                       "rewards/accuracies": float(((chosen > rejected).to(w.dtype) * w).sum()) * scale,
+                       "rewards/margins": float(((chosen - rejected) * w).sum()) * scale,
+                       "logps/chosen": float((seq[:, 0] * w).sum()) * scale,
+                       "logps/rejected": float((seq[:, 1] * w).sum()) * scale}
+        else:
+            r = cfg.rrhf
+            better, worse, best = ranked_list_pairs(mb["scores"].view(L, G), real)
+            dev = lp.device
+            loss, st = rrhf_loss(lp, mask, better.to(dev), worse.to(dev), best.to(dev), rank_weight=r.rank_weight,
+                                 sft_weight=r.sft_weight, length_penalty=r.length_penalty, num_lists=n_lists)
+            out = {"rank_loss": float(st["rank_sum"]) * scale, "sft_loss": float(st["sft_sum"]) * scale}
         out["loss"] = float(loss.detach()) * self.world
         return loss, out
 

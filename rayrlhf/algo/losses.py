@@ -314,3 +314,33 @@ def rrhf_loss(
         stats = {"rank_sum": hinge.sum(), "sft_sum": nll_best.sum(),
                  "correct": (p[better] > p[worse]).float().sum(), "p": p.detach()}
     return loss, stats
+
+
+def ranked_list_pairs(scores: torch.Tensor, keep: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (better, worse) pairs and the best response of lists ranked by a score, as flat row
+    indices (row ``l * K + i`` is response i of list l), for ``rrhf_loss``.
+
+    Every two responses of a list with different scores make a pair, the higher one better;
+    equal scores make no pair. The best is the highest score, the lower index on a tie (the
+    rule of ``select_best_of_k``).
+
+    Args:
+        scores: Score of every response. Shape: (L, K).
+        keep: Lists to use (False: a list left out, e.g. a rank's padding). Shape: (L,).
+
+    Returns:
+        ``(better, worse, best)``; better and worse Shape: (P,), best Shape: (L_kept,).
+    """
+    L, K = scores.shape
+    keep = torch.ones(L, dtype=torch.bool) if keep is None else keep.bool().cpu()
+    s = scores.detach().cpu()
+    i, j = torch.triu_indices(K, K, offset=1)  # every unordered pair once
+    si, sj = s[:, i], s[:, j]  # (L, C)
+    rows = torch.arange(L).unsqueeze(1) * K
+    valid = (si != sj) & keep.unsqueeze(1)
+    better = torch.where(si > sj, rows + i, rows + j)[valid]
+    worse = torch.where(si > sj, rows + j, rows + i)[valid]
+    top = torch.sort(-s, dim=1, stable=True).indices[:, 0]
+    best = (torch.arange(L) * K + top)[keep]
+    return better, worse, best

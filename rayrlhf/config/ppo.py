@@ -31,6 +31,13 @@ def resolve_derived(section: ModelSection, policy: ModelSection) -> ModelSection
     return replace(policy, **{k: v for k, v in own.items() if k in names})
 
 
+def reference_is_base(policy: ModelSection, reference: ModelSection) -> bool:
+    """The policy trains LoRA adapters on the reference's own weights (same model, same dtype):
+    its base with the adapters off is the reference."""
+    ref = resolve_derived(reference, policy)
+    return policy.lora.enabled and ref.name_or_path == policy.name_or_path and ref.dtype == policy.dtype
+
+
 @dataclass
 class PromptDataSection:
     train: list[str] = field(default_factory=list)
@@ -307,9 +314,7 @@ class PPOConfig:
         """The policy trains LoRA adapters on the reference's own weights (same model, same
         dtype): reference logprobs are the policy's with its adapters off, and no reference
         worker is placed or started."""
-        ref = resolve_derived(self.reference, self.policy)
-        return (self.policy.lora.enabled and ref.name_or_path == self.policy.name_or_path
-                and ref.dtype == self.policy.dtype)
+        return reference_is_base(self.policy, self.reference)
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)

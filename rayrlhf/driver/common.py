@@ -1,13 +1,16 @@
-"""Pieces the PPO and rejection-sampling loops share: phase timers, the prompt order, sending
-the policy's weights to the rollout fleet, and their checkpoints."""
+"""Pieces the PPO and rejection-sampling loops share: phase timers, the prompt order, forward
+passes over a role's workers, sending the policy's weights to the rollout fleet, and their
+checkpoints."""
 from __future__ import annotations
 
 import os
 import time
 
 import numpy as np
+import torch
 
 from rayrlhf import checkpoint as ckpt
+from rayrlhf.actors.batch import select_rows, split_rows
 from rayrlhf.algo.intervals import is_interval_key
 from rayrlhf.driver.controller import restore_fleet_size
 from rayrlhf.driver.fleet import get
@@ -50,6 +53,31 @@ class PromptOrder:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
             self._epoch = epoch
         return self._order
+
+
+def forward_rows(group, batch: dict, what: str, timeout: float, micro_batch: int, temperature: float,
+                 method: str = "forward") -> torch.Tensor:
+    """``method`` (``ModelWorker.forward``: logprobs or values; ``reference_forward``: the
+    policy's base under LoRA) on every worker of ``group`` at once, each its contiguous share
+    of the rows (every rank of a sharded group takes part). Shape: (B, T-1), zero off the
+    response."""
+    shards = split_rows(batch["input_ids"].shape[0], group.world_size)
+    refs = [getattr(a, method).remote(select_rows(batch, rows), micro_batch, temperature)
+            for a, rows in zip(group.actors, shards)]
+    outs = get(refs, timeout, f"{what} in phase forward")
+    full = torch.zeros_like(batch["response_mask"])
+    for rows, out in zip(shards, outs):
+        full[rows, : out.shape[1]] = out
+    return full
+
+
+def reference_logprobs(roles, batch: dict, timeout: float, micro_batch: int, temperature: float) -> torch.Tensor:
+    """The reference policy's token logprobs: the reference workers', or under LoRA the policy's
+    with its adapters off (no reference worker is started then). Shape: (B, T-1)."""
+    if roles.reference is not None:
+        return forward_rows(roles.reference, batch, "reference", timeout, micro_batch, temperature)
+    return forward_rows(roles.policy, batch, "reference", timeout, micro_batch, temperature,
+                        method="reference_forward")
 
 
 def sync_policy(roles, version: int, prompt_ids: list[list[int]], timeout: float, *, verify: bool = True,

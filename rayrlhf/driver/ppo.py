@@ -24,8 +24,8 @@ import torch
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
-from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
-                                   sync_policy)
+from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, forward_rows, load_loop_checkpoint,
+                                   reference_logprobs, save_loop_checkpoint, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
 from rayrlhf.driver.ppo_math import (behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl,
@@ -151,10 +151,7 @@ class PPODriver:
             return self._bad_step(step, f"non-finite reward for samples {bad[:10]} (prompt rows "
                                         f"{[rows[i] for i in bad[:10]]})", metrics, t)
         with t("reference"):
-            if self.roles.reference is not None:
-                ref_lp = self._forward(self.roles.reference, batch, "reference")
-            else:  # LoRA: the policy's base weights, adapters off
-                ref_lp = self._forward(self.roles.policy, batch, "reference", method="reference_forward")
+            ref_lp = self._reference(batch)
         with t("logprobs"):
             old_lp = self._forward(self.roles.policy, batch, "policy")
         values = None
@@ -261,19 +258,15 @@ class PPODriver:
         scored = score_samples(self.roles, self.cfg.combine, self.gold, prompts, texts, meta, self.timeout)
         return scored.combined, scored.metrics()
 
-    def _forward(self, group, batch, what: str, method: str = "forward") -> torch.Tensor:
-        shards = split_rows(batch["input_ids"].shape[0], group.world_size)
-        parts = [select_rows(batch, rows) for rows in shards]
-        # Policy and reference both under softmax(logits / T), the distribution the rollout
-        # sampled: the KL is zero at step 0 whatever the temperature (the critic ignores T).
-        t = self.cfg.rollout.temperature or 1.0
-        refs = [getattr(a, method).remote(part, self.p.forward_micro_batch_size, t)
-                for a, part in zip(group.actors, parts)]
-        outs = get(refs, self.timeout, f"{what} in phase forward")
-        full = torch.zeros_like(batch["response_mask"])
-        for rows, out in zip(shards, outs):
-            full[rows, : out.shape[1]] = out
-        return full
+    # Policy and reference both under softmax(logits / T), the distribution the rollout sampled:
+    # the KL is zero at step 0 whatever the temperature (the critic ignores T).
+    def _forward(self, group, batch, what: str) -> torch.Tensor:
+        return forward_rows(group, batch, what, self.timeout, self.p.forward_micro_batch_size,
+                            self.cfg.rollout.temperature or 1.0)
+
+    def _reference(self, batch) -> torch.Tensor:
+        return reference_logprobs(self.roles, batch, self.timeout, self.p.forward_micro_batch_size,
+                                  self.cfg.rollout.temperature or 1.0)
 
     def _update(self, batch: dict, step: int) -> dict:
         """Clipped PPO on the policy group and the value loss on the critic group, together."""

@@ -163,10 +163,15 @@ def build_roles(cfg, run_name: str) -> Roles:
 
 
 def build_rs_roles(cfg, run_name: str, train: bool = True) -> Roles:
-    """The actors of rejection sampling: the trainer (when ``train``), reward sources, rollout fleet."""
+    """The actors of rounds of sampling: the trainer (when ``train``), the reference (objective
+    dpo, unless the policy's LoRA base is the reference), reward sources, rollout fleet."""
     r = cfg.rs
     policy = RoleSpec(_engine(cfg, cfg.policy, "trainer", "policy", lr=r.lr, max_grad_norm=r.max_grad_norm,
-                              micro_batch_size=r.per_worker_micro_batch_size),
-                      PolicyLoss(objective="sft", temperature=1.0))
-    return Roles(cfg, run_name, policy=policy if train else None, critic=None, reference=None,
+                              micro_batch_size=r.per_worker_micro_batch_size,
+                              forward_micro_batch_size=r.per_worker_micro_batch_size),
+                      PolicyLoss(objective=r.objective, temperature=1.0, dpo=cfg.dpo, rrhf=cfg.rrhf))
+    reference = RoleSpec(_engine(cfg, cfg.reference, "reference", "reference",
+                                 forward_micro_batch_size=r.per_worker_micro_batch_size)) \
+        if train and cfg.uses_reference else None
+    return Roles(cfg, run_name, policy=policy if train else None, critic=None, reference=reference,
                  timeout=r.call_timeout_s, max_restarts=r.max_worker_restarts)

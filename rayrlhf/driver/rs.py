@@ -1,14 +1,19 @@
-"""`rayrlhf rs`: best-of-K rejection sampling in rounds (Llama 2, section 3.2.3).
+"""`rayrlhf rs`: best-of-K rejection sampling in rounds (Llama 2, section 3.2.3), and online
+DPO and RRHF in the same rounds.
 
 Each round is a short dataflow of named, timed phases:
 
     generate (K samples per prompt, vLLM's n=K) -> reward (every source, combined)
-      -> select (best top_m of each prompt's K) -> finetune (NLL of the kept samples)
-      -> sync (new weights to the rollout workers, verified)
+      -> select -> [reference] -> finetune -> sync (new weights to the rollout workers, verified)
 
-so the next round samples from the improved policy. Before the first round the driver
-measures the best-of-K curve of the starting policy (Gao et al. 2022): the expected proxy and
-gold reward of the best of k samples against the analytic KL of best-of-k, log k - (k-1)/k.
+so the next round samples from the improved policy. What is selected and trained is
+``rs.objective``'s: sft keeps the best top_m of each prompt's K and fine-tunes on them (NLL);
+dpo pairs each prompt's best with its worst sample and takes a DPO step against the reference
+model's logprobs of both (online / iterative DPO, as in Xiong et al. 2024); rrhf ranks all K
+by reward and takes RRHF's ranking + SFT loss (Yuan et al. 2023, online). Before the first
+round the driver measures the best-of-K curve of the starting policy (Gao et al. 2022): the
+expected proxy and gold reward of the best of k samples against the analytic KL of best-of-k,
+log k - (k-1)/k.
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ import time
 import numpy as np
 import torch
 
-from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.actors.batch import as_lists, build_batch, select_rows, split_rows
 from rayrlhf.config.ppo import PROBE_ATOL, EvalSection
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval
-from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, save_loop_checkpoint,
-                                   sync_policy)
+from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, reference_logprobs,
+                                   save_loop_checkpoint, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
@@ -94,19 +99,20 @@ class RSDriver:
             bar.close()
             logger.close()
         get(self.roles.policy_leader.export.remote(os.path.join(self.run_dir, "export"),
-                                                      {"stage": "rs", "rounds": self.r.rounds}),
+                                                      {"stage": "rs", "objective": self.r.objective,
+                                                       "rounds": self.r.rounds}),
             self.timeout, "policy/0 in phase export")
-        summary.update({"rounds": self.r.rounds, "k": self.r.k, "top_m": self.r.top_m,
+        summary.update({"rounds": self.r.rounds, "objective": self.r.objective, "k": self.r.k, "top_m": self.r.top_m,
                         "rollout/worker_restarts": self.fleet.restarts})
         add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
 
     def round(self, rnd: int) -> dict:
-        """One round: K samples per prompt, the best kept, one fine-tuning pass, weights synced.
-        A round whose fine-tuning is skipped (no sample kept, or a non-finite loss or gradient
-        norm, which ``update`` undoes whole) says so, sets ``train/skipped``, and keeps the
-        version: no sync."""
+        """One round: K samples per prompt, the objective's selection, one training pass,
+        weights synced. A round whose training is skipped (nothing selected, or a non-finite
+        loss or gradient norm, which ``update`` undoes whole) says so, sets ``train/skipped``,
+        and keeps the version: no sync."""
         t, t0, k = Timer(), time.perf_counter(), self.r.k
         rows = self.order.rows(rnd)
         with t("generate"):
@@ -123,14 +129,21 @@ class RSDriver:
             raise RuntimeError(f"round {rnd + 1}: non-finite combined reward for samples {bad[:10]} "
                                f"(prompt rows {[samples[i].prompt_index for i in bad[:10]]})")
         with t("select"):
-            kept, metrics = self.select(scored, k)
-        self._write_kept(rnd, samples, scored, kept)
-        skipped = "no sample was kept" if not kept else None
-        if kept:
+            lists, metrics = self.select(scored, k)
+        self._write_kept(rnd, samples, scored, lists)
+        skipped = "no sample was kept" if not lists else None
+        if lists:
+            flat = [i for lst in lists for i in lst]
+            batch = build_batch([samples[i].prompt_ids for i in flat], [samples[i].response_ids for i in flat],
+                                self.tokenizer.pad_token_id)
+            if self.r.objective == "dpo":
+                with t("reference"):
+                    batch["ref_logps"] = reference_logprobs(self.roles, batch, self.timeout,
+                                                            self.r.per_worker_micro_batch_size, 1.0).sum(-1)
+            elif self.r.objective == "rrhf":
+                batch["scores"] = scored.combined[torch.tensor(flat)]
             with t("finetune"):
-                batch = build_batch([samples[i].prompt_ids for i in kept], [samples[i].response_ids for i in kept],
-                                    self.tokenizer.pad_token_id)
-                tuned = self._finetune(batch, rnd)
+                tuned = self._finetune(batch, rnd, len(lists[0]) if self.r.objective != "sft" else 1)
             metrics.update(tuned)
             if tuned["train/skipped"]:
                 skipped = (f"non-finite loss or gradient norm in mini-batch {int(tuned.get('train/skipped_at', 0))}; "
@@ -151,20 +164,38 @@ class RSDriver:
             "policy/version": float(self.version), **t.times, "timing/step": time.perf_counter() - t0})
         return metrics
 
-    def select(self, scored, k: int) -> tuple[list[int], dict]:
-        """Flat indices of the kept samples and the round's best-of-K statistics."""
+    def select(self, scored, k: int) -> tuple[list[list[int]], dict]:
+        """What the round trains on, as lists of flat sample indices, and the round's best-of-K
+        statistics. sft: each kept sample its own list; dpo: [best, worst] of each prompt whose K
+        do not all score the same; rrhf: each prompt's K. ``min_reward`` drops the prompts whose
+        best scores below it. The ``rs/kept_*`` figures are those of the best (sft: kept) samples."""
         grouped = scored.combined.reshape(-1, k)  # (P, K)
-        best = select_best_of_k(grouped, k, self.r.top_m)  # (P, top_m), within each group
-        kept = [p * k + int(j) for p in range(best.shape[0]) for j in best[p]]
-        rejected = 0
-        if self.r.min_reward is not None:
-            ok = [i for i in kept if float(scored.combined[i]) >= self.r.min_reward]
-            rejected = best.shape[0] - len({i // k for i in ok})
-            kept = ok
+        P, objective = grouped.shape[0], self.r.objective
+        order = select_best_of_k(grouped, k, k if objective == "dpo" else self.r.top_m)  # (P, .), best first
+        per_prompt = {"sft": lambda p: [[p * k + int(j)] for j in order[p]],
+                      "dpo": lambda p: [[p * k + int(order[p, 0]), p * k + int(order[p, -1])]],
+                      "rrhf": lambda p: [[p * k + j for j in range(k)]]}[objective]
+        lists, kept, rejected, tied = [], [], 0, 0
+        for p in range(P):
+            best = float(grouped[p, order[p, 0]])
+            if self.r.min_reward is not None and best < self.r.min_reward:
+                rejected += 1
+                continue
+            if objective == "dpo" and best == float(grouped[p, order[p, -1]]):
+                tied += 1  # no preference among this prompt's samples
+                continue
+            mine = per_prompt(p)
+            lists.extend(mine)
+            kept.extend([x[0] for x in mine] if objective == "sft" else [p * k + int(order[p, 0])])
         stats = best_of_k_stats(grouped)
         out = {f"rs/{'reward_' + n if n in ('mean', 'max', 'median') else n}": v for n, v in stats.items()}
-        out.update({"rs/k": float(k), "rs/prompts": float(best.shape[0]), "rs/kept": float(len(kept)),
-                    "rs/rejected_prompts": float(rejected)})
+        out.update({"rs/k": float(k), "rs/prompts": float(P), "rs/rejected_prompts": float(rejected),
+                    "rs/kept": float(len(lists))})
+        if objective == "dpo":
+            out["rs/tied_prompts"] = float(tied)
+            worst = [x[1] for x in lists]
+            out["rs/pair_reward_gap"] = (float((scored.combined[kept] - scored.combined[worst]).mean())
+                                         if lists else float("nan"))
         idx = torch.tensor(kept, dtype=torch.long)
         out["rs/kept_reward"] = float(scored.combined[idx].mean()) if kept else float("nan")
         for name, v in scored.raw.items():
@@ -172,14 +203,21 @@ class RSDriver:
         for name, vals in scored.gold.items():
             out[f"rs/all_gold_{name}"] = float(np.mean(vals))
             out[f"rs/kept_gold_{name}"] = float(np.mean([vals[i] for i in kept])) if kept else float("nan")
-        return kept, out
+        return lists, out
 
     # -- phases ------------------------------------------------------------------------------------
-    def _finetune(self, batch: dict, rnd: int) -> dict:
-        """``epochs`` passes of mini-batch NLL steps on the trainer group (rows split per rank;
-        a rank left without a row of a mini-batch gets a zero-weighted one)."""
+    def _finetune(self, batch: dict, rnd: int, group: int = 1) -> dict:
+        """``epochs`` passes of mini-batch steps on the trainer group. ``group`` > 1: rows
+        ``l * group + g`` are list l's responses (dpo, rrhf), split into mini-batches and ranks
+        as whole lists, and each mini-batch's divisor is its list count (else its response
+        tokens). A rank left without a list (or row) of a mini-batch gets a zero-weighted one."""
         pol = self.roles.policy
-        n, G, world = batch["input_ids"].shape[0], self.r.global_batch_size, pol.world_size
+        n, G, world = batch["input_ids"].shape[0] // group, self.r.global_batch_size, pol.world_size
+
+        def take(lists) -> dict:
+            part = select_rows(batch, [int(i) * group + g for i in lists for g in range(group)])
+            return part if group == 1 else as_lists(part, group)
+
         jobs, tokens = [[] for _ in range(world)], []
         for epoch in range(self.r.epochs):
             order = np.random.default_rng([self.cfg.run.seed, rnd, epoch, 11]).permutation(n)
@@ -187,14 +225,14 @@ class RSDriver:
             if len(chunks) > 1 and len(chunks[-1]) < world:
                 chunks[-2:] = [np.concatenate(chunks[-2:])]  # a trailing mini-batch too small to share out
             for mb in chunks:
-                tokens.append(float(batch["response_mask"][mb].sum()))
+                tokens.append(float(batch["response_mask"][mb].sum()) if group == 1 else float(len(mb)))
                 for rank, part in enumerate(split_rows(len(mb), world)):
                     if part:
-                        jobs[rank].append(select_rows(batch, mb[part]))
+                        jobs[rank].append(take(mb[part]))
                     else:
-                        # Fewer kept rows than ranks: this rank takes part in the step (its
+                        # Fewer rows than ranks: this rank takes part in the step (its
                         # collectives must match the others') with a row weighted zero.
-                        pad = select_rows(batch, mb[:1])
+                        pad = take(mb[:1])
                         pad["response_mask"] = torch.zeros_like(pad["response_mask"])
                         jobs[rank].append(pad)
         outs = get([a.update.remote(j, tokens) for a, j in zip(pol.actors, jobs)], self.timeout,
@@ -208,18 +246,32 @@ class RSDriver:
                            atol=PROBE_ATOL[self.cfg.policy.dtype],
                            backend="nccl" if res.trainer.gpus_per_worker and not res.fake_gpus else "gloo")
 
-    def _write_kept(self, rnd: int, samples, scored, kept: list[int]) -> None:
-        """The round's rejection-sampling dataset, as chat demonstrations any SFT run can read."""
+    def _write_kept(self, rnd: int, samples, scored, lists: list[list[int]]) -> None:
+        """The round's training data as a dataset any stage reads: chat demonstrations (sft),
+        prompt/chosen/rejected pairs (dpo, for `rayrlhf dpo` or an RM), or ranked rows with
+        their scores (rrhf, for `rayrlhf rrhf`)."""
         import json
 
-        lines = []
-        for i in kept:
-            s = samples[i]
+        objective, lines = self.r.objective, []
+        for lst in lists:
+            s = samples[lst[0]]
             rec = self.prompts[s.prompt_index]
-            row = {"messages": list(rec.prompt) + [{"role": "assistant", "content": s.text}],
-                   "reward": float(scored.combined[i]), "prompt_row": s.prompt_index,
-                   "scores": {name: float(v[i]) for name, v in scored.raw.items()}}
-            row.update({f"gold_{name}": vals[i] for name, vals in scored.gold.items()})
+            if objective == "sft":
+                row = {"messages": list(rec.prompt) + [{"role": "assistant", "content": s.text}],
+                       "reward": float(scored.combined[lst[0]]),
+                       "scores": {name: float(v[lst[0]]) for name, v in scored.raw.items()}}
+                row.update({f"gold_{name}": vals[lst[0]] for name, vals in scored.gold.items()})
+            elif objective == "dpo":
+                c, r = lst
+                row = {"prompt": list(rec.prompt), "chosen": samples[c].text, "rejected": samples[r].text,
+                       "chosen_reward": float(scored.combined[c]), "rejected_reward": float(scored.combined[r])}
+                row.update({f"chosen_gold_{name}": vals[c] for name, vals in scored.gold.items()})
+                row.update({f"rejected_gold_{name}": vals[r] for name, vals in scored.gold.items()})
+            else:
+                row = {"prompt": list(rec.prompt), "responses": [samples[i].text for i in lst],
+                       "scores": [float(scored.combined[i]) for i in lst]}
+                row.update({f"gold_{name}": [vals[i] for i in lst] for name, vals in scored.gold.items()})
+            row["prompt_row"] = s.prompt_index
             lines.append(json.dumps(row))
         path = os.path.join(self.run_dir, "kept", f"round-{rnd + 1:04d}.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)

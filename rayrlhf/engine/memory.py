@@ -214,19 +214,23 @@ def _roles(command: str, cfg) -> list[_Role]:
                       cfg.scaling.num_workers, tokens, 0, lm_head=command != "rm")]
     seq = min(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.rollout.max_model_len)
     res, pol = cfg.resources, cfg.policy
-    micro = cfg.ppo.per_worker_micro_batch_size if command == "ppo" else cfg.rs.per_worker_micro_batch_size
-    fwd = cfg.ppo.forward_micro_batch_size * seq if command == "ppo" else 0
-    out = [_Role("trainer", "policy", "resources.trainer", pol.name_or_path, "trained", pol,
-                 res.trainer.num_workers, micro * seq, fwd)]
     if command == "ppo":
-        if cfg.ppo.uses_critic:  # the group baselines and REINFORCE++ have no critic
-            critic = resolve_derived(cfg.critic, pol)
-            out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
-                             res.critic.num_workers, micro * seq, fwd, lm_head=False))
-        if not cfg.reference_from_policy:  # under LoRA the policy computes reference logprobs itself
-            ref = resolve_derived(cfg.reference, pol)
-            out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,
-                             res.reference.num_workers, 0, fwd))
+        micro, fwd = cfg.ppo.per_worker_micro_batch_size * seq, cfg.ppo.forward_micro_batch_size * seq
+        uses_reference = not cfg.reference_from_policy  # under LoRA the policy computes them itself
+    else:  # rs: a micro-batch of kept samples, pairs (dpo) or K-lists (rrhf)
+        micro = cfg.rs.per_worker_micro_batch_size * cfg.sequences_per_example * seq
+        fwd = cfg.rs.per_worker_micro_batch_size * seq if cfg.rs.objective == "dpo" else 0
+        uses_reference = cfg.uses_reference
+    out = [_Role("trainer", "policy", "resources.trainer", pol.name_or_path, "trained", pol,
+                 res.trainer.num_workers, micro, fwd)]
+    if command == "ppo" and cfg.ppo.uses_critic:  # the group baselines and REINFORCE++ have no critic
+        critic = resolve_derived(cfg.critic, pol)
+        out.append(_Role("critic", "critic", "resources.critic", critic.name_or_path, "trained", critic,
+                         res.critic.num_workers, micro, fwd, lm_head=False))
+    if uses_reference:
+        ref = resolve_derived(cfg.reference, pol)
+        out.append(_Role("reference", "reference", "resources.reference", ref.name_or_path, "frozen", ref,
+                         res.reference.num_workers, 0, fwd))
     out.append(_Role("rollout", "rollout", "resources.rollout", pol.name_or_path, "rollout", cfg.rollout,
                      res.rollout.num_workers))
     rows = cfg.ppo.forward_micro_batch_size if command == "ppo" else RS_SCORE_ROWS

@@ -60,9 +60,11 @@ class EngineSettings:
 
 @dataclass
 class PolicyLoss:
-    """What a policy update optimises: clipped PPO, or (rejection sampling) the NLL of kept samples."""
+    """What a policy update optimises: clipped PPO; or, in rounds of sampling (``rayrlhf rs``),
+    the NLL of kept samples (sft), DPO on each prompt's best and worst sample (dpo) or RRHF on
+    each prompt's ranked samples (rrhf)."""
 
-    objective: Literal["ppo", "sft"] = "ppo"
+    objective: Literal["ppo", "sft", "dpo", "rrhf"] = "ppo"
     temperature: float = 1.0
     """The rollout's sampling temperature: logprobs are taken under logits / T."""
     clip_eps: float = 0.2
@@ -72,6 +74,10 @@ class PolicyLoss:
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
     entropy_coef: float = 0.0
+    dpo: Optional[object] = None
+    """objective dpo: the ``DPOSection`` (loss, beta, label_smoothing)."""
+    rrhf: Optional[object] = None
+    """objective rrhf: the ``RRHFSection`` (rank_weight, sft_weight, length_penalty)."""
 
 
 @dataclass

@@ -62,7 +62,7 @@ def test_a_skipped_fine_tuning_keeps_the_version_and_does_not_sync(tiny_model_di
     tok = load_tokenizer(tiny_model_dir)
     k = 2
     d = rs_driver.RSDriver.__new__(rs_driver.RSDriver)
-    d.r = SimpleNamespace(k=k, top_m=1, min_reward=None)
+    d.r = SimpleNamespace(k=k, top_m=1, min_reward=None, objective="sft")
     d.cfg, d.gold, d.timeout, d.run_dir, d.tokenizer, d.version = SimpleNamespace(combine=None), {}, 60.0, \
         str(tmp_path), tok, 0
     d.prompts = [SimpleNamespace(prompt=[{"role": "user", "content": "Where is Anna?"}], meta={})]
@@ -75,11 +75,11 @@ def test_a_skipped_fine_tuning_keeps_the_version_and_does_not_sync(tiny_model_di
                                                                       {"rule": torch.tensor([0.5, 1.0])}, {}))
     syncs = []
     d._sync = lambda: syncs.append(d.version) or {}
-    d._finetune = lambda batch, rnd: {"train/skipped": 1.0, "train/skipped_at": 2.0, "train/loss": float("nan")}
+    d._finetune = lambda batch, rnd, group: {"train/skipped": 1.0, "train/skipped_at": 2.0, "train/loss": float("nan")}
     out = d.round(0)
     assert d.version == 0 and syncs == [] and out["train/skipped"] == 1.0 and out["policy/version"] == 0.0
     assert "round 1: skipped the fine-tuning: non-finite loss or gradient norm in mini-batch 2" in capfd.readouterr().out
-    d._finetune = lambda batch, rnd: {"train/skipped": 0.0, "train/loss": 1.0}
+    d._finetune = lambda batch, rnd, group: {"train/skipped": 0.0, "train/loss": 1.0}
     out = d.round(1)
     assert d.version == 1 and syncs == [1] and out["train/skipped"] == 0.0
     # No sample kept: nothing to fine-tune on, said and counted the same way.
