@@ -163,3 +163,66 @@ def test_best_of_k_at_inference_time(world, tmp_path):
     assert summary["rs/kept_reward"] == pytest.approx(summary["rs/max"], abs=1e-6)
     assert os.path.exists(tmp_path / "bok" / "best_of_k_curve.json")
     assert not os.path.exists(tmp_path / "bok" / "export")  # nothing trained
+
+
+def _online_cfg(world, run_dir, objective):
+    cfg = _cfg(world, run_dir, rounds=2, curve_k=0, objective=objective)
+    cfg.resources.reference.cpus_per_worker = 0.25
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def online_dpo_run(world, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("runs") / "online_dpo")
+    faults.reset()
+    return run_dir, run_rs(_online_cfg(world, run_dir, "dpo"))
+
+
+def test_online_dpo_trains_on_best_worst_pairs_and_writes_them(online_dpo_run):
+    from rayrlhf.data.formats import read_records
+
+    run_dir, summary = online_dpo_run
+    rows = read_metrics(run_dir)
+    assert summary["objective"] == "dpo" and [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["rs/kept"] + r["rs/tied_prompts"] == PROMPTS and r["rs/kept"] > 0
+        assert r["rs/pair_reward_gap"] > 0 and r["train/skipped"] == 0.0
+        assert math.isfinite(r["train/rewards/margins"]) and r["policy/version"] == r["step"]
+        assert "timing/reference" in r
+    pairs = [json.loads(x) for x in open(os.path.join(run_dir, "kept", "round-0001.jsonl"))]
+    assert len(pairs) == rows[1]["rs/kept"] and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+    read = read_records(os.path.join(run_dir, "kept", "round-0001.jsonl"), "preference")
+    assert read.format == "explicit" and not read.problems and len(read.records) == len(pairs)
+    assert _json(run_dir, "export/rayrlhf.json")["objective"] == "dpo"
+
+
+def test_online_dpo_resumes_exactly_after_a_crash_inside_a_round(world, online_dpo_run, tmp_path):
+    full_dir, _ = online_dpo_run
+    run_dir = str(tmp_path / "stopped")
+    # Reward calls: the evaluation before (EVAL x EVAL_N), round 1 (PROMPTS x K, EVAL x EVAL_N), 5 of round 2.
+    faults.reset(crash_at=EVAL * EVAL_N + PROMPTS * K + EVAL * EVAL_N + 5)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        run_rs(_online_cfg(world, run_dir, "dpo"))
+    faults.reset()
+    run_rs(_online_cfg(world, run_dir, "dpo"), resume=True)
+    assert _comparable(run_dir) == _comparable(full_dir)
+    a, b = _weights(run_dir), _weights(full_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_online_rrhf_trains_on_each_prompts_ranked_samples(world, tmp_path):
+    from rayrlhf.data.formats import read_records
+
+    faults.reset()
+    run_dir = str(tmp_path / "online_rrhf")
+    summary = run_rs(_online_cfg(world, run_dir, "rrhf"))
+    rows = read_metrics(run_dir)
+    assert summary["objective"] == "rrhf"
+    for r in rows[1:]:
+        assert r["rs/kept"] == PROMPTS and r["train/skipped"] == 0.0 and math.isfinite(r["train/rank_loss"])
+        # the best of each ranked list is its maximum
+        assert r["rs/kept_reward"] == pytest.approx(r["rs/reward_max"], abs=1e-6)
+    lists = [json.loads(x) for x in open(os.path.join(run_dir, "kept", "round-0002.jsonl"))]
+    assert len(lists) == PROMPTS and all(len(x["responses"]) == len(x["scores"]) == K for x in lists)
+    read = read_records(os.path.join(run_dir, "kept", "round-0002.jsonl"), "preference")
+    assert read.format == "ranked" and not read.problems
