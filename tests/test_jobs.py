@@ -182,6 +182,30 @@ def test_pipeline_job_config_loads(path):
     assert len(configs) == len(cfg.stages) > 0
 
 
+def command_job_configs() -> list[tuple[str, str]]:
+    """(command, path) of every job file whose first line runs one command on it."""
+    found = []
+    for name in sorted(os.listdir(os.path.join(REPO, "jobs"))):
+        path = os.path.join(REPO, "jobs", name)
+        with open(path) as f:
+            first = f.readline().split()
+        if len(first) > 2 and first[:2] == ["#", "rayrlhf"] and first[2] not in ("pipeline", "submit"):
+            found.append((first[2], path))
+    return found
+
+
+@pytest.mark.parametrize("command,path", command_job_configs(), ids=lambda x: os.path.basename(x))
+def test_command_job_config_loads(command, path):
+    """Each single-command job file loads, as written, as the config of the command it names."""
+    from rayrlhf.config import load_config
+    from rayrlhf.config.ppo import PPOConfig
+    from rayrlhf.config.rs import RSConfig
+    from rayrlhf.driver.train_stage import STAGES
+
+    cfg = load_config({**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command], path)
+    assert cfg.run.name == os.path.basename(path).removesuffix(".yaml")
+
+
 @pytest.mark.parametrize("name", REAL_MODEL_JOBS)
 def test_real_model_job_settings(name):
     from rayrlhf.driver.pipeline import load_pipeline
