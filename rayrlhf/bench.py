@@ -83,7 +83,7 @@ def _rm_ranked_ratio(world: str, lists: int = 48, lists_per_batch: int = 8) -> d
 
 
 def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str, n_samples: int = 2,
-             max_new_tokens: int = 32, prompts_per_step: int = 16, max_staleness: int = 1):
+             max_new_tokens: int = 32, prompts_per_step: int = 16, max_staleness: int = 1, advantage: str = "gae"):
     from rayrlhf.config import load_config
     from rayrlhf.config.ppo import PPOConfig
 
@@ -96,7 +96,7 @@ def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str, n_sa
         "ppo": {"total_steps": steps, "prompts_per_step": prompts_per_step,
                 "global_mini_batch_size": prompts_per_step * n_samples, "ppo_epochs": 1,
                 "rollout_mode": mode, "max_staleness": max_staleness, "eval_every": 10_000,
-                "checkpoint_every": 10_000, "actor_lr": 1e-5, "critic_lr": 1e-5},
+                "checkpoint_every": 10_000, "actor_lr": 1e-5, "critic_lr": 1e-5, "advantage": advantage},
         # Generation and training each get one core: the overlap async mode is for.
         "resources": {"trainer": {"cpus_per_worker": 1.0}, "critic": {"cpus_per_worker": 0.01},
                       "reference": {"cpus_per_worker": 0.01, "colocate_with": "trainer"},
@@ -130,7 +130,7 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
 
 
 def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int, repeats: int,
-                    max_new_tokens: int) -> dict:
+                    max_new_tokens: int, advantage: str = "gae", prompts_per_step: int = 8) -> dict:
     """async/sync with more of each step in generation (4 samples per prompt, ``max_new_tokens``
     per response, max_staleness 2): the median of ``repeats`` runs per mode, alternating modes so
     that drift in the machine hits both, and how balanced the setting was (generate_over_train)."""
@@ -141,7 +141,8 @@ def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int,
         for mode in ("sync", "async"):
             run_dir = os.path.join(tmp, f"balanced_{mode}_{i}")
             run_ppo(_ppo_cfg(world, run_dir, mode, steps + warmup, backend, n_samples=4,
-                             max_new_tokens=max_new_tokens, prompts_per_step=8, max_staleness=2))
+                             max_new_tokens=max_new_tokens, prompts_per_step=prompts_per_step, max_staleness=2,
+                             advantage=advantage))
             runs[mode].append(_ppo_figures(run_dir, warmup))
     med = {m: {k: float(np.median([f.get(k, 0.0) for f in fs])) for k in fs[0]} for m, fs in runs.items()}
     out = {f"ppo/balanced/{m}/{k}": v for m, f in med.items() for k, v in f.items()
@@ -153,12 +154,17 @@ def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int,
                                                / med["sync"]["train_plus_sync_seconds"])
     keys = sorted({k for f in runs["async"] for k in f if k.startswith("staleness@")})
     out.update({f"ppo/balanced/{k}": float(np.mean([f.get(k, 0.0) for f in runs["async"]])) for k in keys})
-    out["ppo/balanced/repeats"] = repeats
+    out.update({"ppo/balanced/repeats": repeats, "ppo/balanced/advantage": advantage,
+                "ppo/balanced/prompts_per_step": prompts_per_step, "ppo/balanced/max_new_tokens": max_new_tokens})
     return out
 
 
+PARTS = ("rollout", "rm", "ppo", "balanced")
+
+
 def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: int = 2,
-              balanced_new_tokens: int = 96) -> dict:
+              balanced_new_tokens: int = 96, balanced_advantage: str = "gae", balanced_prompts: int = 8,
+              parts: tuple[str, ...] = PARTS) -> dict:
     from rayrlhf.data.tokenize import render_prompt
     from rayrlhf.driver.ppo_stage import run_ppo
     from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
@@ -167,39 +173,49 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: in
     from rayrlhf.rollout.worker import vllm_available
     from rayrlhf.utils.ray_init import ensure_ray
 
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"--only: unknown part(s) {unknown}; parts are {list(PARTS)}")
     tmp = tempfile.mkdtemp(prefix="rayrlhf-bench-")
     world = os.path.join(tmp, "world")
     info = run_toyworld(ToyworldConfig(out=world, n_sft=200, n_pref=200, n_prompts=400, n_eval_prompts=10,
                                        model=TinyModelSpec(hidden_size=hidden, num_layers=layers,
                                                               num_heads=max(1, hidden // 64),
                                                               intermediate_size=hidden * 3)))
-    tok = load_tokenizer(f"{world}/base_model")
-    with open(f"{world}/data/prompts_train.jsonl", encoding="utf-8") as f:
-        prompts = [json.loads(line)["prompt"] for line in f][:16]
-    ids = [render_prompt(tok, p) for p in prompts]
     out = {"model/parameters": info["base_model_parameters"], "machine/cpus": os.cpu_count()}
-    out.update(_rollout_ratio(f"{world}/base_model", ids, n=4, max_new_tokens=32))
-    out.update(_rm_ranked_ratio(world))
+    goals = {}
+    if "rollout" in parts:
+        tok = load_tokenizer(f"{world}/base_model")
+        with open(f"{world}/data/prompts_train.jsonl", encoding="utf-8") as f:
+            prompts = [json.loads(line)["prompt"] for line in f][:16]
+        ids = [render_prompt(tok, p) for p in prompts]
+        out.update(_rollout_ratio(f"{world}/base_model", ids, n=4, max_new_tokens=32))
+        goals["rollout/vllm_over_hf >= 1.5"] = out.get("rollout/vllm_over_hf", 0.0) >= 1.5
+    if "rm" in parts:
+        out.update(_rm_ranked_ratio(world))
+        goals["rm/kwise_over_pairs >= 2"] = out["rm/kwise_over_pairs"] >= 2
     ensure_ray()
     backend = "vllm" if vllm_available() else "hf"
-    figures = {}
-    for mode in ("sync", "async"):
-        run_dir = os.path.join(tmp, f"ppo_{mode}")
-        run_ppo(_ppo_cfg(world, run_dir, mode, steps + warmup, backend))
-        figures[mode] = _ppo_figures(run_dir, warmup)
-    s, a = figures["sync"], figures["async"]
-    out.update({f"ppo/{mode}/{k}": v for mode, f in figures.items() for k, v in f.items()})
-    out["ppo/async_over_sync"] = a["samples_per_s"] / s["samples_per_s"]
-    out["ppo/sync_share_of_step"] = s["sync_seconds"] / s["step_seconds"]
-    bound = max(s["generate_seconds"], s["train_plus_sync_seconds"])
-    out["ppo/bound_seconds"] = bound
-    out["ppo/step_over_bound"] = a["step_seconds"] / bound
-    out.update(_balanced_ratio(world, tmp, backend, steps, warmup, repeats, balanced_new_tokens))
-    out["goals"] = {"ppo/async_over_sync >= 1.3": out["ppo/async_over_sync"] >= 1.3,
-                    "ppo/balanced/async_over_sync >= 1.6": out["ppo/balanced/async_over_sync"] >= 1.6,
-                    "ppo/sync_share_of_step < 0.05": out["ppo/sync_share_of_step"] < 0.05,
-                    "rollout/vllm_over_hf >= 1.5": out.get("rollout/vllm_over_hf", 0.0) >= 1.5,
-                    "rm/kwise_over_pairs >= 2": out["rm/kwise_over_pairs"] >= 2}
+    if "ppo" in parts:
+        figures = {}
+        for mode in ("sync", "async"):
+            run_dir = os.path.join(tmp, f"ppo_{mode}")
+            run_ppo(_ppo_cfg(world, run_dir, mode, steps + warmup, backend))
+            figures[mode] = _ppo_figures(run_dir, warmup)
+        s, a = figures["sync"], figures["async"]
+        out.update({f"ppo/{mode}/{k}": v for mode, f in figures.items() for k, v in f.items()})
+        out["ppo/async_over_sync"] = a["samples_per_s"] / s["samples_per_s"]
+        out["ppo/sync_share_of_step"] = s["sync_seconds"] / s["step_seconds"]
+        bound = max(s["generate_seconds"], s["train_plus_sync_seconds"])
+        out["ppo/bound_seconds"] = bound
+        out["ppo/step_over_bound"] = a["step_seconds"] / bound
+        goals["ppo/async_over_sync >= 1.3"] = out["ppo/async_over_sync"] >= 1.3
+        goals["ppo/sync_share_of_step < 0.05"] = out["ppo/sync_share_of_step"] < 0.05
+    if "balanced" in parts:
+        out.update(_balanced_ratio(world, tmp, backend, steps, warmup, repeats, balanced_new_tokens,
+                                   balanced_advantage, balanced_prompts))
+        goals["ppo/balanced/async_over_sync >= 1.6"] = out["ppo/balanced/async_over_sync"] >= 1.6
+    out["goals"] = goals
     return out
 
 
@@ -212,6 +228,12 @@ def main(argv: list[str]) -> int:
                         "setting; the median is reported")
     parser.add_argument("--balanced-new-tokens", type=int, default=96, help="response length of the "
                         "balanced setting (longer responses shift time to generation)")
+    parser.add_argument("--balanced-advantage", default="gae", choices=["gae", "grpo", "rloo", "reinforce++"],
+                        help="advantage estimator of the balanced setting (the critic-free ones train no critic, "
+                        "which shifts time to generation)")
+    parser.add_argument("--balanced-prompts", type=int, default=8, help="prompts per iteration of the balanced "
+                        "setting (4 samples each)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--memory", action="store_true", help="instead: the deepest tiny Llama whose PPO "
                         "update fits a per-rank memory budget with ddp and fsdp(2), as a ratio")
@@ -230,7 +252,9 @@ def main(argv: list[str]) -> int:
         result = run_memory(budget_mib=args.budget_mib)
     else:
         result = run_bench(args.hidden, args.layers, args.steps, repeats=args.repeats,
-                           balanced_new_tokens=args.balanced_new_tokens)
+                           balanced_new_tokens=args.balanced_new_tokens, balanced_advantage=args.balanced_advantage,
+                           balanced_prompts=args.balanced_prompts,
+                           parts=tuple(p.strip() for p in args.only.split(",") if p.strip()))
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out:

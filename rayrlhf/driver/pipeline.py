@@ -341,7 +341,10 @@ def print_report(results: dict, out=sys.stdout) -> None:
             hist = s.get("rounds_history", {})
             kept = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_reward", []))
             gold = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_gold_reward", []))
-            print(f"{name:>12}: {s.get('rounds')} rounds of best-of-{s.get('k')}; kept samples' reward by round "
+            k = s.get("k")
+            what = {"dpo": f"online DPO (best vs worst of {k})", "rrhf": f"online RRHF ({k} ranked)"}.get(
+                s.get("objective"), f"best-of-{k}")
+            print(f"{name:>12}: {s.get('rounds')} rounds of {what}; best samples' reward by round "
                   f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
                   f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
         elif kind == "dpo":
