@@ -154,7 +154,7 @@ def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int,
                                                / med["sync"]["train_plus_sync_seconds"])
     keys = sorted({k for f in runs["async"] for k in f if k.startswith("staleness@")})
     out.update({f"ppo/balanced/{k}": float(np.mean([f.get(k, 0.0) for f in runs["async"]])) for k in keys})
-    out.update({"ppo/balanced/repeats": repeats, "ppo/balanced/advantage": advantage,
+    out.update({"ppo/balanced/repeats": repeats, "ppo/balanced/advantage": advantage, "ppo/balanced/backend": backend,
                 "ppo/balanced/prompts_per_step": prompts_per_step, "ppo/balanced/max_new_tokens": max_new_tokens})
     return out
 
@@ -164,7 +164,7 @@ PARTS = ("rollout", "rm", "ppo", "balanced")
 
 def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: int = 2,
               balanced_new_tokens: int = 96, balanced_advantage: str = "gae", balanced_prompts: int = 8,
-              parts: tuple[str, ...] = PARTS) -> dict:
+              balanced_backend: str = "auto", parts: tuple[str, ...] = PARTS) -> dict:
     from rayrlhf.data.tokenize import render_prompt
     from rayrlhf.driver.ppo_stage import run_ppo
     from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
@@ -212,8 +212,8 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: in
         goals["ppo/async_over_sync >= 1.3"] = out["ppo/async_over_sync"] >= 1.3
         goals["ppo/sync_share_of_step < 0.05"] = out["ppo/sync_share_of_step"] < 0.05
     if "balanced" in parts:
-        out.update(_balanced_ratio(world, tmp, backend, steps, warmup, repeats, balanced_new_tokens,
-                                   balanced_advantage, balanced_prompts))
+        out.update(_balanced_ratio(world, tmp, backend if balanced_backend == "auto" else balanced_backend, steps,
+                                   warmup, repeats, balanced_new_tokens, balanced_advantage, balanced_prompts))
         goals["ppo/balanced/async_over_sync >= 1.6"] = out["ppo/balanced/async_over_sync"] >= 1.6
     out["goals"] = goals
     return out
@@ -233,6 +233,8 @@ def main(argv: list[str]) -> int:
                         "which shifts time to generation)")
     parser.add_argument("--balanced-prompts", type=int, default=8, help="prompts per iteration of the balanced "
                         "setting (4 samples each)")
+    parser.add_argument("--balanced-backend", default="auto", choices=["auto", "vllm", "hf"],
+                        help="rollout engine of the balanced setting (auto: vLLM when it imports, as elsewhere)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--memory", action="store_true", help="instead: the deepest tiny Llama whose PPO "
@@ -253,7 +255,7 @@ def main(argv: list[str]) -> int:
     else:
         result = run_bench(args.hidden, args.layers, args.steps, repeats=args.repeats,
                            balanced_new_tokens=args.balanced_new_tokens, balanced_advantage=args.balanced_advantage,
-                           balanced_prompts=args.balanced_prompts,
+                           balanced_prompts=args.balanced_prompts, balanced_backend=args.balanced_backend,
                            parts=tuple(p.strip() for p in args.only.split(",") if p.strip()))
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)

@@ -9,6 +9,7 @@
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
     rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
+    rayrlhf compare --config jobs/toyworld_compare.yaml          # methods on one gold reward-KL frontier
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
     rayrlhf plan --config jobs/toyworld_ppo.yaml                 # which actor runs where
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", metavar="STAGE", default=None,
                    help="run this stage and every later one anew (their old folders are kept as "
                         "<stage>.replaced-N); needed after editing the config of a stage that has run")
+    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("compare", help="methods from one starting policy, each swept over a KL strength, on one "
+                       "held-out gold reward-KL frontier (a pipeline, then one evaluation of every policy)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--rerun", metavar="STAGE", default=None,
+                   help="run this stage (or method run <method>@<value>) and every later one anew")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run")
     p.add_argument("run_dir", help="the pipeline's run folder, e.g. runs/quickstart")
@@ -157,6 +164,11 @@ def _dispatch(args) -> int:
         from rayrlhf.driver.pipeline import run_pipeline
 
         run_pipeline(args.config, args.overrides, rerun=args.rerun)
+        return 0
+    if args.command == "compare":
+        from rayrlhf.driver.compare import run_compare
+
+        run_compare(args.config, args.overrides, rerun=args.rerun)
         return 0
     if args.command == "toyworld":
         from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld

@@ -200,9 +200,14 @@ def test_command_job_config_loads(command, path):
     from rayrlhf.config import load_config
     from rayrlhf.config.ppo import PPOConfig
     from rayrlhf.config.rs import RSConfig
+    from rayrlhf.driver.compare import load_compare
     from rayrlhf.driver.train_stage import STAGES
 
-    cfg = load_config({**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command], path)
+    if command == "compare":
+        cfg, pipe, _, configs, _ = load_compare(path)
+        assert len(configs) == len(pipe.stages) > len(cfg.compare.methods)
+    else:
+        cfg = load_config({**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command], path)
     assert cfg.run.name == os.path.basename(path).removesuffix(".yaml")
 
 

@@ -119,7 +119,12 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
 
 def load_pipeline(path: str, overrides: list[str]) -> tuple[PipelineConfig, str, list]:
     """Load and check the pipeline and every stage's config before anything runs."""
-    cfg = load_config(PipelineConfig, path, overrides)
+    return resolve_pipeline(load_config(PipelineConfig, path, overrides), path)
+
+
+def resolve_pipeline(cfg: PipelineConfig, source: str | None = None) -> tuple[PipelineConfig, str, list]:
+    """The run folder and every stage's typed config (references resolved); every problem of
+    every stage in one ConfigError."""
     run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or "pipeline"))
     folders = {"run": run_dir, **{s.name: os.path.join(run_dir, s.name) for s in cfg.stages}}
     problems, configs = [], []
@@ -129,7 +134,7 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[PipelineConfig, str,
         except ConfigError as e:
             problems.extend(f"stages[{i}] ({spec.name}).config.{p}" for p in e.problems)
     if problems:
-        raise ConfigError(problems, source=path)
+        raise ConfigError(problems, source=source)
     return cfg, run_dir, configs
 
 
@@ -269,10 +274,15 @@ def _set_aside(folder: str) -> str:
 
 
 def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout, rerun: str | None = None) -> dict:
+    return run_stages(*load_pipeline(path, list(overrides or [])), out=out, rerun=rerun)
+
+
+def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout, rerun: str | None = None) -> dict:
+    """Run a resolved pipeline (``resolve_pipeline``): plan, check memory, run or skip each stage,
+    then the summary and the report."""
     from rayrlhf.config import save_config
     from rayrlhf.utils.ray_init import ensure_ray
 
-    cfg, run_dir, configs = load_pipeline(path, list(overrides or []))
     plans = plan_stages(cfg, run_dir, configs, rerun)
     check_pipeline_memory(cfg, run_dir, configs)
     os.makedirs(run_dir, exist_ok=True)
