@@ -188,8 +188,9 @@ def load_compare(path: str | None, overrides: list[str] | None = None, data: dic
     return cfg, pipe_cfg, run_dir, configs, runs
 
 
-def run_compare(path: str | None, overrides: list[str] | None = None, out=sys.stdout, data: dict | None = None,
+def run_compare(path: str | None, overrides: list[str] | None = None, out=None, data: dict | None = None,
                 rerun: str | None = None) -> dict:
+    out = out or sys.stdout
     cfg, pipe, run_dir, configs, runs = load_compare(path, overrides, data)
     folders = {"run": run_dir, **{s.name: os.path.join(run_dir, s.name) for s in pipe.stages}}
     cmp = cfg.compare
@@ -311,7 +312,8 @@ def table(frontier: dict, gold_names: list[str]) -> tuple[list[str], list[list[s
     return head, rows
 
 
-def print_frontier(frontier: dict, out=sys.stdout) -> None:
+def print_frontier(frontier: dict, out=None) -> None:
+    out = out or sys.stdout
     names = [k[len("gold_"):] for k in frontier["rows"][0] if k.startswith("gold_")]
     head, rows = table(frontier, names)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
