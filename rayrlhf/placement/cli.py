@@ -6,8 +6,8 @@
     rayrlhf plan --config jobs/ppo.yaml --probe                 # also start a tiny actor per worker
     rayrlhf plan --config jobs/qwen0.5b_hh_rlhf.yaml --no-cluster --gpu-memory-gib 40
 
-Any command's config: sft, rm, dpo, rrhf, ppo, rs, or a pipeline (every stage but toyworld in turn),
-told apart by its top-level keys or named with --command. With a cluster, the placement groups
+Any command's config: sft, rm, dpo, rrhf, ppo, rs, a pipeline or a compare (every stage but
+toyworld in turn), told apart by its top-level keys or named with --command. With a cluster, the placement groups
 of ppo/rs are created for a moment to learn which node each bundle goes to, then removed. No
 model is loaded: the memory plan reads each model's config.json (rayrlhf.engine.memory). Exit
 status: 0 fits, 1 the cluster cannot hold the plan (or the cluster named by --address is
@@ -26,7 +26,7 @@ from rayrlhf.config.schema import SUPERVISED_COMMANDS
 from rayrlhf.placement.plan import add_resources, check_fits, format_resources, node_resources, plan_placement
 from rayrlhf.placement.report import format_plan, format_train_workers
 
-COMMANDS = SUPERVISED_COMMANDS + ("ppo", "rs", "pipeline")
+COMMANDS = SUPERVISED_COMMANDS + ("ppo", "rs", "pipeline", "compare")
 
 
 @dataclass
@@ -49,6 +49,8 @@ def load_resources(path: str, overrides: list[str] | None = None) -> ResourcesSe
 
 def detect_command(raw: dict) -> str | None:
     """Which command a config is for, from its top-level keys (None: cannot tell)."""
+    if "compare" in raw:
+        return "compare"
     if "stages" in raw:
         return "pipeline"
     if "policy" in raw and "ppo" in raw:
@@ -78,11 +80,13 @@ def load_stages(path: str, overrides: list[str], command: str | None) -> list[St
             return None
         raise ConfigError(["cannot tell which command this config is for (no stages, policy, rs or model "
                            f"section): pass --command ({', '.join(COMMANDS)})"], source=path)
-    if command == "pipeline":
+    if command in ("pipeline", "compare"):
+        from rayrlhf.driver.compare import load_compare
         from rayrlhf.driver.pipeline import load_pipeline
         from rayrlhf.engine.memory import pipeline_model_configs
 
-        pipe, run_dir, configs = load_pipeline(path, overrides)
+        pipe, run_dir, configs = (load_pipeline(path, overrides) if command == "pipeline"
+                                  else load_compare(path, overrides)[1:4])
         known = pipeline_model_configs(pipe, run_dir, configs)
         return [Stage(f"stage {spec.name} ({spec.kind})", spec.kind, c, known)
                 for spec, c in zip(pipe.stages, configs) if spec.kind != "toyworld"]

@@ -61,6 +61,15 @@ def test_sweeps_expand_to_runs_at_one_sample_budget(tmp_path):
     assert [(c.rs.k, c.rs.rounds) for c in configs] == [(2, 2), (4, 1), (2, 2)]
     assert all(c.policy.name_or_path == f"{world}/base_model" for c in configs)
     assert configs[2].rs.objective == "dpo" and [v for _, v, _ in runs] == [2, 4, None]
+    # `rayrlhf plan` reads a compare config as the pipeline it expands to.
+    import yaml
+
+    from rayrlhf.placement.cli import load_stages
+
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(_config(world, str(tmp_path))))
+    assert [s.label for s in load_stages(str(path), [], None)] == [
+        "stage rs@2 (rs)", "stage rs@4 (rs)", "stage online_dpo (rs)"]
 
 
 def test_a_budget_that_does_not_divide_is_refused_naming_the_run(tmp_path):

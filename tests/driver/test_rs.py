@@ -165,8 +165,8 @@ def test_best_of_k_at_inference_time(world, tmp_path):
     assert not os.path.exists(tmp_path / "bok" / "export")  # nothing trained
 
 
-def _online_cfg(world, run_dir, objective):
-    cfg = _cfg(world, run_dir, rounds=2, curve_k=0, objective=objective)
+def _online_cfg(world, run_dir, objective, rounds=2):
+    cfg = _cfg(world, run_dir, rounds=rounds, curve_k=0, objective=objective)
     cfg.resources.reference.cpus_per_worker = 0.25
     return cfg
 
@@ -215,14 +215,14 @@ def test_online_rrhf_trains_on_each_prompts_ranked_samples(world, tmp_path):
 
     faults.reset()
     run_dir = str(tmp_path / "online_rrhf")
-    summary = run_rs(_online_cfg(world, run_dir, "rrhf"))
+    summary = run_rs(_online_cfg(world, run_dir, "rrhf", rounds=1))
     rows = read_metrics(run_dir)
     assert summary["objective"] == "rrhf"
     for r in rows[1:]:
         assert r["rs/kept"] == PROMPTS and r["train/skipped"] == 0.0 and math.isfinite(r["train/rank_loss"])
         # the best of each ranked list is its maximum
         assert r["rs/kept_reward"] == pytest.approx(r["rs/reward_max"], abs=1e-6)
-    lists = [json.loads(x) for x in open(os.path.join(run_dir, "kept", "round-0002.jsonl"))]
+    lists = [json.loads(x) for x in open(os.path.join(run_dir, "kept", "round-0001.jsonl"))]
     assert len(lists) == PROMPTS and all(len(x["responses"]) == len(x["scores"]) == K for x in lists)
-    read = read_records(os.path.join(run_dir, "kept", "round-0002.jsonl"), "preference")
+    read = read_records(os.path.join(run_dir, "kept", "round-0001.jsonl"), "preference")
     assert read.format == "ranked" and not read.problems
