@@ -365,7 +365,8 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   f"best-response loss {s.get('eval/sft_loss', float('nan')):.3f} in {s.get('seconds')} s", file=out)
         elif kind == "ppo":
             gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
-                              f"{s[k]:.3f}" for k in sorted(s) if k.startswith("eval/gold") or k == "eval/reward")
+                              f"{s[k]:.3f}" for k in sorted(s)
+                              if (k.startswith("eval/gold") or k == "eval/reward") and "_ci_" not in k)
             print(f"{name:>12}: held-out {gains}; KL to the reference per response "
                   f"{s.get('last/kl/per_response', float('nan')):.3f} after {s.get('steps')} iterations", file=out)
     out.flush()
