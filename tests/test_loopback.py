@@ -58,6 +58,10 @@ def local_cluster():
         mp.delenv(SINGLE_NODE_ENV, raising=False)
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
+        from rayrlhf.utils.ray_init import token_file
+
+        if os.path.exists(token_file()):
+            os.chmod(token_file(), 0o644)  # as Ray writes it: ensure_ray must tighten it
         ensure_ray(num_cpus=1)
         try:
             yield
@@ -90,3 +94,24 @@ def test_every_listener_is_on_loopback(local_cluster):
     wide = [f"{ip}:{p} {what}" for ip, p, what in found if not is_loopback(ip)]
     assert not wide, "listening beyond loopback:\n" + "\n".join(wide)
     del group
+
+
+def test_the_token_file_of_a_local_cluster_is_private(local_cluster):
+    """The cluster ensure_ray started uses token auth; Ray wrote its token file readable by
+    every local user, and ensure_ray made it the owner's only."""
+    from rayrlhf.utils.ray_init import token_file
+
+    assert os.stat(token_file()).st_mode & 0o777 == 0o600
+
+
+def test_a_readable_token_file_is_made_private_and_said(tmp_path, capsys):
+    from rayrlhf.utils.ray_init import make_token_private
+
+    path = tmp_path / "auth_token"
+    path.write_text("x" * 64)
+    os.chmod(path, 0o644)
+    assert make_token_private(str(path))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert "readable by other users (mode 644); made it private to its owner (600)" in capsys.readouterr().out
+    assert not make_token_private(str(path))  # already private: nothing to say
+    assert not make_token_private(str(tmp_path / "absent"))

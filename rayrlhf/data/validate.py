@@ -169,6 +169,9 @@ def validate_source(
     """Read ``source`` and check its records: (what was read, every problem in line order)."""
     result = read_records(source, kind, format=format, split=split, limit=limit)
     problems = list(result.problems)
+    if not result.n_rows and not problems:
+        # An empty file is a mistake (a failed export, the wrong path), not a dataset of nothing.
+        problems.append(Problem(str(source), 0, "<source>", "no rows; expected at least one record"))
     if result.kind in _RECORD_TYPES:
         problems += validate_records(
             result.records, result.kind, tokenizer, max_prompt_tokens, max_response_tokens

@@ -38,6 +38,29 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespa
     bind_to_loopback()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=namespace,
              dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+    make_token_private()
+
+
+def token_file() -> str:
+    """Where Ray keeps the token of a local cluster it started with token auth."""
+    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def make_token_private(path: str | None = None) -> bool:
+    """Ray writes the cluster's auth token with the umask's mode, readable by every local user
+    (644 under the usual umask): anyone on the machine could then run code on the cluster. Make
+    a token file of this user's private (600) and say so; True when it was changed."""
+    path = path or token_file()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    if not st.st_mode & 0o077 or st.st_uid != os.getuid():
+        return False
+    os.chmod(path, 0o600)
+    print(f"[rayrlhf] {path}: Ray's auth token was readable by other users (mode {st.st_mode & 0o777:o}); "
+          "made it private to its owner (600)", flush=True)
+    return True
 
 
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

@@ -195,6 +195,22 @@ def test_load_validated_refuses_an_empty_source(write_jsonl):
         load_validated(write_jsonl("empty.jsonl", ["", "  "]), "prompt")
 
 
+def test_an_empty_source_is_a_problem_for_validation_and_for_a_run(write_jsonl):
+    """`rayrlhf data validate` reports it, and a PPO or RS run stops at reading its prompts, before
+    any actor starts."""
+    from types import SimpleNamespace
+
+    from rayrlhf.data.validate import read_splits
+
+    path = write_jsonl("empty.jsonl", [])
+    _, problems = validate_source(path, "prompt")
+    assert [(p.line, p.field, p.reason) for p in problems] == [(0, "<source>", "no rows; expected at least one record")]
+    data = SimpleNamespace(train=[path], eval=[], format="auto", split="train", max_prompt_tokens=None,
+                           too_long="error", limit=None)
+    with pytest.raises(DataValidationError, match="empty.jsonl.*no rows"):
+        read_splits(data, "prompt")
+
+
 def test_too_long_rows_of_a_folder_are_counted_and_named_per_file(tmp_path, tokenizer, capsys):
     """Two files of one folder, each with a long row on line 2: two rows left out, one per file,
     each named by its own file and its line within that file."""
