@@ -310,9 +310,6 @@ class ModelWorker:
         out["loss"] = float(loss.detach()) * self.world
         return loss, out
 
-    def set_lr(self, lr: float) -> None:
-        self.engine.set_lr(lr)
-
     # -- weights and checkpoints ---------------------------------------------------------------
     def named_weights(self) -> dict:
         """The full weights (each tied tensor once) on rank 0's CPU, in the configured dtype;
@@ -370,11 +367,15 @@ class ModelWorker:
         self.engine.save(folder, self.kind)
         save_rng(os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt"))
 
-    def load(self, folder: str) -> None:
+    def load(self, folder: str) -> dict | None:
+        """Restore ``save``'s files. When the configured learning rate differs from the
+        checkpoint's, the configured one applies from here on (``Engine.load``) and this returns
+        both, ``{"checkpoint_lr", "lr"}``; else None."""
         from rayrlhf.checkpoint import load_rng
 
-        self.engine.load(folder, self.kind)
+        old_lr = self.engine.load(folder, self.kind)
         load_rng(os.path.join(folder, f"{self.kind}-rng-rank{self.rank}.pt"))
+        return None if old_lr is None else {"checkpoint_lr": old_lr, "lr": self.settings.lr}
 
     def export(self, out_dir: str, extra: dict | None = None) -> str | None:
         return self.engine.export(self.tokenizer, out_dir, extra=extra)

@@ -129,7 +129,11 @@ def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> 
     if not found:
         return None
     state = read_json(os.path.join(found, "state.json"))
-    get([ref for group in trained for ref in group.call_async("load", found)], timeout,
-        f"{'+'.join(g.role for g in trained)} in phase restore")
+    refs = [(group, group.call_async("load", found)) for group in trained]  # every group at once
+    for group, group_refs in refs:
+        changed = get(group_refs, timeout, f"{group.role} in phase restore")[0]
+        if changed:
+            print(f"[rayrlhf] {group.role}: trains at the configured learning rate {changed['lr']:g} from "
+                  f"here on; the checkpoint's optimizer state had {changed['checkpoint_lr']:g}", flush=True)
     restore_fleet_size(fleet, state)
     return found, state

@@ -270,20 +270,36 @@ class Engine:
             norm = norm.full_tensor()
         return float(norm)
 
-    def set_lr(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-
     # -- state ---------------------------------------------------------------------------------------
     def save(self, folder: str, prefix: str) -> None:
         from rayrlhf.engine import state
 
         state.save(self, folder, prefix)
 
-    def load(self, folder: str, prefix: str, optimizer: bool = True) -> None:
+    def load(self, folder: str, prefix: str, optimizer: bool = True) -> float | None:
+        """Restore a checkpoint. The learning rate is the configured one (``settings.lr``), not
+        the one in the checkpoint's optimizer state: a run resumed after an edit of its learning
+        rate trains at the new rate from here on (a schedule keeps its position, scaled to the
+        new peak). Returns the checkpoint's peak learning rate when it differed, else None."""
         from rayrlhf.engine import state
 
         state.load(self, folder, prefix, optimizer)
+        if not optimizer or self.optimizer is None or not self.trainable:
+            return None
+        groups = self.optimizer.param_groups
+        key = "initial_lr" if self.scheduler is not None else "lr"
+        old = float(groups[0].get(key, groups[0]["lr"]))
+        if not old or math.isclose(old, self.s.lr, rel_tol=1e-9):
+            return None
+        ratio = self.s.lr / old
+        for g in groups:
+            g["lr"] *= ratio
+            if "initial_lr" in g:
+                g["initial_lr"] *= ratio
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
+            self.scheduler._last_lr = [g["lr"] for g in groups]
+        return old
 
     def iter_full_weights(self, bucket_bytes: int, device: torch.device | str = "cpu"):
         """Buckets of full weights in the export dtype (every rank in step under FSDP)."""

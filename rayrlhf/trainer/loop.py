@@ -112,10 +112,13 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
     start_step, best = 0, {}
     found = ckpt.latest_checkpoint(run_dir) if resume else None
     if found:
-        engine.load(found, "model")
+        old_lr = engine.load(found, "model")
         ckpt.load_rng(os.path.join(found, f"rng-rank{info.rank}.pt"))
         state = read_json(os.path.join(found, "state.json"))
         start_step, best = state["step"], state.get("summary", {})
+        if old_lr is not None and info.rank == 0:
+            print(f"[rayrlhf] train.lr is {t_cfg.lr:g}, the checkpoint's was {old_lr:g}: the steps from "
+                  f"{start_step} on follow the schedule at the new peak", flush=True)
     skipped = int(best.get("train/skipped_steps", 0))  # logged at every checkpoint step
 
     logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,

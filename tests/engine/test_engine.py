@@ -319,3 +319,37 @@ def test_ranks_agree_and_an_update_is_undone_on_every_shard(tiny_model_dir, tmp_
         assert r["skipped"] == 1.0 and r["skipped_at"] == 2.0 and r["undone"]
         # Rank 1's loss alone was non-finite: both ranks skip the step, so they stay one model.
         assert r["step_skipped"] == 1.0 and r["unchanged"] and 0 < r["grad_norm"] < float("inf")
+
+
+def test_a_resumed_run_trains_at_its_configured_learning_rate(tiny_model_dir, tmp_path):
+    """An edited learning rate applies after a resume: the checkpoint's optimizer state holds the
+    old one. A constant rate is replaced; a schedule keeps its position at the new peak."""
+    from rayrlhf.trainer.optim import build_scheduler
+
+    w = ModelWorker("policy", tiny_model_dir, EngineSettings(lr=1e-3), PPO)
+    w.save(str(tmp_path / "c"))
+    same = ModelWorker("policy", tiny_model_dir, EngineSettings(lr=1e-3), PPO)
+    assert same.load(str(tmp_path / "c")) is None
+    edited = ModelWorker("policy", tiny_model_dir, EngineSettings(lr=4e-4), PPO)
+    assert edited.load(str(tmp_path / "c")) == {"checkpoint_lr": 1e-3, "lr": 4e-4}
+    assert [g["lr"] for g in edited.optimizer.param_groups] == [pytest.approx(4e-4)] * len(
+        edited.optimizer.param_groups)
+
+    def scheduled(lr):
+        e = ModelWorker("policy", tiny_model_dir, EngineSettings(lr=lr), PPO).engine
+        e.scheduler = build_scheduler(e.optimizer, 10, 0.5, "linear", 0.0)  # 5 warmup steps, then down
+        return e
+
+    e = scheduled(1e-3)
+    for _ in range(3):
+        e.optimizer.step()
+        e.scheduler.step()
+    # warm-up multiplier (step + 1) / 5 at step 3
+    assert e.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 4 / 5)
+    e.save(str(tmp_path / "s"), "model")
+    r = scheduled(2e-3)
+    assert r.load(str(tmp_path / "s"), "model") == pytest.approx(1e-3)
+    assert r.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 4 / 5)
+    r.optimizer.step()
+    r.scheduler.step()
+    assert r.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 5 / 5)
