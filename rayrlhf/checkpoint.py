@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 import torch
 
-from rayrlhf.utils.fs import atomic_dir
+from rayrlhf.utils.fs import CheckpointWriteError, atomic_dir
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -91,13 +91,21 @@ def _tuplify(x):
 
 def write_checkpoint(run_dir: str, step: int, fill, state: dict, keep: int = 2) -> str:
     """Create ``step-N`` atomically: ``fill(tmp_folder)`` writes the files, then ``state.json``
-    marks it complete; retention runs only after the rename (newest ``keep`` kept)."""
+    marks it complete; retention runs only after the rename (newest ``keep`` kept). A failure
+    leaves the earlier checkpoints as they were and raises CheckpointWriteError."""
     from rayrlhf.utils.fs import atomic_write_json
 
     final = os.path.join(checkpoint_dir(run_dir), f"step-{step:08d}")
-    with atomic_dir(final) as tmp:
-        fill(tmp)
-        atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
+    try:
+        with atomic_dir(final) as tmp:
+            fill(tmp)
+            atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
+    except Exception as e:
+        previous = latest_checkpoint(run_dir)
+        after = (f"the previous checkpoint {previous} is intact: once the cause is fixed, run the same command "
+                 "with --resume (a pipeline: run it again) to continue from it" if previous else
+                 "there is no earlier checkpoint: a rerun starts from the beginning")
+        raise CheckpointWriteError(f"checkpoint {final}: writing failed ({type(e).__name__}: {e}); {after}") from e
     _retain(run_dir, keep)
     return final
 

@@ -26,6 +26,7 @@ import sys
 
 from rayrlhf.config.loader import ConfigError
 from rayrlhf.data.validate import DataValidationError
+from rayrlhf.utils.fs import CheckpointWriteError
 
 
 def _stage_parser(sub, name: str, help_text: str):
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:  # a data source, prompt file or folder named in the config
         print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as e:  # says which checkpoint is intact and how to resume
+        print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args) -> int:

@@ -44,6 +44,12 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, permissions, a worker's save failed);
+    the message names the folder, the cause, the checkpoint that is intact and how to go on
+    (``rayrlhf.checkpoint.write_checkpoint``)."""
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str):
     """Yield a temporary folder; on success it replaces ``final`` in one rename.
