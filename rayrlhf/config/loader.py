@@ -124,17 +124,47 @@ def _looks_local(value: str) -> bool:
 
 def check_model_paths(cfg) -> list[str]:
     """Model and tokenizer fields that name a local folder which is not there (or, for models,
-    has no config.json): said before any actor starts, by dotted key."""
+    has no config.json), or a hub name that is neither cached nor reachable (``hub_problem``):
+    said before any actor starts, by dotted key."""
     out = []
     for _, name, value, key in _model_paths(cfg):
-        if not _looks_local(value):
-            continue
         need = "tokenizer_config.json" if name == "tokenizer" else "config.json"
+        if not _looks_local(value) and not os.path.isdir(value):
+            problem = hub_problem(value, need, key)
+            if problem:
+                out.append(problem)
+            continue
         if not os.path.isdir(value):
             out.append(f"{key}: {value} is not a folder (nor a hub name like org/name)")
         elif not os.path.exists(os.path.join(value, need)):
             out.append(f"{key}: {value} has no {need}; expected a Hugging Face model folder")
     return out
+
+
+HUB_CHECK_TIMEOUT_S = 10.0
+
+
+def hub_problem(name: str, need: str, key: str) -> str | None:
+    """Why the hub name ``name`` cannot be loaded, or None: it is in the local Hugging Face cache,
+    or the hub answers for it within HUB_CHECK_TIMEOUT_S (one request, no retries), so that an
+    unreachable hub or a mistyped name is one line before any work, not a minute of retries."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, need), str):
+            return None
+    except Exception:  # a name the hub would refuse too (bad characters): asked below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return f"{key}: {name} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(name, timeout=HUB_CHECK_TIMEOUT_S)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return (f"{key}: {name} is neither a local folder nor reachable on the Hugging Face hub "
+                f"({type(e).__name__}{': ' + why if why else ''}); give a model folder, or download it first "
+                f"(huggingface-cli download {name})")
+    return None
 
 
 def from_dict(cls: type, data: Any, path: str, problems: list[str]):

@@ -32,14 +32,40 @@ def test_missing_local_model_folders_are_named_before_anything_starts(tmp_path, 
     (tmp_path / "runs" / "sft" / "export").mkdir(parents=True)  # a folder, but no config.json
     monkeypatch.chdir(tmp_path)
     ppo = load_config(PPOConfig, data={
-        "policy": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},  # a hub name: not checked here
+        "policy": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"},  # a hub name, in the cache (below)
         "data": {"train": ["p.jsonl"]},
         "rewards": [{"name": "helpfulness", "model": "runs/rm_typo/export"}],
         "resources": {"rewards": {"helpfulness": {"cpus_per_worker": 1}}},
     })
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda name, filename: f"/cache/{name}/{filename}" if name.startswith("Qwen/") else None)
     assert check_model_paths(ppo) == [
         "rewards[0].model: runs/rm_typo/export is not a folder (nor a hub name like org/name)"]
     rm = load_config(RMConfig, data={"model": {"name_or_path": "runs/sft/export"}, "data": {"train": ["x.jsonl"]},
                                      "run": {"output_dir": str(tmp_path / "out")}})
     with pytest.raises(ConfigError, match=r"model.name_or_path: .*runs/sft/export has no config.json"):
         prepare("rm", rm, resume=False)
+
+
+def test_a_hub_name_neither_cached_nor_reachable_is_one_line_before_any_work(monkeypatch):
+    """One request with a timeout and no retries: a mistyped name, or a machine without the hub,
+    is said at once, with what to do."""
+    import time
+
+    from rayrlhf.config.loader import check_model_paths
+
+    cfg = load_config(PPOConfig, data={"policy": {"name_or_path": "rayrlhf-tests/no-such-model"},
+                                       "data": {"train": ["p.jsonl"]},
+                                       "rewards": [{"name": "rule", "function": "rayrlhf.rules:length_penalty"}]})
+    t0 = time.perf_counter()
+    problems = check_model_paths(cfg)
+    assert time.perf_counter() - t0 < 30
+    assert len(problems) == 1 and problems[0].startswith(
+        "policy.name_or_path: rayrlhf-tests/no-such-model is neither a local folder nor reachable on the "
+        "Hugging Face hub (")
+    assert "huggingface-cli download rayrlhf-tests/no-such-model" in problems[0]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert check_model_paths(cfg) == ["policy.name_or_path: rayrlhf-tests/no-such-model is neither a local folder "
+                                      "nor in the Hugging Face cache, and HF_HUB_OFFLINE is set"]
