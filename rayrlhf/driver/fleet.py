@@ -145,17 +145,44 @@ class RolloutFleet:
         seed = derive_seed(self.seed, job.step, shard[0])
         return job.workers[i].actor.generate.remote(ids, n=job.n, seed=seed)
 
+    def _gather(self, shards: list[list[int]], workers: list[Worker], refs: list, send, phase: str) -> list[list]:
+        """Each shard's samples, in shard order; a worker that died is replaced (``_takeover``)
+        and ``send(i)`` sends shard i again, with its own seed, to the worker now in
+        ``workers[i]``."""
+        parts = []
+        for i in range(len(shards)):
+            part = [] if refs[i] is None else None
+            while part is None:
+                try:
+                    part = get(refs[i], self.timeout, f"{workers[i].name} in phase {phase}")
+                except RayActorError:
+                    workers[i] = self._takeover(workers[i])
+                    refs[i] = send(i)
+            parts.append(part)
+        return parts
+
+    def generate(self, prompt_ids: list[list[int]], n: int, seed_of) -> list[list]:
+        """Samples outside the training loop (held-out evaluation, the best-of-K curve): the
+        prompts split over the serving workers, shard i seeded by ``seed_of(first row of shard
+        i)``, so the same prompts and weights give the same samples on any fleet size. A worker
+        that dies is replaced, as in training, and its shard redone with the same seed. Returns
+        each shard's samples (prompt, then sample), in prompt order."""
+        workers = list(self._serving())
+        shards = split_rows(len(prompt_ids), len(workers))
+
+        def send(i):
+            if not shards[i]:
+                return None
+            return workers[i].actor.generate.remote([prompt_ids[p] for p in shards[i]], n=n,
+                                                    seed=seed_of(shards[i][0]))
+
+        return self._gather(shards, workers, [send(i) for i in range(len(shards))], send, "evaluate")
+
     def collect(self, job: GenJob) -> tuple[list, dict]:
         """Samples of every prompt in order (prompt, then sample), replacing dead workers."""
         out: list = []
-        for i, shard in enumerate(job.shards):
-            part = [] if job.refs[i] is None else None
-            while part is None:
-                try:
-                    part = get(job.refs[i], self.timeout, f"{job.workers[i].name} in phase generate")
-                except RayActorError:
-                    job.workers[i] = self._takeover(job.workers[i])
-                    job.refs[i] = self._send(job, i)
+        parts = self._gather(job.shards, job.workers, job.refs, lambda i: self._send(job, i), "generate")
+        for shard, part in zip(job.shards, parts):
             for s in part:
                 s.prompt_index = shard[s.prompt_index]
                 out.append(s)

@@ -102,13 +102,12 @@ class Roles:
             out[name] = torch.tensor([x for part in parts for x in part], dtype=torch.float32)
         return {name: out[name] for name in self.sources}
 
-    def eval_generate(self, prompt_ids: list[list[int]], n: int = 1, purpose: int = 0) -> list:
+    def eval_generate(self, prompt_ids: list[list[int]], n: int = 1, purpose: int = 0) -> list[list]:
         """``n`` samples per prompt, seeded by (``purpose``, shard start): the same prompts on the
-        same fleet give the same samples from the same weights, every evaluation."""
-        shards = split_rows(len(prompt_ids), len(self.fleet.workers))
-        return [w.generate.remote([prompt_ids[i] for i in rows], n=n,
-                                  seed=derive_seed(self._eval_seed, purpose, rows[0]))
-                for w, rows in zip(self.fleet.workers, shards) if rows]
+        same fleet give the same samples from the same weights, every evaluation. Each shard's
+        samples, in prompt order; a rollout worker that dies meanwhile is replaced and its shard
+        redone (``RolloutFleet.generate``)."""
+        return self.fleet.generate(prompt_ids, n, lambda start: derive_seed(self._eval_seed, purpose, start))
 
     def shutdown(self) -> None:
         from rayrlhf.placement import RayActorGroup

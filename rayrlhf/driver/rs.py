@@ -315,7 +315,7 @@ def best_of_k_curve(roles, combine, gold_fns: dict, eval_prompts: list, eval_ids
     ev = ev or EvalSection()
     if not eval_prompts:
         return {}
-    parts = get(roles.eval_generate(eval_ids, n=n, purpose=CURVE_PURPOSE), timeout, "rollout in phase curve")
+    parts = roles.eval_generate(eval_ids, n=n, purpose=CURVE_PURPOSE)
     samples = [s for part in parts for s in part]
     P = len(eval_prompts)
     prompts = [eval_prompts[i // n].prompt for i in range(P * n)]

@@ -23,7 +23,6 @@ def run_best_of_k(cfg) -> dict:
 
     from rayrlhf.algo.best_of_k import best_of_k_stats, select_best_of_k
     from rayrlhf.data.tokenize import render_prompt
-    from rayrlhf.driver.fleet import get
     from rayrlhf.driver.roles import build_rs_roles
     from rayrlhf.driver.rs import best_of_k_curve
     from rayrlhf.driver.scoring import resolve_gold, score_samples
@@ -35,7 +34,7 @@ def run_best_of_k(cfg) -> dict:
     roles = build_rs_roles(cfg, os.path.basename(run_dir), train=False)
     try:
         ids = [render_prompt(tokenizer, r.prompt) for r in prompts]
-        parts = get(roles.eval_generate(ids, n=k), cfg.rs.call_timeout_s, "rollout in phase generate")
+        parts = roles.eval_generate(ids, n=k)
         samples = [s for part in parts for s in part]
         owners = [prompts[i // k] for i in range(len(samples))]
         scored = score_samples(roles, cfg.combine, gold, [r.prompt for r in owners], [s.text for s in samples],

@@ -19,7 +19,6 @@ import torch
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval, per_prompt_means
 from rayrlhf.algo.rewards import combine_rewards
 from rayrlhf.config.ppo import EvalSection
-from rayrlhf.driver.fleet import get
 from rayrlhf.utils.fs import atomic_write_json, read_json
 
 HELDOUT_FILE = "heldout.json"
@@ -74,7 +73,7 @@ def evaluate(roles, combine, gold_fns: dict, eval_prompts: list, eval_ids: list[
     if not eval_prompts:
         return {}, []
     n, P = ev.samples_per_prompt, len(eval_prompts)
-    parts = get(roles.eval_generate(eval_ids, n=n), timeout, "rollout in phase evaluate")
+    parts = roles.eval_generate(eval_ids, n=n)
     samples = [s for part in parts for s in part]
     if len(samples) != P * n:
         raise RuntimeError(f"evaluation: the rollout fleet returned {len(samples)} samples for {P} prompts x {n}")

@@ -70,3 +70,17 @@ def test_a_hanging_call_names_the_actor_and_phase(cluster):
     job = fleet.submit(0, [0], [[1, 2, 3]])
     with pytest.raises(PhaseTimeout, match=r"rollout/0 in phase generate did not answer within 1 s"):
         fleet.collect(job)
+
+
+def test_an_evaluation_survives_a_dead_worker_with_the_same_samples(cluster, tiny_model_dir):
+    """Held-out generation goes through the fleet: a dead worker is replaced and its shard
+    redone with the same seed, so the samples are those of a fleet that never lost one."""
+    prompts = [[1, 5, 9], [1, 7, 3, 2], [4, 4, 8]]
+    seed_of = lambda start: 1000 + start  # noqa: E731
+    healthy = _fleet(tiny_model_dir)
+    want = [[s.response_ids for s in part] for part in healthy.generate(prompts, 2, seed_of)]
+    healthy.shutdown()
+    fleet = _fleet(tiny_model_dir)
+    ray.kill(fleet.workers[0], no_restart=True)
+    got = [[s.response_ids for s in part] for part in fleet.generate(prompts, 2, seed_of)]
+    assert fleet.restarts == 1 and got == want and sum(len(p) for p in got) == 2 * len(prompts)

@@ -52,16 +52,11 @@ PROMPTS = [Prompt([{"role": "user", "content": f"q{i}"}], {"unsafe": i == 2}) fo
 ANSWERS = [["1", "0"], ["1", "1"], ["0", "0"]]
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    monkeypatch.setattr(scoring, "get", lambda refs, timeout, what: refs)
-
-
 def run_eval(roles, run_dir=None):
     return scoring.evaluate(roles, CombineSection(), {"reward": gold_number}, PROMPTS, [[0]] * 3, 10.0, EV, run_dir)
 
 
-def test_figures_are_means_over_prompts_with_bootstrap_intervals(no_ray, tmp_path):
+def test_figures_are_means_over_prompts_with_bootstrap_intervals(tmp_path):
     roles = Roles(ANSWERS)
     out, examples = run_eval(roles, str(tmp_path))
     assert roles.asked == [(3, 2, 0)]  # two samples per prompt, the evaluation's seeds
@@ -83,7 +78,7 @@ def test_figures_are_means_over_prompts_with_bootstrap_intervals(no_ray, tmp_pat
     assert (held["prompts"], held["samples_per_prompt"], held["bootstrap"]) == (3, 2, 10000)
 
 
-def test_gain_intervals_pair_prompts(no_ray, tmp_path):
+def test_gain_intervals_pair_prompts(tmp_path):
     run_eval(Roles(ANSWERS, version=0), str(tmp_path))
     # After training: prompt 0 answers 1 and 0.5 (0.75), prompt 1 unchanged, prompt 2 answers 0.5 and 0.
     after, _ = run_eval(Roles([["1", "0.5"], ["1", "1"], ["0.5", "0"]], version=7), str(tmp_path))
@@ -107,7 +102,7 @@ def test_gain_intervals_pair_prompts(no_ray, tmp_path):
     assert json.load(open(tmp_path / "summary.json")) == summary
 
 
-def test_heldout_starts_again_for_another_prompt_set(no_ray, tmp_path):
+def test_heldout_starts_again_for_another_prompt_set(tmp_path):
     run_eval(Roles(ANSWERS, version=0), str(tmp_path))
     scoring.evaluate(Roles(ANSWERS[:2], version=3), CombineSection(), {"reward": gold_number}, PROMPTS[:2],
                      [[0]] * 2, 10.0, EV, str(tmp_path))
@@ -119,7 +114,7 @@ def test_heldout_starts_again_for_another_prompt_set(no_ray, tmp_path):
     assert not os.path.exists(tmp_path / "elsewhere" / "summary.json")
 
 
-def test_fleet_returning_too_few_samples_is_an_error(no_ray):
+def test_fleet_returning_too_few_samples_is_an_error():
     roles = Roles([["1"], ["1", "1"], ["0", "0"]])
     with pytest.raises(RuntimeError, match="5 samples for 3 prompts x 2"):
         run_eval(roles)
