@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
+from rayrlhf.algo.hacking import HackingSettings, HackingWatch
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, forward_rows, load_loop_checkpoint,
@@ -67,6 +68,8 @@ class PPODriver:
         self.samples: dict[str, list] = {}  # held-out generations before / after
         self.timeout = self.p.call_timeout_s
         self.order = PromptOrder(len(prompts), self.p.prompts_per_step, cfg.run.seed)
+        h = self.p.hacking
+        self.hacking = HackingWatch(HackingSettings(h.watch, h.window, h.min_drop, h.length_ratio, h.z))
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt
@@ -91,6 +94,8 @@ class PPODriver:
         self.ledger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None, tensorboard=False,
                                     echo=False, filename="rollouts.jsonl", publish=False)
         summary = read_json(os.path.join(self.run_dir, "summary.json")) if resume and start else {}
+        self.hacking.load(summary.get("hacking_history", {}))
+        stopped = None
         if start == 0:
             before = self.evaluate()
             self.samples["before"] = self.samples.pop("after", [])
@@ -108,24 +113,37 @@ class PPODriver:
                 metrics = self.train_step(step)
                 metrics.update(scaling)
                 done = step + 1
-                if done % self.p.eval_every == 0 or done == self.p.total_steps:
+                fired_before = self.hacking.fired_at
+                metrics.update(self.hacking.update(done, metrics))
+                if self.hacking.fired_at is not None and fired_before is None:
+                    stop = self.p.hacking.stop
+                    print(f"[rayrlhf] step {done}: reward-hacking alarm: {self.hacking.reason(metrics)}"
+                          + ("; stopping here (ppo.hacking.stop)" if stop else ""), flush=True)
+                    stopped = done if stop else None
+                last = done == self.p.total_steps or stopped == done
+                if done % self.p.eval_every == 0 or last:
                     metrics.update(self.evaluate())
                 logger.log(done, metrics)
                 summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
                 summary.update({f"last/{k}": v for k, v in metrics.items() if k.startswith(("kl/", "rollout/reward"))})
+                summary["hacking_history"] = self.hacking.state()
                 bar.update(1, metrics)
                 self.step = done
-                if done % self.p.checkpoint_every == 0 or done == self.p.total_steps:
+                if done % self.p.checkpoint_every == 0 or last:
                     self._checkpoint(done, summary)
+                if stopped:
+                    break
         finally:
             self.scaling.stop()
             bar.close()
             logger.close()
             self.ledger.close()
         policy0 = self.roles.policy_leader
-        get(policy0.export.remote(os.path.join(self.run_dir, "export"), {"stage": "ppo", "steps": self.p.total_steps}),
+        steps = self.step
+        get(policy0.export.remote(os.path.join(self.run_dir, "export"), {"stage": "ppo", "steps": steps}),
             self.timeout, "policy/0 in phase export")
-        summary.update({"steps": self.p.total_steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts})
+        summary.update({"steps": steps, **self.counters, "rollout/worker_restarts": self.fleet.restarts,
+                        "hacking/fired_at": self.hacking.fired_at, "stopped_early_at": stopped})
         add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
