@@ -220,12 +220,15 @@ def run_compare(path: str | None, overrides: list[str] | None = None, out=None, 
 
 def _budget(kind: str, folder: str, summary: dict) -> dict:
     """Samples generated for training (online runs: every iteration's rollout/samples) and the
-    examples trained on (offline runs: the training examples times the epochs)."""
+    examples the updates used: PPO every sample; rounds their kept samples, pairs or lists
+    (rs/kept); offline runs the training examples times the epochs."""
     if kind in ONLINE:
         from rayrlhf.metrics import read_metrics
 
-        generated = int(sum(r.get("rollout/samples", 0) for r in read_metrics(folder) if r.get("step", 0) > 0))
-        return {"generated": generated, "trained": generated}
+        rows = [r for r in read_metrics(folder) if r.get("step", 0) > 0]
+        generated = int(sum(r.get("rollout/samples", 0) for r in rows))
+        trained = generated if kind == "ppo" else int(sum(r.get("rs/kept", 0) for r in rows))
+        return {"generated": generated, "trained": trained}
     cfg = read_json(os.path.join(folder, "STAGE.json")).get("config", {})
     return {"generated": 0, "trained": int(summary.get("examples_train", 0)) * int(cfg.get("train.epochs", 1))}
 

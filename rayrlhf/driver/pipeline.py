@@ -13,6 +13,7 @@ replaced by the folder of the stage named ``sft``, ``{run}`` by the pipeline's r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -213,6 +214,15 @@ def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return out
 
 
+def real_changes(before: dict[str, Any], after: dict[str, Any], stage_cfg) -> list[str]:
+    """``changed_keys``, less the keys a newer rayrlhf added since the stage ran that are at their
+    defaults: a new key's default is the behaviour from before it existed, so an upgrade alone
+    does not make finished stages look edited."""
+    defaults = stage_fingerprint(type(stage_cfg)()) if dataclasses.is_dataclass(stage_cfg) else {}
+    added_at_default = {k for k in after if k not in before and k in defaults and after[k] == defaults[k]}
+    return changed_keys(before, {k: v for k, v in after.items() if k not in added_at_default})
+
+
 @dataclass
 class StagePlan:
     name: str
@@ -243,8 +253,9 @@ def plan_stages(cfg: PipelineConfig, run_dir: str, configs: list, rerun: str | N
         stage_file = os.path.join(folder, "STAGE.json")
         if os.path.exists(stage_file):
             before = read_json(stage_file)
-            if before.get("config_hash") != fingerprint_hash(fp):
-                changes = changed_keys(before.get("config", {}), fp)
+            changes = [] if before.get("config_hash") == fingerprint_hash(fp) else real_changes(
+                before.get("config", {}), fp, stage_cfg)
+            if changes:
                 problems.append(
                     f"stages.{spec.name}: {'finished' if done else 'started'} with another config; changed: "
                     + "; ".join(changes[:20]) + (f"; and {len(changes) - 20} more" if len(changes) > 20 else ""))

@@ -88,6 +88,9 @@ def test_compare_runs_every_method_and_draws_one_frontier(world, tmp_path, capsy
     rows = frontier["rows"]
     assert [(r["method"], r["value"]) for r in rows] == [("start", None), ("rs", 2), ("rs", 4), ("online_dpo", None)]
     assert [r["generated"] for r in rows] == [0, BUDGET, BUDGET, BUDGET]
+    # rejection sampling trains on one kept sample per prompt and round, online DPO on a pair per
+    # prompt without ties: 4 prompts x 2 rounds at K = 2, 4 x 1 at K = 4
+    assert rows[1]["trained"] == 8 and rows[2]["trained"] == 4 and 0 < rows[3]["trained"] <= 8
     start = rows[0]
     assert start["kl"] == [0.0, 0.0, 0.0]  # the start is the reference: the same forward pass
     for r in rows:

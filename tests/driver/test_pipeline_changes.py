@@ -142,3 +142,30 @@ def test_a_run_folder_copied_elsewhere_keeps_its_finished_stages(tmp_path):
     assert fp["model.name_or_path"] == "{run}/sft/export"
     assert fp["data.train"] == [str(tmp_path / "d.jsonl")]
     assert stage_fingerprint(inside, str(tmp_path / "r2"))["model.name_or_path"] == str(tmp_path / "r" / "sft" / "export")
+
+
+def test_a_key_added_by_a_newer_version_at_its_default_does_not_look_like_an_edit(tmp_path):
+    """A stage recorded before a key existed (simulated: the key taken out of its STAGE.json) is
+    still finished when the new key is at its default, the behaviour from before it existed;
+    a recorded config missing a key that is not at its default is an edit."""
+    from rayrlhf.driver.toyworld_stage import ToyworldConfig
+    from rayrlhf.driver.pipeline import stage_fingerprint
+
+    path = _pipeline(tmp_path)
+    _run(path)
+    stage_file = tmp_path / "runs" / "edits" / "a" / "STAGE.json"
+    recorded = json.loads(stage_file.read_text())
+    defaults = stage_fingerprint(ToyworldConfig())
+    at_default = next(k for k, v in recorded["config"].items() if defaults.get(k) == v)
+    assert recorded["config"]["n_sft"] == 40 != defaults["n_sft"]
+
+    def record_without(key):
+        config = {k: v for k, v in recorded["config"].items() if k != key}
+        stage_file.write_text(json.dumps(dict(recorded, config=config, config_hash=fingerprint_hash(config))))
+
+    record_without(at_default)
+    assert _run(path).count("finished earlier with this config, skipped") == 2
+    record_without("n_sft")
+    with pytest.raises(ConfigError) as e:
+        _run(path)
+    assert e.value.problems[0] == "stages.a: finished with another config; changed: n_sft: '(unset)' -> 40"
