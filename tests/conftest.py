@@ -46,3 +46,18 @@ def vllm_available() -> bool:
     except Exception:
         return False
     return True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind():
+    """A module that leaves Ray initialized (a fixture without ray.shutdown, or a ray.get on a
+    plain value, which starts a local cluster) fails here, not in every later module's ray.init."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+            pytest.fail("this module left Ray initialized; shut it down in the fixture that started it")

@@ -18,19 +18,15 @@ def prepare_run(cfg, resume: bool, default_name: str):
     """Everything that can fail cheaply, before any actor starts: the run folder, the model
     folders, the tokenizer and every prompt; then the resolved config and the data report."""
     from rayrlhf import checkpoint as ckpt
-    from rayrlhf.config.loader import ConfigError, check_model_paths
     from rayrlhf.models import load_tokenizer
 
     run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
     if not resume and ckpt.latest_checkpoint(run_dir):
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
-    problems = check_model_paths(cfg)
-    if problems:
-        raise ConfigError(problems)
-    if default_name in ("ppo", "rs"):
-        from rayrlhf.engine.memory import check_memory
+    from rayrlhf.engine.memory import check_before_start
 
-        check_memory(default_name, cfg)  # every role fits its GPUs, or stop before any actor starts
+    # Model paths, and every role fits its GPUs (ppo, rs), before any actor starts.
+    check_before_start(default_name if default_name in ("ppo", "rs") else None, cfg)
     tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
     prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
     os.makedirs(run_dir, exist_ok=True)

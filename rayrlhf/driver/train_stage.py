@@ -12,7 +12,6 @@ import os
 import sys
 
 from rayrlhf.config import DPOConfig, RMConfig, RRHFConfig, SFTConfig, save_config
-from rayrlhf.config.loader import ConfigError, check_model_paths
 from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json, read_json, recover_dir
 
@@ -75,12 +74,9 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
         if not resume and (ckpt.latest_checkpoint(run_dir) or os.path.exists(os.path.join(run_dir, "summary.json"))):
             raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, "
                              "or set run.name to start a new one")
-    problems = check_model_paths(cfg)
-    if problems:
-        raise ConfigError(problems)
-    from rayrlhf.engine.memory import check_memory
+    from rayrlhf.engine.memory import check_before_start
 
-    check_memory(stage, cfg)  # the model fits each worker's GPU, or stop before Ray Train starts
+    check_before_start(stage, cfg)  # model paths, and the model fits each worker's GPU, before Ray Train starts
     task = make_task(stage, cfg)
     train_recs, eval_recs, report = read_data(stage, cfg, task.tokenizer)
     max_len = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens + 1

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
+import rayrlhf.driver.common as common
 import rayrlhf.driver.ppo as ppo_driver
 from rayrlhf.actors.model_worker import ModelWorker
 from rayrlhf.algo.kl import make_kl_controller
@@ -43,6 +44,7 @@ def _same(a, b) -> bool:
 
 def _driver(model_dir, monkeypatch):
     monkeypatch.setattr(ppo_driver, "get", lambda refs, timeout, what: refs)
+    monkeypatch.setattr(common, "get", lambda refs, timeout, what: refs)  # the forward phases
     cfg = PPOConfig()
     p = cfg.ppo
     p.ppo_epochs, p.global_mini_batch_size = 2, 2  # 4 samples: 4 mini-batches per role

@@ -254,8 +254,11 @@ def test_every_recipe_loads_and_its_memory_plan_fits(path, capsys):
     with open(path) as f:
         raw = yaml.safe_load(f)
     command = detect_command(raw)
-    if command == "pipeline":
-        _, _, configs = load_pipeline(path, [])  # every stage's config, loaded and validated
+    if command in ("pipeline", "compare"):
+        from rayrlhf.driver.compare import load_compare
+
+        # every stage's config, loaded and validated
+        configs = load_pipeline(path, [])[2] if command == "pipeline" else load_compare(path)[3]
         assert configs
     else:
         load_config({"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "rs": RSConfig}[command], path)
