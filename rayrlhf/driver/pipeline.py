@@ -378,6 +378,11 @@ def print_report(results: dict, out=sys.stdout) -> None:
             gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
                               f"{s[k]:.3f}" for k in sorted(s)
                               if (k.startswith("eval/gold") or k == "eval/reward") and "_ci_" not in k)
+            fired = s.get("hacking/fired_at")
+            alarm = "" if "hacking/fired_at" not in s else (
+                "; reward-hacking alarm quiet" if fired is None else f"; REWARD-HACKING ALARM at iteration {fired}"
+                + (" (stopped there)" if s.get("stopped_early_at") else ""))
             print(f"{name:>12}: held-out {gains}; KL to the reference per response "
-                  f"{s.get('last/kl/per_response', float('nan')):.3f} after {s.get('steps')} iterations", file=out)
+                  f"{s.get('last/kl/per_response', float('nan')):.3f} after {s.get('steps')} iterations{alarm}",
+                  file=out)
     out.flush()

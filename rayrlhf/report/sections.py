@@ -277,7 +277,24 @@ def _ppo(run: dict, plots: dict) -> list:
             out.append(("table", ["iteration"] + POLICY_HEADER[1:], rows))
         out.append(("p", f"KL to the reference at the last iteration: "
                          f"{_num(s['summary'].get('last/kl/per_response'))} nats per response."))
+        said = _hacking(s["summary"])
+        if said:
+            out.append(("p", said))
     return out
+
+
+def _hacking(summary: dict) -> str | None:
+    """What the reward-hacking alarm (ppo.hacking, rayrlhf.algo.hacking) said over the run."""
+    if "hacking/fired_at" not in summary:
+        return None  # a run from before the alarm existed
+    fired, stopped = summary.get("hacking/fired_at"), summary.get("stopped_early_at")
+    if fired is None:
+        return (f"Reward-hacking alarm: quiet over the {summary.get('steps')} iterations (the proxy reward never "
+                "rose while the watched signal fell beyond its noise or the response length drifted).")
+    return (f"Reward-hacking alarm: fired at iteration {fired}: the proxy reward kept rising while the watched "
+            "signal fell beyond its noise, or the response length drifted (the hacking/* metrics say which)."
+            + (" Training stopped there (ppo.hacking.stop)." if stopped else " Training went on (ppo.hacking.stop "
+               "is off); the policy after that iteration may be gaming the reward."))
 
 
 def _samples(run: dict) -> list:

@@ -105,7 +105,8 @@ def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
     if ppo:
         stages["ppo"] = _policy_summary("ppo", RS_EVAL if rs else SFT_EVAL, PPO_EVAL, CI["RS" if rs else "SFT"],
                                         CI["PPO"], (-0.09, 0.21) if rs else (-0.03, 0.27), steps=4,
-                                        **{"last/kl/per_response": 0.8})
+                                        **{"last/kl/per_response": 0.8, "hacking/fired_at": 3,
+                                           "stopped_early_at": None})
         iters = [{"step": i, "rollout/reward_mean": 0.2 * i, "gold/reward": 0.5 + 0.02 * i, "kl/per_response": 0.2 * i,
                   "kl/coef": 0.1} for i in (1, 2, 3, 4)]
         iters[1].update(_eval(dict(PPO_EVAL, gold_reward=0.6)))
@@ -245,6 +246,9 @@ def test_rejection_sampling_and_best_of_k(full_report):
 def test_ppo_and_samples_escaped(full_report):
     run, _, page = full_report
     assert "KL to the reference at the last iteration: 0.800 nats per response." in page
+    assert ("Reward-hacking alarm: fired at iteration 3: the proxy reward kept rising while the watched signal "
+            "fell beyond its noise, or the response length drifted (the hacking/* metrics say which). Training "
+            "went on (ppo.hacking.stop is off)") in page
     assert _row(page, "4", after="<th>iteration</th>") == ["4", "0.620 [0.620, 0.620]", "0.450", "0.950", "0.700",
                                                             "0.750", "0.700", "14.000"]
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -302,3 +306,13 @@ def test_best_of_k_claims_a_fall_past_the_peak_only_when_its_interval_is_below_z
         curve["gold_last_minus_peak"] = {"reward": drop}
     blocks = _best_of_k({"curves": {"rs": _curve(curve)}}, {})
     assert ("p", said) in blocks
+
+
+def test_the_hacking_alarm_line_reads_each_outcome():
+    from rayrlhf.report.sections import _hacking
+
+    assert _hacking({"steps": 20}) is None
+    assert _hacking({"steps": 20, "hacking/fired_at": None}).startswith(
+        "Reward-hacking alarm: quiet over the 20 iterations")
+    assert _hacking({"steps": 7, "hacking/fired_at": 7, "stopped_early_at": 7}).endswith(
+        "Training stopped there (ppo.hacking.stop).")
