@@ -286,13 +286,11 @@ class ModelWorker:
         if cfg.objective == "dpo":
             d = cfg.dpo
             seq = (lp * mask).sum(-1).view(L, 2)
-            ref = mb["ref_logps"].to(seq.dtype)
+            ref, w = mb["ref_logps"].to(seq.dtype), real.to(seq.dtype)
             loss, _ = dpo_loss(seq[:, 0], seq[:, 1], ref[:, 0], ref[:, 1], beta=d.beta,
                                label_smoothing=d.label_smoothing if d.loss == "cdpo" else 0.0,
-                               loss_type="ipo" if d.loss == "ipo" else "sigmoid", weights=real.to(seq.dtype),
-                               num_pairs=n_lists)
+                               loss_type="ipo" if d.loss == "ipo" else "sigmoid", weights=w, num_pairs=n_lists)
             with torch.no_grad():
-                w = real.to(seq.dtype)
                 chosen, rejected = d.beta * (seq[:, 0] - ref[:, 0]), d.beta * (seq[:, 1] - ref[:, 1])
                 out = {"rewards/chosen": float((chosen * w).sum()) * scale,
                        "rewards/rejected": float((rejected * w).sum()) * scale,

@@ -27,15 +27,37 @@ LENGTH_KEY = "rollout/response_length"
 
 
 @dataclass
-class HackingSettings:
+class HackingSection:
+    """The reward-hacking alarm (``rayrlhf.algo.hacking``): the proxy reward keeps rising while
+    the watched signal falls, or the response length drifts, judged over windows of iterations."""
+
     watch: str = "gold/reward"
+    """Per-iteration metric the policy is not trained on: a gold reward (``gold/<name>``) or a
+    held-out reward model scored beside the training ones (``reward/<name>``, weight 0). When a
+    run has no such metric only the length drift counts; "" turns the alarm off."""
     window: int = 5
+    """Iterations each trend is averaged over; the alarm needs two windows of history."""
     min_drop: float = 0.02
-    length_ratio: float = 1.5
+    """The watched signal's last window mean at least this far below its best window mean, and
+    at least ``z`` standard errors (from the spread of its per-iteration values), counts as falling."""
     z: float = 3.0
+    """Standard errors of a difference of two window means a fall must exceed: batch noise must
+    not fire the alarm (the best of many noisy window means sits above the rest by chance)."""
+    length_ratio: float = 1.5
+    """Mean response length this many times (or 1/this of) its first window's mean counts as drift."""
+    stop: bool = False
+    """End training at the iteration the alarm fires: checkpoint, export and summary as at the end."""
+
+    def validate(self) -> list[str]:
+        out = []
+        if self.window < 1:
+            out.append(f"window: must be at least 1, got {self.window}")
+        if self.length_ratio <= 1.0:
+            out.append(f"length_ratio: must be above 1, got {self.length_ratio}")
+        return out
 
 
-def alarm_figures(proxy: list[float], watched: list[float], lengths: list[float], s: HackingSettings) -> dict:
+def alarm_figures(proxy: list[float], watched: list[float], lengths: list[float], s: HackingSection) -> dict:
     """The alarm's figures after the last iteration of these per-iteration series (``watched``
     may be empty: then only the length drift counts). Before two windows of history there is no
     trend and the alarm is 0."""
@@ -65,7 +87,7 @@ class HackingWatch:
     """Feeds each iteration's metrics to ``alarm_figures``; ``state`` / ``load`` keep the history
     with the run's checkpoints."""
 
-    def __init__(self, settings: HackingSettings):
+    def __init__(self, settings: HackingSection):
         self.s = settings
         self.proxy: list[float] = []
         self.watched: list[float] = []
@@ -73,10 +95,10 @@ class HackingWatch:
         self.fired_at: int | None = None
 
     def update(self, step: int, metrics: dict) -> dict:
-        if PROXY_KEY not in metrics:
-            return {}
+        if not self.s.watch or PROXY_KEY not in metrics:
+            return {}  # watch "": the alarm is off
         self.proxy.append(float(metrics[PROXY_KEY]))
-        if self.s.watch and self.s.watch in metrics:
+        if self.s.watch in metrics:
             self.watched.append(float(metrics[self.s.watch]))
         if LENGTH_KEY in metrics:
             self.lengths.append(float(metrics[LENGTH_KEY]))

@@ -141,6 +141,22 @@ def check_model_paths(cfg) -> list[str]:
     return out
 
 
+def check_before_start(command: str | None, cfg) -> None:
+    """Every model path (``check_model_paths``: local folders, hub names) and, for ``command``
+    (None: no plan), the memory plan (``check_memory``): all problems in one ConfigError, before
+    any actor or worker starts."""
+    from rayrlhf.engine.memory import check_memory
+
+    problems = check_model_paths(cfg)
+    try:
+        if command:
+            check_memory(command, cfg)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+
+
 HUB_CHECK_TIMEOUT_S = 10.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from rayrlhf.algo.hacking import HackingSection
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import ModelSection, RunSection
 from rayrlhf.rollout.config import RolloutSection
@@ -131,37 +132,6 @@ class CombineSection:
     """Applied to the combined score (Llama 2 whitens logit(R_c))."""
     whiten: bool = False
     """Whiten the combined scores over each batch."""
-
-
-@dataclass
-class HackingSection:
-    """The reward-hacking alarm (``rayrlhf.algo.hacking``): the proxy reward keeps rising while
-    the watched signal falls, or the response length drifts, judged over windows of iterations."""
-
-    watch: str = "gold/reward"
-    """Per-iteration metric the policy is not trained on: a gold reward (``gold/<name>``) or a
-    held-out reward model scored beside the training ones (``reward/<name>``, weight 0). When a
-    run has no such metric only the length drift counts; "" turns the alarm off."""
-    window: int = 5
-    """Iterations each trend is averaged over; the alarm needs two windows of history."""
-    min_drop: float = 0.02
-    """The watched signal's last window mean at least this far below its best window mean, and
-    at least ``z`` standard errors (from the spread of its per-iteration values), counts as falling."""
-    z: float = 3.0
-    """Standard errors of a difference of two window means a fall must exceed: batch noise must
-    not fire the alarm (the best of many noisy window means sits above the rest by chance)."""
-    length_ratio: float = 1.5
-    """Mean response length this many times (or 1/this of) its first window's mean counts as drift."""
-    stop: bool = False
-    """End training at the iteration the alarm fires: checkpoint, export and summary as at the end."""
-
-    def validate(self) -> list[str]:
-        out = []
-        if self.window < 1:
-            out.append(f"window: must be at least 1, got {self.window}")
-        if self.length_ratio <= 1.0:
-            out.append(f"length_ratio: must be above 1, got {self.length_ratio}")
-        return out
 
 
 @dataclass

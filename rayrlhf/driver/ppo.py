@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rayrlhf.actors.batch import build_batch, select_rows, split_rows
-from rayrlhf.algo.hacking import HackingSettings, HackingWatch
+from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
 from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, forward_rows, load_loop_checkpoint,
@@ -68,8 +68,7 @@ class PPODriver:
         self.samples: dict[str, list] = {}  # held-out generations before / after
         self.timeout = self.p.call_timeout_s
         self.order = PromptOrder(len(prompts), self.p.prompts_per_step, cfg.run.seed)
-        h = self.p.hacking
-        self.hacking = HackingWatch(HackingSettings(h.watch, h.window, h.min_drop, h.length_ratio, h.z))
+        self.hacking = HackingWatch(self.p.hacking)
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt

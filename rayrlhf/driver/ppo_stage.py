@@ -23,7 +23,7 @@ def prepare_run(cfg, resume: bool, default_name: str):
     run_dir = os.path.abspath(os.path.join(cfg.run.output_dir, cfg.run.name or default_name))
     if not resume and ckpt.latest_checkpoint(run_dir):
         raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, or set run.name")
-    from rayrlhf.engine.memory import check_before_start
+    from rayrlhf.config.loader import check_before_start
 
     # Model paths, and every role fits its GPUs (ppo, rs), before any actor starts.
     check_before_start(default_name if default_name in ("ppo", "rs") else None, cfg)

@@ -143,7 +143,7 @@ class RSDriver:
             elif self.r.objective == "rrhf":
                 batch["scores"] = scored.combined[torch.tensor(flat)]
             with t("finetune"):
-                tuned = self._finetune(batch, rnd, len(lists[0]) if self.r.objective != "sft" else 1)
+                tuned = self._finetune(batch, rnd, len(lists[0]))  # sft: lists of 1
             metrics.update(tuned)
             if tuned["train/skipped"]:
                 skipped = (f"non-finite loss or gradient norm in mini-batch {int(tuned.get('train/skipped_at', 0))}; "

@@ -74,7 +74,7 @@ def prepare(stage: str, cfg, resume: bool) -> dict:
         if not resume and (ckpt.latest_checkpoint(run_dir) or os.path.exists(os.path.join(run_dir, "summary.json"))):
             raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, "
                              "or set run.name to start a new one")
-    from rayrlhf.engine.memory import check_before_start
+    from rayrlhf.config.loader import check_before_start
 
     check_before_start(stage, cfg)  # model paths, and the model fits each worker's GPU, before Ray Train starts
     task = make_task(stage, cfg)

@@ -24,7 +24,7 @@ from rayrlhf.engine.memory_model import (CUDA_CONTEXT_BYTES, DTYPE_BYTES, GIB, M
 from rayrlhf.engine.memory_fixes import fixes_for
 from rayrlhf.placement.report import _gib, _params, format_memory
 
-__all__ = ["MemoryPlan", "MemoryRow", "check_before_start", "check_memory", "format_memory", "pipeline_model_configs", "plan_memory",
+__all__ = ["MemoryPlan", "MemoryRow", "check_memory", "format_memory", "pipeline_model_configs", "plan_memory",
            "planned_roles", "read_model_config"]
 
 BUNDLED_CONFIGS = os.path.join(os.path.dirname(__file__), "model_configs")
@@ -393,22 +393,6 @@ def uses_gpu(command: str, cfg) -> bool:
         return bool(cfg.scaling.use_gpu)
     res = cfg.resources.roles()
     return any(res[r].gpus_per_worker > 0 for r in planned_roles(command, cfg))
-
-
-def check_before_start(command: str | None, cfg) -> None:
-    """Every model path (``check_model_paths``: local folders, hub names) and, for ``command``
-    (None: no plan), the memory plan (``check_memory``): all problems in one ConfigError, before
-    any actor or worker starts."""
-    from rayrlhf.config.loader import ConfigError, check_model_paths
-
-    problems = check_model_paths(cfg)
-    try:
-        if command:
-            check_memory(command, cfg)
-    except ConfigError as e:
-        problems += e.problems
-    if problems:
-        raise ConfigError(problems)
 
 
 def check_memory(command: str, cfg, known: dict | None = None) -> None:

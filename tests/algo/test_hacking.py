@@ -1,9 +1,9 @@
 """The reward-hacking alarm's figures against hand-computed windows."""
 import pytest
 
-from rayrlhf.algo.hacking import HackingSettings, HackingWatch, alarm_figures
+from rayrlhf.algo.hacking import HackingSection, HackingWatch, alarm_figures
 
-S = HackingSettings(watch="gold/reward", window=2, min_drop=0.02, length_ratio=1.5, z=1.0)
+S = HackingSection(watch="gold/reward", window=2, min_drop=0.02, length_ratio=1.5, z=1.0)
 
 
 def test_no_trend_before_two_windows():
@@ -26,7 +26,7 @@ def test_proxy_up_and_gold_down_fires():
 
 def test_a_fall_within_the_noise_is_quiet():
     # the same series at z = 3: the threshold 3 x 0.05377 = 0.161 is above the drop of 0.085
-    quiet = HackingSettings(watch="gold/reward", window=2, z=3.0)
+    quiet = HackingSection(watch="gold/reward", window=2, z=3.0)
     out = alarm_figures([0.1, 0.2, 0.4, 0.6], [0.50, 0.52, 0.45, 0.40], [10, 10, 11, 11], quiet)
     assert out["hacking/watch_threshold"] == pytest.approx(3 * 0.053774, abs=1e-5) and out["hacking/alarm"] == 0.0
 
@@ -59,3 +59,9 @@ def test_the_watch_records_the_first_firing_and_resumes_from_its_state():
     c = HackingWatch(S)
     c.load(b.state())
     assert [c.update(i + 4, r) for i, r in enumerate(rows[3:])] == figures[3:] and c.fired_at == 4
+
+
+def test_an_empty_watch_turns_the_alarm_off():
+    off = HackingWatch(HackingSection(watch="", window=2))
+    rows = [{"rollout/reward_mean": 0.1 * i, "rollout/response_length": 10.0 * i} for i in range(1, 6)]
+    assert [off.update(i, r) for i, r in enumerate(rows)] == [{}] * 5 and off.fired_at is None
