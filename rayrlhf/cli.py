@@ -9,6 +9,7 @@
     rayrlhf ppo --config jobs/toyworld_ppo.yaml                  # PPO on Ray actors
     rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
     rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
+    rayrlhf label --config jobs/toyworld_label.yaml              # an AI judge labels preference pairs
     rayrlhf compare --config jobs/toyworld_compare.yaml          # methods on one gold reward-KL frontier
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best-of-k", help="score K samples per prompt and keep the best; trains nothing")
     p.add_argument("--config", required=True, help="YAML config (the rs config: policy, data, rewards, rs.k)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rs.k=16")
+    p = sub.add_parser("label", help="an AI judge (RLAIF) labels preference pairs: soft labels, both orders averaged")
+    p.add_argument("--config", required=True, help="YAML config (judge, data.pairs, label.template)")
+    p.add_argument("--resume", action="store_true", help="label again into the same run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. label.orders=first")
     p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
     p.add_argument("--config", required=True)
     p.add_argument("--rerun", metavar="STAGE", default=None,
@@ -155,6 +160,12 @@ def _dispatch(args) -> int:
         else:
             summary = run_best_of_k(cfg)
             print(json.dumps(summary, indent=1))
+        return 0
+    if args.command == "label":
+        from rayrlhf.config.label import LabelConfig
+        from rayrlhf.feedback.label import run_label
+
+        print(json.dumps(run_label(load_config(LabelConfig, args.config, args.overrides), resume=args.resume), indent=1))
         return 0
     if args.command == "report":
         from rayrlhf.report import write_report

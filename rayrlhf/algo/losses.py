@@ -57,12 +57,16 @@ def pairwise_reward_loss(
     margin: torch.Tensor | float | None = None,
     num_pairs: int | float | None = None,
     weights: torch.Tensor | None = None,
+    p_chosen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Binary ranking loss of a reward model on preference pairs.
 
     loss = -log sigmoid(r_c - r_r - m), averaged over pairs (Ouyang et al. 2022 eq. 1;
     Touvron et al. 2023, Llama 2 eq. 2, where m is a per-pair margin from the preference
-    rating). ``F.logsigmoid`` keeps it finite for large negative differences.
+    rating). ``F.logsigmoid`` keeps it finite for large negative differences. With a soft
+    label p (the probability that the chosen response is better: an AI judge's, RLAIF, Lee
+    et al. 2023; or the share of annotators who chose it), the Bradley-Terry cross-entropy
+    loss = -p log sigmoid(r_c - r_r - m) - (1 - p) log sigmoid(r_r - r_c - m); p = 1 is the hard loss.
 
     Args:
         chosen_rewards: Scores of the preferred responses. Shape: (B,).
@@ -73,14 +77,17 @@ def pairwise_reward_loss(
         weights: Per-pair weights. Shape: (B,). The C(K,2) pairs of one ranked list of K
             responses each weigh 1 / C(K,2), so every list counts once (Ouyang et al. 2022,
             Sec. 3.5: all pairs of a ranking as one batch element). ``None`` means 1.
+        p_chosen: Per-pair soft label in [0, 1]. Shape: (B,). ``None`` means 1.
 
     Returns:
         ``(loss, stats)`` with stats ``accuracy`` (fraction with r_c > r_r), ``chosen_mean``,
         ``rejected_mean`` and ``margin_mean`` (mean of r_c - r_r).
     """
     diff = chosen_rewards - rejected_rewards  # (B,)
-    logits = diff if margin is None else diff - margin
-    losses = -F.logsigmoid(logits)
+    m = 0.0 if margin is None else margin
+    losses = -F.logsigmoid(diff - m)
+    if p_chosen is not None:
+        losses = p_chosen * losses - (1.0 - p_chosen) * F.logsigmoid(-diff - m)
     if weights is not None:
         losses = losses * weights
     if num_pairs is None:
@@ -214,7 +221,7 @@ def dpo_loss(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float = 0.1,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | torch.Tensor = 0.0,
     num_pairs: int | None = None,
     loss_type: str = "sigmoid",
     margin: torch.Tensor | None = None,
@@ -237,7 +244,8 @@ def dpo_loss(
         ref_chosen_logps: Reference-model log-probabilities of chosen responses. Shape: (B,).
         ref_rejected_logps: Same for rejected responses. Shape: (B,).
         beta: Strength of the implicit KL constraint.
-        label_smoothing: Assumed probability in [0, 0.5) that a label is flipped.
+        label_smoothing: Assumed probability in [0, 0.5) that a label is flipped, or one per
+            pair (Shape: (B,)): 1 - p for a soft label p of the chosen side.
         num_pairs: If given, divide the summed loss by this (the global pair count).
         loss_type: ``sigmoid`` (DPO, cDPO with label_smoothing) or ``ipo``.
         margin: Per-pair margin, or None for none. Shape: (B,).

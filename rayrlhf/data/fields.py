@@ -126,3 +126,15 @@ def margin(value: object) -> tuple[str | None, float | None]:
     levels = ", ".join(repr(m) for m in MARGIN_LEVELS)
     found = describe(value)
     raise RowError("margin", f"unknown margin {found}; expected one of {levels}, or a number")
+
+
+def probability(value: object, field: str) -> float | None:
+    """An optional probability in [0, 1] (a soft label), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isnan(value):  # a null in a numeric Parquet / pandas column
+            return None
+        if 0.0 <= value <= 1.0:
+            return float(value)
+    raise RowError(field, f"must be a probability in [0, 1], got {describe(value)}")

@@ -13,8 +13,9 @@ Preference formats (``kind="preference"``):
     ranked                 prompt, responses best first or ``scores`` (InstructGPT's K-way rankings)
 SFT formats (``kind="sft"``): messages, prompt-completion, prompt-response.
 Prompt formats (``kind="prompt"``): prompt, messages, and every preference format (its prompts).
-Any preference row may carry ``margin``: a Llama 2 label or a number. Columns a format does not
-use go to ``meta``.
+Any preference row may carry ``margin``: a Llama 2 label or a number, and ``p_chosen``: a soft
+label, the probability in [0, 1] that ``chosen`` is preferred (`rayrlhf label` writes it; the
+reward-model and DPO losses use it). Columns a format does not use go to ``meta``.
 """
 from __future__ import annotations
 
@@ -58,13 +59,14 @@ class _Context:
 
 
 def _meta(row: dict, used: tuple[str, ...]) -> dict:
-    return {k: v for k, v in row.items() if k not in used and k != "margin"}
+    return {k: v for k, v in row.items() if k not in used and k not in ("margin", "p_chosen")}
 
 
 def _pair(row, used, prompt, chosen, rejected, ctx, **meta) -> PreferenceRecord:
     label, number = fields.margin(row.get("margin"))
     return PreferenceRecord(
-        prompt, chosen, rejected, label, number, ctx.source, {**_meta(row, used), **meta}
+        prompt, chosen, rejected, label, number, ctx.source, {**_meta(row, used), **meta},
+        fields.probability(row.get("p_chosen"), "p_chosen"),
     )
 
 

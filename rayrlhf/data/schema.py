@@ -57,6 +57,8 @@ class PreferenceRecord:
 
     ``margin_label`` is one of MARGIN_LEVELS when the data carries a Llama 2 style label;
     ``margin`` is a number given directly in the data (it wins over the label's value).
+    ``p_chosen`` is a soft label: the probability that ``chosen`` is the better response (an
+    AI judge's, or the share of annotators who preferred it); None means 1.
     """
 
     prompt: list[Message]
@@ -66,3 +68,4 @@ class PreferenceRecord:
     margin: float | None = None
     source: Source | None = None
     meta: dict = field(default_factory=dict)
+    p_chosen: float | None = None

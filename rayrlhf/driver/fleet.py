@@ -178,6 +178,21 @@ class RolloutFleet:
 
         return self._gather(shards, workers, [send(i) for i in range(len(shards))], send, "evaluate")
 
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        """Next-token logprobs of each prompt's candidate tokens (an AI judge's labels), the
+        prompts split over the serving workers; a worker that dies is replaced and its shard redone."""
+        workers = list(self._serving())
+        shards = split_rows(len(prompt_ids), len(workers))
+
+        def send(i):
+            if not shards[i]:
+                return None
+            return workers[i].actor.choice_logprobs.remote([prompt_ids[p] for p in shards[i]],
+                                                           [choices[p] for p in shards[i]])
+
+        parts = self._gather(shards, workers, [send(i) for i in range(len(shards))], send, "judge")
+        return [row for part in parts for row in part]
+
     def collect(self, job: GenJob) -> tuple[list, dict]:
         """Samples of every prompt in order (prompt, then sample), replacing dead workers."""
         out: list = []

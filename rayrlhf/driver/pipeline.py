@@ -34,7 +34,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "sft", "rm", "dpo", "rrhf", "rs", "ppo"] = "sft"
+    kind: Literal["toyworld", "label", "sft", "rm", "dpo", "rrhf", "rs", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -115,6 +115,10 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
         from rayrlhf.config.rs import RSConfig
 
         return load_config(RSConfig, data=data)
+    if spec.kind == "label":
+        from rayrlhf.config.label import LabelConfig
+
+        return load_config(LabelConfig, data=data)
     return load_config(STAGES[spec.kind], data=data)
 
 
@@ -148,7 +152,7 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
     known = pipeline_model_configs(cfg, run_dir, configs)
     problems = []
     for spec, stage_cfg in zip(cfg.stages, configs):
-        if spec.kind != "toyworld":
+        if spec.kind not in ("toyworld", "label"):
             try:
                 check_memory(spec.kind, stage_cfg, known)
             except ConfigError as e:
@@ -328,6 +332,10 @@ def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout,
                 from rayrlhf.driver.rs_stage import run_rs
 
                 summary = run_rs(stage_cfg, resume=plan.action == "resume")
+            elif spec.kind == "label":
+                from rayrlhf.feedback.label import run_label
+
+                summary = run_label(stage_cfg, resume=plan.action == "resume")
             else:
                 summary = run_train_stage(spec.kind, stage_cfg, resume=plan.action == "resume")
             print_summary(spec.name, summary, out=out)
@@ -368,6 +376,12 @@ def print_report(results: dict, out=sys.stdout) -> None:
             print(f"{name:>12}: {s.get('rounds')} rounds of {what}; best samples' reward by round "
                   f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
                   f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
+        elif kind == "label":
+            print(f"{name:>12}: {s.get('label/pairs')} pairs labelled by the judge; agreement with the "
+                  f"input labels {s.get('label/agreement_input', float('nan')):.1%}, with gold "
+                  f"{s.get('label/agreement_gold', float('nan')):.1%} (one order: "
+                  f"{s.get('label/agreement_gold_one_order', float('nan')):.1%}); position bias "
+                  f"{s.get('label/position_bias', float('nan')):+.3f}", file=out)
         elif kind == "dpo":
             print(f"{name:>12}: held-out reward accuracy {s.get('eval/rewards/accuracies', float('nan')):.1%}, "
                   f"margin {s.get('eval/rewards/margins', float('nan')):.3f} in {s.get('seconds')} s", file=out)

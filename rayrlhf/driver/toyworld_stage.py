@@ -31,6 +31,10 @@ class ToyworldConfig:
     """Held-out prompts, disjoint from the training prompts."""
     eval_fraction: float = 0.1
     """Share of SFT and preference rows written to the *_eval files."""
+    n_judge: int = 0
+    """Judge demonstrations: this many helpfulness and this many safety pairs, each in both
+    orders, rendered with the bundled toyworld judge template and its answer, in
+    judge_sft_{train,eval}.jsonl (fine-tune a judge on them with `rayrlhf sft`); 0 writes none."""
     vocab_size: int = 512
     """Size of the byte-level BPE vocabulary trained on the task's text."""
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
@@ -50,6 +54,26 @@ def _texts(path: str):
                     yield value
 
 
+def write_judge_demonstrations(data_dir: str, files: dict[str, str], n: int, seed: int) -> dict[str, str]:
+    """judge_sft_{train,eval}.jsonl from the first ``n`` pairs of each preference set (the
+    simulated annotators' labels, noise and all), both orders of each pair."""
+    from rayrlhf.data.formats import read_records
+    from rayrlhf.feedback.judge_data import judge_sft_rows
+    from rayrlhf.feedback.template import load_template
+
+    template, out = load_template("toyworld"), {}
+    for split in ("train", "eval"):
+        rows = []
+        for kind in ("helpfulness", "safety"):
+            records = read_records(files[f"pref_{kind}_{split}"], "preference").records
+            rows += judge_sft_rows(template, records[: n if split == "train" else max(1, n // 10)], seed)
+        path = os.path.join(data_dir, f"judge_sft_{split}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        out[f"judge_sft_{split}"] = path
+    return out
+
+
 def run_toyworld(cfg: ToyworldConfig) -> dict:
     from rayrlhf.models import build_tiny_llama, train_tiny_tokenizer
     from rayrlhf.tasks.toyworld import write_toyworld
@@ -59,8 +83,12 @@ def run_toyworld(cfg: ToyworldConfig) -> dict:
         files = write_toyworld(os.path.join(tmp, "data"), seed=cfg.seed, n_sft=cfg.n_sft, n_pref=cfg.n_pref,
                                n_prompts=cfg.n_prompts, n_eval_prompts=cfg.n_eval_prompts,
                                eval_fraction=cfg.eval_fraction)
+        if cfg.n_judge:
+            files.update(write_judge_demonstrations(os.path.join(tmp, "data"), files, cfg.n_judge, cfg.seed))
         corpus = [t for key in ("sft_train", "pref_helpfulness_train", "pref_safety_train")
                   for t in _texts(files[key])]
+        if cfg.n_judge:  # the template's words, so that a judge's prompt is not spelled out in bytes
+            corpus += [t for i, t in enumerate(_texts(files["judge_sft_train"])) if i < 64]
         tok = train_tiny_tokenizer(corpus, vocab_size=cfg.vocab_size, out_dir=os.path.join(tmp, "tokenizer"))
         model = build_tiny_llama(tok, cfg.model, seed=cfg.seed, out_dir=os.path.join(tmp, "base_model"))
         n_params = sum(p.numel() for p in model.parameters())

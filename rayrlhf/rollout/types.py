@@ -51,3 +51,6 @@ class RolloutBackend(Protocol):
 
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         """``log_softmax(logits)`` of each token after the first, given its prefix (T=1)."""
+
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        """``log_softmax(logits)`` (T=1) after each prompt, at each of its candidate tokens."""

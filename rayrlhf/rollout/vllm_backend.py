@@ -146,3 +146,18 @@ class VLLMBackend:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False)[0]
         # prompt_logprobs[0] is None (the first token has no prefix).
         return [float(step[t].logprob) for step, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
+
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        """``log_softmax(logits)`` (T=1) of each candidate next token after each prompt: the
+        prompt logprob of the candidate appended, one sequence per candidate (the prompt's KV
+        cache is shared through prefix caching)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        seqs = [TokensPrompt(prompt_token_ids=list(ids) + [c]) for ids, cs in zip(prompt_ids, choices) for c in cs]
+        outs = self.llm.generate(seqs, params, use_tqdm=False)
+        flat = [float(o.prompt_logprobs[-1][s["prompt_token_ids"][-1]].logprob) for o, s in zip(outs, seqs)]
+        it = iter(flat)
+        return [[next(it) for _ in cs] for cs in choices]
+

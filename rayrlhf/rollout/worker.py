@@ -166,6 +166,11 @@ class RolloutWorker:
     def probe_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.backend.probe_logprobs(token_ids)
 
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
+        """Log-probabilities (T=1) of candidate next tokens, ``choices[i]`` after
+        ``prompt_ids[i]``: an AI judge's label tokens (``rayrlhf label``)."""
+        return self.backend.choice_logprobs(prompt_ids, choices)
+
     def join_broadcast(self, addr: str, port: int, rank: int, world: int, backend: str = "gloo") -> bool:
         """Join the weight-broadcast group whose rank 0 is the trainer (``rayrlhf.weight_sync``)."""
         from rayrlhf.weight_sync import make_group

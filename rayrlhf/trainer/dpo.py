@@ -88,6 +88,10 @@ class DPOTask(SFTTask):
         d = self.cfg.dpo
         loss_type = "ipo" if d.loss == "ipo" else "sigmoid"
         ls = d.label_smoothing if d.loss == "cdpo" else 0.0
+        # A soft label p (rayrlhf label, aggregated annotators) is the target probability of the
+        # chosen side, flipped with probability ls under cDPO: q = p (1 - ls) + (1 - p) ls.
+        p = batch["p"]
+        ls = 1.0 - (p * (1.0 - ls) + (1.0 - p) * ls)
         return pi[b], pi[w], ref[b], ref[w], dict(beta=d.beta, label_smoothing=ls, loss_type=loss_type,
                                                   margin=batch["margin"], weights=batch["weight"])
 

@@ -35,13 +35,15 @@ def margin_of(record, reward_cfg) -> float:
 
 
 def _pair_fields(records, reward_cfg) -> dict:
-    """Per-pair margin, margin level and gold difference (NaN without gold scores)."""
+    """Per-pair margin, margin level, gold difference (NaN without gold scores) and soft label
+    (the probability that the first response is the better one; 1 for a hard label)."""
     gold = []
     for r in records:
         gc, gr = r.meta.get("gold_chosen"), r.meta.get("gold_rejected")
         gold.append(float(gc) - float(gr) if gc is not None and gr is not None else float("nan"))
     return {"margin": [margin_of(r, reward_cfg) for r in records],
-            "level": [r.margin_label or NO_LEVEL for r in records], "gold_diff": gold}
+            "level": [r.margin_label or NO_LEVEL for r in records], "gold_diff": gold,
+            "p": [1.0 if r.p_chosen is None else float(r.p_chosen) for r in records]}
 
 
 def _list_key(record):
@@ -98,10 +100,11 @@ def collate_comparisons(examples: list[dict], pad_id: int) -> dict:
     ``worse`` (Shape: (P,), rows of the preferred and the other response of each pair),
     ``weight`` (Shape: (P,), 1 / pairs of its example, so each example weighs 1), ``seq_weight``
     (Shape: (S,), 1 / sequences of its example), ``margin`` and ``gold_diff`` (Shape: (P,)),
-    ``level`` (P labels) and ``sets`` (examples in the batch).
+    ``p`` (Shape: (P,), the soft label of each pair, 1 for a hard one), ``level`` (P labels) and
+    ``sets`` (examples in the batch).
     """
     seqs, masks, better, worse, weight, seq_weight = [], [], [], [], [], []
-    margin, level, gold = [], [], []
+    margin, level, gold, soft = [], [], [], []
     for ex in examples:
         offset, n = len(seqs), len(ex["better"])
         seqs += ex["seqs"]
@@ -113,6 +116,7 @@ def collate_comparisons(examples: list[dict], pad_id: int) -> dict:
         margin += ex["margin"]
         level += ex["level"]
         gold += ex["gold_diff"]
+        soft += ex.get("p", [1.0] * n)
     return {
         "input_ids": pad_right(seqs, pad_id),
         "attention_mask": pad_right([[1] * len(x) for x in seqs], 0),
@@ -123,6 +127,7 @@ def collate_comparisons(examples: list[dict], pad_id: int) -> dict:
         "seq_weight": torch.tensor(seq_weight, dtype=torch.float32),
         "margin": torch.nan_to_num(torch.tensor(margin, dtype=torch.float32), nan=0.0),
         "gold_diff": torch.tensor(gold, dtype=torch.float32),
+        "p": torch.tensor(soft, dtype=torch.float32),
         "level": level,
         "sets": len(examples),
     }
@@ -171,7 +176,7 @@ class RMTask:
         r = self.scores(model, batch)
         rc, rr = r[batch["better"]], r[batch["worse"]]
         loss, stats = pairwise_reward_loss(rc, rr, margin=batch["margin"], num_pairs=normalizer,
-                                           weights=batch["weight"])
+                                           weights=batch["weight"], p_chosen=batch["p"])
         if self.cfg.reward.reward_l2 > 0:
             # Keeps scores near zero without changing their order (a common RM regulariser).
             loss = loss + self.cfg.reward.reward_l2 * (batch["seq_weight"] * r.pow(2)).sum() / normalizer

@@ -84,6 +84,26 @@ def test_pairwise_loss_with_margin_by_hand():
     torch.testing.assert_close(chosen.grad, torch.tensor(expected))
 
 
+def test_pairwise_loss_with_soft_labels_by_hand():
+    # Bradley-Terry cross-entropy: -p log sigmoid(d - m) - (1 - p) log sigmoid(-d - m).
+    # (softplus(x) here is -log sigmoid(x))
+    # pair 0: d = 1, m = 0, p = 0.75: 0.75 softplus(1) + 0.25 softplus(-1) = 0.75 * 0.31326 + 0.25 * 1.31326
+    # pair 1: d = -0.5, m = 0.5, p = 1: softplus(-1) = 1.31326 (the hard loss, margin inside)
+    chosen = torch.tensor([1.5, 0.0], requires_grad=True)
+    rejected = torch.tensor([0.5, 0.5])
+    loss, _ = pairwise_reward_loss(chosen, rejected, margin=torch.tensor([0.0, 0.5]), p_chosen=torch.tensor([0.75, 1.0]))
+    expected = (0.75 * softplus(1.0) + 0.25 * softplus(-1.0) + softplus(-1.0)) / 2  # 0.93826
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    # d/dd of pair 0: -0.75 sigmoid(-1) + 0.25 sigmoid(1) = -0.20171 + 0.18277, halved
+    g0 = (-0.75 / (1 + math.exp(1.0)) + 0.25 / (1 + math.exp(-1.0))) / 2
+    assert chosen.grad[0].item() == pytest.approx(g0)
+    # p = 0.5 has its minimum at d = 0: the gradient there is 0
+    d = torch.tensor([0.0], requires_grad=True)
+    pairwise_reward_loss(d, torch.tensor([0.0]), p_chosen=torch.tensor([0.5]))[0].backward()
+    assert d.grad.item() == pytest.approx(0.0)
+
+
 def test_pairwise_loss_without_margin():
     # -log sigmoid(1.5 - 0.5) = log(1 + e^-1) = 0.31326
     loss, _ = pairwise_reward_loss(torch.tensor([1.5]), torch.tensor([0.5]))

@@ -113,6 +113,16 @@ def test_probe_logprobs_equal_a_plain_forward(engine, model, prompts):
     assert probe_matches(engine.probe_logprobs(seq), reference_logprobs(model, seq[:1], seq[1:]), 1e-4)[0]
 
 
+def test_choice_logprobs_equal_a_plain_forward_and_the_hf_backend(engine, hf, model, prompts):
+    """The judge's label tokens (rayrlhf label): next-token logprobs of given candidates,
+    prompts of different lengths in one call."""
+    choices = [[5, 6], [7, 8], [5, 9], [10, 6]]
+    ours, theirs = engine.choice_logprobs(prompts, choices), hf.choice_logprobs(prompts, choices)
+    for p, cs, row, hf_row in zip(prompts, choices, ours, theirs):
+        expected = [float(reference_logprobs(model, p, [c])[0]) for c in cs]
+        assert row == pytest.approx(expected, abs=1e-4) and hf_row == pytest.approx(expected, abs=1e-4)
+
+
 def test_reload_changes_outputs_to_the_new_weights(engine, policy_dir, prompts, tokenizer, monkeypatch):
     _with(engine, monkeypatch, temperature=0.0, max_new_tokens=20)
     original = {k: v.clone() for k, v in load_model(policy_dir).state_dict().items()}

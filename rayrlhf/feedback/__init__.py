@@ -1,0 +1,1 @@
+"""Feedback from AI: a judge that labels preference pairs from a constitution (RLAIF)."""
