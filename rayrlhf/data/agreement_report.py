@@ -143,10 +143,12 @@ def format_report(report: dict) -> list[str]:
             lines.append(f"  {name} ({report['annotators'][name]}): did not label {n} of the pairs")
     lines.append("pairwise (on the pairs both labelled):")
     for row in report["pairwise"]:
+        kappa = _kappa(row["cohen_kappa"], row.get("note", ""))
         lines.append(f"  {row['a']} vs {row['b']}: {row['pairs']} pairs, agreement "
-                     f"{_pct(row['agreement'])}, Cohen's kappa {_kappa(row['cohen_kappa'], row.get('note', ''))}")
+                     f"{_pct(row['agreement'])}, Cohen's kappa {kappa}")
     f = report["fleiss"]
-    lines.append(f"Fleiss' kappa (all annotators, {f['pairs']} pairs): {_kappa(f['fleiss_kappa'], f.get('note', ''))}")
+    kappa = _kappa(f["fleiss_kappa"], f.get("note", ""))
+    lines.append(f"Fleiss' kappa (all annotators, {f['pairs']} pairs): {kappa}")
     lines.append("agreement with the majority of the others (others tied: left out):")
     for name, m in report["with_majority_of_others"].items():
         lines.append(f"  {name}: {_pct(m['agreement'])} of {m['pairs']} pairs, {m['others_tied']} tied")

@@ -77,7 +77,8 @@ def _load(args, parser: argparse.ArgumentParser) -> Joined | None:
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        print(f"{len(problems)} problem{'' if len(problems) == 1 else 's'}; nothing computed", file=sys.stderr)
+        count = f"{len(problems)} problem{'' if len(problems) == 1 else 's'}"
+        print(f"{count}; nothing computed", file=sys.stderr)
         return None
     return joined
 
@@ -137,8 +138,9 @@ def run_aggregate(args, parser: argparse.ArgumentParser) -> int:
         print(f"{len(problems)} problems; nothing written", file=sys.stderr)
         return 1
     atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
+    first = joined.annotators[0].name
     print(f"{args.out}: {len(result.rows)} pairs ({args.method}) from {len(joined.annotators)} annotators; "
-          f"{result.ties} tied pairs left out; {result.flipped} differ from {joined.annotators[0].name}'s label")
+          f"{result.ties} tied pairs left out; {result.flipped} differ from {first}'s label")
     if result.incomplete:
         print(f"{result.incomplete} pairs aggregated over fewer than all annotators:")
         sources = {a.name: a.source for a in joined.annotators}

@@ -35,7 +35,9 @@ class PanelAnnotator:
     def __init__(self, name: str, group: str, seed: int, temperature: float = DEFAULT_TEMPERATURE):
         self.name, self.group = name, group
         self.helpful = Annotator(f"{seed}/panel/{name}", temperature, "helpfulness")
-        self.safe = Annotator(f"{seed}/panel/{name}/safety", temperature, "safety") if group == "safety" else None
+        self.safe = None
+        if group == "safety":
+            self.safe = Annotator(f"{seed}/panel/{name}/safety", temperature, "safety")
 
     def compare(self, p: Prompt, a: str, b: str) -> Judgement:
         """Label (a, b): by safety on unsafe prompts for the safety group, else by helpfulness."""
@@ -71,7 +73,8 @@ def panel_stats(prompts: list[Prompt], labels: dict[str, list[Judgement]]) -> di
     winners = {name: [_winner(j) for j in js] for name, js in labels.items()}
     stats: dict = {"fleiss_kappa": {}, "agreement_within_groups": {}, "agreement_across_groups": {}}
     for subset, idx in subsets.items():
-        stats["fleiss_kappa"][subset] = round(fleiss_kappa([[winners[n][i] for n in winners] for i in idx]), 4)
+        items = [[winners[name][i] for name in winners] for i in idx]
+        stats["fleiss_kappa"][subset] = round(fleiss_kappa(items), 4)
         within, across = [], []
         for a, b in combinations(winners, 2):
             agree = percent_agreement([winners[a][i] for i in idx], [winners[b][i] for i in idx])
