@@ -2,6 +2,8 @@
 
 Every statistic says on how many pairs it was measured; pairs some annotator did not label are
 counted per annotator, and kappas that are undefined (one label everywhere) are null with a note.
+A label is "first" or "second" of the pair's two responses in sorted order (``panel``), so the
+kappas' chance terms come from how often each annotator prefers the first of them.
 """
 from __future__ import annotations
 
@@ -141,6 +143,9 @@ def format_report(report: dict) -> list[str]:
     for name, n in report["pairs_not_labelled"].items():
         if n:
             lines.append(f"  {name} ({report['annotators'][name]}): did not label {n} of the pairs")
+    if not report["pairs_labelled_by_all"]:
+        lines.append("  no pair is labelled by every annotator: do the files share ids (a row's id, "
+                     "else the prompt and responses)?")
     lines.append("pairwise (on the pairs both labelled):")
     for row in report["pairwise"]:
         kappa = _kappa(row["cohen_kappa"], row.get("note", ""))

@@ -128,3 +128,13 @@ def test_missing_file_says_so(write_jsonl, tmp_path, capsys):
     a = write_jsonl("a.jsonl", [row(1, "A", "B")])
     assert main(["agreement", a, str(tmp_path / "nope.jsonl")]) == 1
     assert "nope.jsonl: cannot read: " in capsys.readouterr().err
+
+
+def test_files_with_nothing_in_common_say_so(write_jsonl, capsys):
+    a = write_jsonl("a.jsonl", [row(1, "A", "B", id="x1")])
+    b = write_jsonl("b.jsonl", [row(1, "A", "B")])  # no id: joined by text, so not with x1
+    assert main(["agreement", a, b]) == 0
+    out = capsys.readouterr().out
+    assert "2 annotators (a, b), 2 pairs, 0 labelled by all" in out
+    assert "no pair is labelled by every annotator" in out
+    assert "a vs b: 0 pairs, agreement n/a, Cohen's kappa undefined (no items)" in out
