@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*")
-    sub.add_parser("data", help="data tools: rayrlhf data validate FILE ...", add_help=False)
+    sub.add_parser("data", help="data tools: rayrlhf data validate|agreement|aggregate FILE ...", add_help=False)
     sub.add_parser("plan", help="print where every actor of a config would run: rayrlhf plan --config F",
                    add_help=False)
     sub.add_parser("submit", help="submit a run as a Ray job: rayrlhf submit --address URL --config F",

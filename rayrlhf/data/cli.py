@@ -3,13 +3,16 @@
     rayrlhf data validate prefs.jsonl --kind preference --tokenizer ./tok --max-prompt-tokens 512
 
 Prints one line per problem to stderr (``file:line: field: reason``) and one summary line per
-source to stdout; exits 1 if there was any problem, else 0.
+source to stdout; exits 1 if there was any problem, else 0. ``rayrlhf data agreement`` and
+``rayrlhf data aggregate`` (several annotators' labels of the same pairs) are in
+``annotators_cli``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from rayrlhf.data.annotators_cli import add_parsers, run_aggregate, run_agreement
 from rayrlhf.data.formats import FORMATS, KINDS
 from rayrlhf.data.validate import validate_source
 
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--split", default="train",
                           help="split of a hub dataset or saved DatasetDict")
     validate.add_argument("--limit", type=int, help="read at most this many rows of each source")
+    add_parsers(commands)
     return parser
 
 
@@ -45,6 +49,10 @@ def main(argv: list[str]) -> int:
     """Run ``rayrlhf data <command>``; ``argv`` is what follows ``rayrlhf data``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "agreement":
+        return run_agreement(args, parser)
+    if args.command == "aggregate":
+        return run_aggregate(args, parser)
     limits = args.max_prompt_tokens is not None or args.max_response_tokens is not None
     if limits and not args.tokenizer:
         parser.error("--max-prompt-tokens / --max-response-tokens need --tokenizer")

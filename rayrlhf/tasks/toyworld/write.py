@@ -10,6 +10,8 @@ Files (UTF-8, one JSON object per line):
                                             "unsafe": bool, "gold_chosen": g, "gold_rejected": g}
     pref_ranked_train.jsonl                {"prompt": str, "responses": [best, ..., worst]}
     prompts_{train,eval}.jsonl             {"prompt": [user], "unsafe": bool}
+    panel/<annotator>.jsonl                the same pairs labelled by each annotator of a panel
+                                           of two groups (``panel.py``), rows with an ``id``
     manifest.json                          counts, seed, settings, measured statistics
 
 Eval files only use held-out prompts and train files never do (``world.held_out``), so eval
@@ -29,6 +31,7 @@ from pathlib import Path
 from rayrlhf.data.schema import MARGIN_LEVELS
 from rayrlhf.tasks.toyworld.annotators import DEFAULT_TEMPERATURE, MARGIN_THRESHOLDS, Annotator
 from rayrlhf.tasks.toyworld.gold import gold_helpfulness, gold_reward, gold_safety
+from rayrlhf.tasks.toyworld.panel import panel_preferences
 from rayrlhf.tasks.toyworld.responses import (
     DEMO_SAFE,
     DEMO_UNSAFE,
@@ -121,6 +124,7 @@ def write_toyworld(
     safety_unsafe_fraction: float = 0.6,
     temperature: float = DEFAULT_TEMPERATURE,
     ranked_k: int = 4,
+    n_panel: int = 300,
 ) -> dict[str, str]:
     """Write every toyworld file into ``out_dir``; return {file stem: path}.
 
@@ -133,6 +137,7 @@ def write_toyworld(
             which hold ``safety_unsafe_fraction`` unsafe prompts (Llama 2's safety data is
             built around adversarial prompts).
         temperature: annotator Bradley-Terry temperature.
+        n_panel: pairs labelled by every annotator of the panel (``panel.py``); 0 writes no panel.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +194,13 @@ def write_toyworld(
     for name, rows in files.items():
         paths[name] = str(out / f"{name}.jsonl")
         _write_jsonl(out / f"{name}.jsonl", rows)
+    panel_entry = None
+    if n_panel:
+        panel_rows, panel_entry = panel_preferences(n_panel, rng("panel"), seed, temperature)
+        (out / "panel").mkdir(exist_ok=True)
+        for name, rows in panel_rows.items():
+            paths[f"panel/{name}"] = str(out / "panel" / f"{name}.jsonl")
+            _write_jsonl(out / "panel" / f"{name}.jsonl", rows)
     manifest = {
         "task": "toyworld",
         "seed": seed,
@@ -219,6 +231,8 @@ def write_toyworld(
             "categories": dict(sorted(sft_stats["categories"].items())),
         },
     }
+    if panel_entry is not None:
+        manifest["panel"] = panel_entry
     paths["manifest"] = str(out / "manifest.json")
     with open(out / "manifest.json", "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
