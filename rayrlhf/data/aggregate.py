@@ -194,7 +194,7 @@ def output_row(carried: Label, labels: dict[str, Label], p: float, weights: dict
     """
     first_wins = p > 0.5
     chosen, rejected = (carried.first, carried.second) if first_wins else (carried.second, carried.first)
-    meta = {k: v for k, v in carried.record.meta.items() if k not in ("id", "p_chosen")}
+    meta = {k: v for k, v in carried.record.meta.items() if k != "id"}
     if first_wins != carried.first_chosen:
         meta = _swap_sides(meta)
     prompt = carried.record.prompt

@@ -90,12 +90,8 @@ def to_label(record: PreferenceRecord, problems: list[Problem]) -> Label | None:
     n_before = len(problems)
     if "id" in meta and (isinstance(meta["id"], bool) or not isinstance(meta["id"], (str, int))):
         problems.append(Problem(*where, "id", f"expected a string or integer, found {describe(meta['id'])}"))
-    p_chosen = 1.0
-    if meta.get("p_chosen") is not None:
-        p_chosen = _number(meta["p_chosen"], "p_chosen", where, problems)
-        if p_chosen is not None and not 0.0 <= p_chosen <= 1.0:
-            problems.append(Problem(*where, "p_chosen", f"{p_chosen} is outside [0, 1]; expected the "
-                                    "probability that chosen is preferred"))
+    # The reader checked it is a probability (rayrlhf.data.fields.probability).
+    p_chosen = 1.0 if record.p_chosen is None else record.p_chosen
     gold = None
     present = [c for c in GOLD_COLUMNS if meta.get(c) is not None]
     if len(present) == 1:

@@ -54,10 +54,10 @@ def test_group_weights_change_the_tagged_prompts_only(panel, tmp_path, capsys):
     assert (soft[0]["gold_chosen"], soft[0]["gold_rejected"], soft[0]["unsafe"]) == (0.9, 0.1, True)
     assert (soft[1]["gold_chosen"], soft[1]["gold_rejected"]) == (0.1, 0.9)
     assert "margin" not in soft[0]
-    # The output reads back as explicit preference rows, p_chosen and votes in meta.
+    # The output reads back as explicit preference rows with a soft label, votes in meta.
     result = read_records(str(weighted), "preference")
     assert result.format == "explicit" and not result.problems
-    assert result.records[0].chosen == "B1" and result.records[0].meta["p_chosen"] == round(4 / 7, 6)
+    assert result.records[0].chosen == "B1" and result.records[0].p_chosen == round(4 / 7, 6)
 
 
 def test_mean_of_soft_labels_and_ties_left_out(write_jsonl, tmp_path, capsys):
