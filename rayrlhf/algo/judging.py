@@ -63,3 +63,19 @@ def position_stats(p_ab: torch.Tensor, p_ba: torch.Tensor) -> dict[str, float]:
     return {"position_bias": float((0.5 * (p_ab + p_ba) - 0.5).mean()),
             "first_rate": float(first.mean()),
             "consistency": float(((p_ab > 0.5) == (p_ba < 0.5)).float().mean())}
+
+
+def expected_rating(logprobs: torch.Tensor) -> torch.Tensor:
+    """A direct rating's reward (d-RLAIF, Lee et al. 2023 Sec. 2.2.2): the expected rating under
+    the judge's distribution renormalised over the N rating tokens, worst first, scored
+    0, 1 / (N - 1), ..., 1.
+
+    Args:
+        logprobs: log p of each rating token. Shape: (B, N).
+
+    Returns:
+        ``sum_i softmax(lp)_i * i / (N - 1)``, in [0, 1]. Shape: (B,).
+    """
+    n = logprobs.shape[-1]
+    values = torch.linspace(0.0, 1.0, n, dtype=logprobs.dtype)
+    return (torch.softmax(logprobs, -1) * values).sum(-1)

@@ -101,6 +101,13 @@ class RewardSourceSection:
     """Keyword arguments of the rule function, e.g. {max_words: 10, per_word: 0.1}."""
     normalize: bool = True
     """Standardise a reward model's scores with the held-out mean and std its rm stage recorded."""
+    judge: str = ""
+    """With ``model`` a causal LM: an AI judge's template (a YAML file, rayrlhf.feedback.template,
+    or a bundled name) makes the source an AI judge (RLAIF): a direct template's reward is the
+    judge's expected rating in [0, 1]; a pairwise one's, its probability that the response beats
+    the prompt row's ``reference_field`` response (both orders averaged)."""
+    reference_field: str = "reference"
+    """A pairwise judge: the prompt rows' field holding the response to compare against."""
 
     def validate(self) -> list[str]:
         out = [] if self.name else ["name: required"]
@@ -108,7 +115,22 @@ class RewardSourceSection:
             out.append("set exactly one of model (a reward-model folder) or function (module:callable)")
         if self.args and not self.function:
             out.append("args: only a function source takes arguments")
+        if self.judge:
+            if not self.model:
+                out.append("judge: needs model: the judge's causal LM folder")
+            out += self._judge_problems()
         return out
+
+    def _judge_problems(self) -> list[str]:
+        from rayrlhf.actors.judge_reward import reward_template_problem
+        from rayrlhf.config.loader import ConfigError
+        from rayrlhf.feedback.template import load_template
+
+        try:
+            problem = reward_template_problem(load_template(self.judge))
+        except ConfigError as e:
+            return [f"judge: {p}" for p in e.problems]
+        return [f"judge: {problem}"] if problem else []
 
 
 @dataclass

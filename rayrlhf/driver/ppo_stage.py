@@ -29,6 +29,9 @@ def prepare_run(cfg, resume: bool, default_name: str):
     check_before_start(default_name if default_name in ("ppo", "rs") else None, cfg)
     tokenizer = load_tokenizer(cfg.policy.name_or_path, cfg.policy.trust_remote_code, cfg.policy.chat_template)
     prompts, eval_prompts, report = read_prompts(cfg, tokenizer)
+    from rayrlhf.actors.judge_reward import check_references
+
+    check_references(cfg.rewards, prompts + eval_prompts)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     atomic_write_json(os.path.join(run_dir, "data_report.json"), report)

@@ -13,6 +13,7 @@ import torch
 
 from rayrlhf.actors.batch import split_rows
 from rayrlhf.actors.model_worker import ModelWorker
+from rayrlhf.actors.judge_reward import JudgeRewardWorker
 from rayrlhf.actors.reward import FunctionReward, RewardModelWorker
 from rayrlhf.config.ppo import resolve_derived
 from rayrlhf.driver.fleet import RolloutFleet, get
@@ -68,11 +69,16 @@ class Roles:
                 self.sources[r.name] = FunctionReward(r.name, r.function, r.args)
                 continue
             role = f"reward/{r.name}"
-            self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(
-                name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, normalize=r.normalize,
-                dtype=cfg.policy.dtype, num_threads=_threads(res, role),
-                wants_gpu=res.rewards[r.name].gpus_per_worker > 0, fake_gpus=res.fake_gpus,
-                config_key=f"resources.rewards.{r.name}.gpus_per_worker"))
+
+            def kwargs(rank, r=r, role=role):
+                out = dict(name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, dtype=cfg.policy.dtype,
+                           num_threads=_threads(res, role), wants_gpu=res.rewards[r.name].gpus_per_worker > 0,
+                           fake_gpus=res.fake_gpus, config_key=f"resources.rewards.{r.name}.gpus_per_worker")
+                if r.judge:  # an AI judge (RLAIF) instead of a scalar reward model
+                    return dict(out, template=r.judge, reference_field=r.reference_field, seed=seed)
+                return dict(out, normalize=r.normalize)
+
+            self.sources[r.name] = group(role, JudgeRewardWorker if r.judge else RewardModelWorker, kwargs)
         self.gold = dict(cfg.gold)
         rollout_role = self.plan.roles["rollout"]
         pg = self.pgs[self.plan.group_of("rollout")]
@@ -94,7 +100,8 @@ class Roles:
                 local[name] = src.score(prompts, texts, meta)
                 continue
             shards = split_rows(len(texts), src.world_size)
-            refs[name] = (shards, [a.score.remote([prompts[i] for i in rows], [texts[i] for i in rows])
+            refs[name] = (shards, [a.score.remote([prompts[i] for i in rows], [texts[i] for i in rows],
+                                                  [meta[i] for i in rows])
                                    for a, rows in zip(src.actors, shards)])
         out = {name: torch.tensor(v, dtype=torch.float32) for name, v in local.items()}
         for name, (shards, rs) in refs.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rayrlhf.algo.judging import choice_mass, debiased, first_preferred
+from rayrlhf.algo.judging import choice_mass, debiased, expected_rating, first_preferred
 from rayrlhf.data.tokenize import render_prompt
 from rayrlhf.feedback.template import JudgeTemplate
 
@@ -40,14 +40,14 @@ def reply_ids(tokenizer, template: JudgeTemplate, reply: str) -> tuple[list[int]
     The reply is encoded with each choice appended, so a tokenizer that merges the ending's
     last characters with the choice ("= " + "1" -> "=", " 1") is read the way it writes.
     """
-    encoded = [tokenizer.encode(reply + c, add_special_tokens=False) for c in template.choices]
+    encoded = [tokenizer.encode(reply + c, add_special_tokens=False) for c in template.labels]
     n = 0
     while all(len(e) > n for e in encoded) and len({e[n] for e in encoded}) == 1:
         n += 1
     if any(len(e) != n + 1 for e in encoded):
         pieces = [tokenizer.convert_ids_to_tokens(e[n:]) for e in encoded]
         raise ValueError(f"judge template: ending {template.ending!r} followed by the choices "
-                         f"{template.choices} does not end in one token per choice ({pieces}); end the "
+                         f"{template.labels} does not end in one token per choice ({pieces}); end the "
                          "ending string differently (e.g. without a trailing space) or use one-token choices")
     return encoded[0][:n], [e[n] for e in encoded]
 
@@ -85,13 +85,15 @@ class Judge:
         if not template.chain_of_thought:
             self._reply = reply_ids(tokenizer, template, template.reply())
 
-    def questions(self, prompts: list[list[dict]], a: list[str], b: list[str], start: int = 0,
+    def questions(self, prompts: list[list[dict]], a: list[str], b: list[str] | None, start: int = 0,
                   both: bool = True) -> tuple[list[str], list[list[str]]]:
-        """The judge's prompt texts (a first for every pair, then b first) and each pair's principles."""
+        """The judge's prompt texts (a first for every pair, then b first; each response alone
+        when ``b`` is None) and each item's principles."""
         principles = [self.t.principles_for(self.seed, start + i) for i in range(len(prompts))]
         texts = [conversation_text(p) for p in prompts]
-        out = [self.t.question(q, x, y, pr) for q, x, y, pr in zip(texts, a, b, principles)]
-        if both:
+        seconds = b if b is not None else [None] * len(a)
+        out = [self.t.question(q, x, y, pr) for q, x, y, pr in zip(texts, a, seconds, principles)]
+        if both and b is not None:
             out += [self.t.question(q, y, x, pr) for q, x, y, pr in zip(texts, a, b, principles)]
         return out, principles
 
@@ -101,7 +103,7 @@ class Judge:
         for every pair, then (``both``) b first. Only chain of thought calls the judge here."""
         questions, principles = self.questions(prompts, a, b, start, both)
         heads = [head_ids(self.tok, self.t, q) for q in questions]
-        where = where + where if both else where
+        where = where + where if both and b is not None else where
         rationales = [""] * len(heads)
         if self.t.chain_of_thought:
             opener = self.tok.encode(self.t.rationale_prompt, add_special_tokens=False)
@@ -136,3 +138,11 @@ class Judge:
         p_a = debiased(p_ab, p_ba) if both else p_ab
         pairs_rationales = [[rationales[i]] + ([rationales[n + i]] if both else []) for i in range(n)]
         return Labels(p_a, p_ab, p_ba, choice_mass(lp[:n]), principles, pairs_rationales)
+
+    def rate(self, prompts: list[list[dict]], responses: list[str], where: list[str] | None = None,
+             start: int = 0) -> torch.Tensor:
+        """kind direct: each response's expected rating, in [0, 1] (``expected_rating``). Shape: (N,)."""
+        where = where or [f"response {start + i}" for i in range(len(prompts))]
+        seqs, choices, _, _ = self.prepare(prompts, responses, None, where, start, both=False)
+        return expected_rating(torch.tensor(self._choice_logprobs(seqs, choices), dtype=torch.float64))
+

@@ -13,6 +13,8 @@ def judge_sft_rows(template: JudgeTemplate, records: list, seed: int = 0, both: 
     """SFT rows ``{"messages": [user: the judge's prompt, assistant: ending + choice]}`` of each
     pair, ``chosen`` the better one: in both orders (a judge trained so has no position bias to
     learn), or (``both=False``) each in a seeded random order."""
+    if template.kind != "pairwise":
+        raise ValueError("judge_sft_rows: demonstrations of a pairwise template; this one is kind direct")
     rng = random.Random(f"judge-sft/{seed}")
     rows = []
     for i, r in enumerate(records):
@@ -21,7 +23,7 @@ def judge_sft_rows(template: JudgeTemplate, records: list, seed: int = 0, both: 
         orders = [True, False] if both else [rng.random() < 0.5]
         for chosen_first in orders:
             first, second = (r.chosen, r.rejected) if chosen_first else (r.rejected, r.chosen)
-            answer = template.choices[0 if chosen_first else 1]
+            answer = template.labels[0 if chosen_first else 1]
             rows.append({"messages": [{"role": "user", "content": template.question(text, first, second, principles)},
                                       {"role": "assistant", "content": template.reply() + answer}]})
     return rows

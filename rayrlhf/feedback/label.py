@@ -150,7 +150,7 @@ def label_all(judge: Judge, records: list, both: bool, per_call: int, report=pri
 def run_label(cfg, resume: bool = False) -> dict:
     """Check everything cheap (template, tokenizer, pairs, prompt lengths), start the judge's
     rollout workers, label every pair, write labels.jsonl and summary.json."""
-    from rayrlhf.config.loader import check_before_start, save_config
+    from rayrlhf.config.loader import ConfigError, check_before_start, save_config
     from rayrlhf.driver.roles import Roles
     from rayrlhf.feedback.template import load_template
     from rayrlhf.models import load_tokenizer
@@ -165,11 +165,14 @@ def run_label(cfg, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(j.tokenizer or j.name_or_path, j.trust_remote_code, j.chat_template)
     records = read_pairs(cfg.data)
     both = cfg.label.orders == "both"
-    checker = Judge(template, tokenizer, None, generate=lambda ids: [""] * len(ids), seed=cfg.run.seed,
-                    max_len=cfg.rollout.max_model_len)
-    if not template.chain_of_thought:  # every prompt fits the engine, before any actor starts
-        checker.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
-                        [f"{r.source.file}:{r.source.line}" for r in records], 0, both)
+    try:  # the template's choices are one token each and every prompt fits, before any actor starts
+        checker = Judge(template, tokenizer, None, generate=lambda ids: [""] * len(ids), seed=cfg.run.seed,
+                        max_len=cfg.rollout.max_model_len)
+        if not template.chain_of_thought:
+            checker.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
+                            [f"{r.source.file}:{r.source.line}" for r in records], 0, both)
+    except ValueError as e:
+        raise ConfigError([str(e)], source=cfg.label.template) from None
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     ensure_ray()

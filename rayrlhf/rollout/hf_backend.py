@@ -121,21 +121,25 @@ class HFBackend:
         logits = self.model(input_ids=ids.to(self.device)).logits[0, :-1].float().cpu()  # (T-1, V)
         return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
 
-    @torch.no_grad()
-    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]],
-                        micro_batch: int = 8) -> list[list[float]]:
+    def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
         """``log_softmax(logits)`` (T=1) of each candidate next token after each prompt."""
-        out = []
-        for start in range(0, len(prompt_ids), micro_batch):
-            rows = prompt_ids[start:start + micro_batch]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):  # right padding: each row's last real position is len - 1
-                ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])].float().cpu()
-            lp = torch.log_softmax(last, -1)  # (rows, V)
-            out += [lp[i, c].tolist() for i, c in enumerate(choices[start:start + micro_batch])]
-        return out
+        return next_token_logprobs(self.model, prompt_ids, choices, self.pad_id, self.device)
 
+
+@torch.no_grad()
+def next_token_logprobs(model, prompt_ids: list[list[int]], choices: list[list[int]], pad_id: int, device,
+                        micro_batch: int = 8) -> list[list[float]]:
+    """``log_softmax(logits)`` at the position after each prompt, at its candidate tokens: one
+    forward pass per micro-batch of right-padded prompts."""
+    out = []
+    for start in range(0, len(prompt_ids), micro_batch):
+        rows = prompt_ids[start:start + micro_batch]
+        ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):  # right padding: each row's last real position is len - 1
+            ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        last = logits[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])].float().cpu()
+        lp = torch.log_softmax(last, -1)  # (rows, V)
+        out += [lp[i, c].tolist() for i, c in enumerate(choices[start:start + micro_batch])]
+    return out

@@ -47,3 +47,13 @@ def test_a_bad_template_file_names_each_key(tmp_path):
 def test_the_bundled_toyworld_template_loads_by_name():
     t = load_template("toyworld")
     assert t.ending == "Preferred Response = " and len(t.constitution) == 3
+
+
+def test_the_ending_can_close_the_question_instead_of_opening_the_reply():
+    t = JudgeTemplate(preamble="", ending="Best = ", ending_in_reply=False)
+    assert t.question("q", "a", "b", []) == "Request: q\nResponse 1: a\nResponse 2: b\nBest ="
+    assert t.reply() == ""
+    with pytest.raises(ConfigError, match="ending_in_reply: chain_of_thought"):
+        from rayrlhf.config import load_config
+
+        load_config(JudgeTemplate, data={"ending_in_reply": False, "chain_of_thought": True})
