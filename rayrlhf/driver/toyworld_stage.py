@@ -32,9 +32,10 @@ class ToyworldConfig:
     eval_fraction: float = 0.1
     """Share of SFT and preference rows written to the *_eval files."""
     n_judge: int = 0
-    """Judge demonstrations: this many helpfulness and this many safety pairs, each in both
-    orders, rendered with the bundled toyworld judge template and its answer, in
-    judge_sft_{train,eval}.jsonl (fine-tune a judge on them with `rayrlhf sft`); 0 writes none."""
+    """Judge demonstrations: this many helpfulness and this many safety pairs (gold-ordered,
+    gold ties left out), each in both orders, rendered with the bundled toyworld judge template
+    and the answer, in judge_sft_{train,eval}.jsonl (fine-tune a judge on them with
+    `rayrlhf sft`); 0 writes none."""
     vocab_size: int = 512
     """Size of the byte-level BPE vocabulary trained on the task's text."""
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
@@ -55,9 +56,12 @@ def _texts(path: str):
 
 
 def write_judge_demonstrations(data_dir: str, files: dict[str, str], n: int, seed: int) -> dict[str, str]:
-    """judge_sft_{train,eval}.jsonl from the first ``n`` pairs of each preference set (the
-    simulated annotators' labels, noise and all), both orders of each pair."""
+    """judge_sft_{train,eval}.jsonl: the first ``n`` pairs of each preference set whose gold
+    scores differ, each in both orders, the better by gold as the answer. The judge so trained
+    stands in for a capable LLM that knows the world's rules (the constitution states them), as
+    RLAIF's judges are not trained on the labels they replace; ties in gold teach nothing."""
     from rayrlhf.data.formats import read_records
+    from rayrlhf.data.schema import PreferenceRecord
     from rayrlhf.feedback.judge_data import judge_sft_rows
     from rayrlhf.feedback.template import load_template
 
@@ -65,8 +69,13 @@ def write_judge_demonstrations(data_dir: str, files: dict[str, str], n: int, see
     for split in ("train", "eval"):
         rows = []
         for kind in ("helpfulness", "safety"):
-            records = read_records(files[f"pref_{kind}_{split}"], "preference").records
-            rows += judge_sft_rows(template, records[: n if split == "train" else max(1, n // 10)], seed)
+            gold_ordered = []
+            for r in read_records(files[f"pref_{kind}_{split}"], "preference").records:
+                gc, gr = r.meta["gold_chosen"], r.meta["gold_rejected"]
+                if gc != gr:
+                    better, worse = (r.chosen, r.rejected) if gc > gr else (r.rejected, r.chosen)
+                    gold_ordered.append(PreferenceRecord(r.prompt, better, worse))
+            rows += judge_sft_rows(template, gold_ordered[: n if split == "train" else max(1, n // 10)], seed)
         path = os.path.join(data_dir, f"judge_sft_{split}.jsonl")
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
