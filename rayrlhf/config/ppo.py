@@ -33,10 +33,11 @@ def resolve_derived(section: ModelSection, policy: ModelSection) -> ModelSection
 
 
 def reference_is_base(policy: ModelSection, reference: ModelSection) -> bool:
-    """The policy trains LoRA adapters on the reference's own weights (same model, same dtype):
-    its base with the adapters off is the reference."""
+    """The policy trains LoRA adapters on the reference's own weights (same model, dtype and
+    quantization): its base with the adapters off is the reference."""
     ref = resolve_derived(reference, policy)
-    return policy.lora.enabled and ref.name_or_path == policy.name_or_path and ref.dtype == policy.dtype
+    return (policy.lora.enabled and ref.name_or_path == policy.name_or_path and ref.dtype == policy.dtype
+            and ref.quantization == policy.quantization)
 
 
 @dataclass
@@ -101,6 +102,9 @@ class RewardSourceSection:
     """Keyword arguments of the rule function, e.g. {max_words: 10, per_word: 0.1}."""
     normalize: bool = True
     """Standardise a reward model's scores with the held-out mean and std its rm stage recorded."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """A reward model's linear layers in 8-bit or 4-bit NF4 (bitsandbytes); it computes in the
+    policy's dtype."""
 
     def validate(self) -> list[str]:
         out = [] if self.name else ["name: required"]
@@ -108,6 +112,12 @@ class RewardSourceSection:
             out.append("set exactly one of model (a reward-model folder) or function (module:callable)")
         if self.args and not self.function:
             out.append("args: only a function source takes arguments")
+        if self.quantization != "none":
+            from rayrlhf.engine.quant import install_problem
+
+            problem = install_problem(self.quantization) if self.model else "only a reward model is quantised"
+            if problem:
+                out.append(f"quantization: {problem}")
         return out
 
 
@@ -322,6 +332,8 @@ class PPOConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        if not self.policy.validate_trained():  # the critic inherits the policy's keys and problems
+            out += [f"critic.{p}" for p in resolve_derived(self.critic, self.policy).validate_trained()]
         out += check_rollout_matches(self.policy, self.rollout, self.resources)
         if self.rollout.top_p < 1.0 or self.rollout.top_k != -1:
             out.append(f"rollout.top_p ({self.rollout.top_p}) / rollout.top_k ({self.rollout.top_k}): PPO's ratio "

@@ -70,7 +70,7 @@ class Roles:
             role = f"reward/{r.name}"
             self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(
                 name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, normalize=r.normalize,
-                dtype=cfg.policy.dtype, num_threads=_threads(res, role),
+                dtype=cfg.policy.dtype, quantization=r.quantization, num_threads=_threads(res, role),
                 wants_gpu=res.rewards[r.name].gpus_per_worker > 0, fake_gpus=res.fake_gpus,
                 config_key=f"resources.rewards.{r.name}.gpus_per_worker"))
         self.gold = dict(cfg.gold)

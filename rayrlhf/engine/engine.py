@@ -45,6 +45,8 @@ class Engine:
         self.optimizer = None
         self.scheduler = None
         self._snap: dict | None = None
+        if settings.quantization != "none":
+            self._quantize(trainable)
         if trainable:
             if settings.lora.enabled:
                 from rayrlhf.engine.lora import apply_lora
@@ -66,9 +68,24 @@ class Engine:
 
             self.optimizer = build_optimizer(self.model, settings.lr, settings.weight_decay, settings.betas)
         else:
-            model.to(device=self.device, dtype=DTYPES[settings.dtype])
+            if settings.quantization == "none":
+                model.to(dtype=DTYPES[settings.dtype])
+            model.to(device=self.device)
             model.eval().requires_grad_(False)
             self.model = model
+
+    def _quantize(self, trainable: bool) -> None:
+        """The base's linear layers in 8-bit or 4-bit on the device (``rayrlhf.engine.quant``);
+        a trained model's other frozen weights in float32, as peft prepares k-bit training."""
+        from rayrlhf.engine.quant import quantize_linears, upcast_unquantized
+
+        if trainable and not self.s.lora.enabled:
+            raise ValueError(f"{self.s.config_key}.quantization: {self.s.quantization} needs lora.r > 0 "
+                             "(quantised weights cannot train)")
+        self.hf_model.to(dtype=DTYPES[self.s.dtype])
+        quantize_linears(self.hf_model, self.s.quantization, self.s.dtype, self.device)
+        if trainable:
+            upcast_unquantized(self.hf_model)
 
     @property
     def sharded(self) -> bool:
