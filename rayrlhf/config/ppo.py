@@ -112,12 +112,8 @@ class RewardSourceSection:
             out.append("set exactly one of model (a reward-model folder) or function (module:callable)")
         if self.args and not self.function:
             out.append("args: only a function source takes arguments")
-        if self.quantization != "none":
-            from rayrlhf.engine.quant import install_problem
-
-            problem = install_problem(self.quantization) if self.model else "only a reward model is quantised"
-            if problem:
-                out.append(f"quantization: {problem}")
+        if self.quantization != "none" and not self.model:
+            out.append("quantization: only a reward model is quantised, not a function")
         return out
 
 

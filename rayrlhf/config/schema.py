@@ -111,15 +111,9 @@ class ModelSection:
         return self.validate_engine() + self.validate_trained()
 
     def validate_engine(self) -> list[str]:
-        from rayrlhf.engine.quant import install_problem
-
-        out = []
         if self.cpu_offload and self.strategy != "fsdp":
-            out.append("cpu_offload: needs strategy: fsdp (ddp keeps a full replica on each GPU)")
-        problem = install_problem(self.quantization)
-        if problem:
-            out.append(f"quantization: {problem}")
-        return out
+            return ["cpu_offload: needs strategy: fsdp (ddp keeps a full replica on each GPU)"]
+        return []
 
     def validate_trained(self) -> list[str]:
         """What a trained model (not a frozen reference) asks of ``quantization``."""

@@ -78,6 +78,20 @@ def test_frozen_reference_and_critic_on_a_quantized_base(tiny_model_dir):
     assert math.isfinite(_step(critic, batch))
 
 
+def test_a_missing_bitsandbytes_is_said_before_start_naming_the_key(monkeypatch):
+    import importlib.util
+
+    from rayrlhf.config.loader import check_quantization
+    from rayrlhf.config.schema import SFTConfig
+
+    cfg = SFTConfig(model=ModelSection(name_or_path="m", quantization="4bit", lora=LoraSection(r=8)))
+    assert check_quantization(cfg) == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert check_quantization(cfg) == ['model.quantization: 4bit needs bitsandbytes, which is not installed: '
+                                       'pip install -e ".[quant]"']
+
+
 def test_a_trained_quantized_model_without_lora_is_refused():
     problems = ModelSection(name_or_path="m", quantization="4bit").validate()
     assert any(p.startswith("quantization: 4bit base weights cannot be fine-tuned whole") for p in problems)
