@@ -121,3 +121,27 @@ def test_quantized_bytes_are_what_bitsandbytes_holds(mode):
     # the 16 NF4 levels: 49,152 + 1,536 + 24 + 1,024 + 4 + 64.
     expected = {"8bit": 98_304 + 4 * 384, "4bit": 49_152 + 1_536 + 24 + 1_024 + 4 + 64}[mode]
     assert held == expected == quantized_linear_bytes(256, 384, mode)
+
+
+def test_export_of_a_qlora_policy_is_a_plain_dequantized_folder(tiny_model_dir, tmp_path):
+    import json
+    import os
+
+    w = _worker("policy", tiny_model_dir, "4bit")
+    batch = make_batch(tiny_model_dir)
+    for _ in range(2):
+        _step(w, batch)
+    out = str(tmp_path / "export")
+    w.export(out, {"stage": "test"})
+    assert "quantization_config" not in json.load(open(os.path.join(out, "config.json")))
+    merged = load_causal_lm(out)
+    names = merged.state_dict().keys()
+    assert not any("lora" in k or "base_layer" in k or "absmax" in k or "quant" in k for k in names)
+    synced = w.named_weights()
+    assert all(torch.equal(merged.state_dict()[k], synced[k]) for k in synced)
+    # The export computes what the trainer computes, up to the trainer's 4-bit matmul and its
+    # float32 norms: same greedy text.
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        assert torch.equal(merged.generate(ids, max_new_tokens=8, do_sample=False),
+                           w.model.generate(ids, max_new_tokens=8, do_sample=False))
