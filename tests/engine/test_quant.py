@@ -145,3 +145,43 @@ def test_export_of_a_qlora_policy_is_a_plain_dequantized_folder(tiny_model_dir, 
     with torch.no_grad():
         assert torch.equal(merged.generate(ids, max_new_tokens=8, do_sample=False),
                            w.model.generate(ids, max_new_tokens=8, do_sample=False))
+
+
+def _train_ranks(rank, world, port, model_dir, steps):
+    """``steps`` updates of a 4-bit QLoRA policy on this rank's rows (ddp over gloo)."""
+    from rayrlhf.actors.batch import split_rows
+
+    settings = EngineSettings(role="policy", lr=1e-2, micro_batch_size=8, lora=LORA, quantization="4bit")
+    w = ModelWorker("policy", model_dir, settings, PolicyLoss(clip_eps=0.2), rank=rank, world=world, seed=0)
+    if world > 1:
+        w.setup_group("127.0.0.1", port)
+    batch = make_batch(model_dir)
+    part = select_rows(batch, split_rows(B, world)[rank])
+    part["old_logprobs"] = w.forward(part)
+    n_tok = float(batch["response_mask"].sum())
+    losses = [w.update([part], [n_tok])["loss"] for _ in range(steps)]
+    return {"losses": losses, "weights": w.named_weights()}
+
+
+def test_qlora_under_ddp_over_two_ranks_equals_one_worker(tiny_model_dir, tmp_path):
+    from tests.engine.ranks import free_port, run_ranks
+    from tests.engine.test_engine import _close, _global
+
+    one = run_ranks(1, _train_ranks, 0, tiny_model_dir, 2, tmp_dir=str(tmp_path / "one"))
+    two = run_ranks(2, _train_ranks, free_port(), tiny_model_dir, 2, tmp_dir=str(tmp_path / "two"), init=False)
+    assert _global(two) == pytest.approx(_global(one), abs=1e-5)
+    _close(two[0]["weights"], one[0]["weights"], atol=1e-5)
+
+
+def test_a_quantized_reward_model_scores_close_to_the_full_one(tiny_model_dir, tmp_path):
+    from rayrlhf.actors.reward import RewardModelWorker
+    from rayrlhf.models import export_hf, load_scalar_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    out = export_hf(load_scalar_model(tiny_model_dir, pad_token_id=tok.pad_token_id), tok, str(tmp_path / "rm"))
+    prompts = [[{"role": "user", "content": "Where is the red key?"}]] * 2
+    responses = ["In the kitchen.", "I do not know."]
+    scores = {mode: torch.tensor(RewardModelWorker("helpfulness", out, normalize=False, quantization=mode)
+                                 .score(prompts, responses)) for mode in ("none", "8bit", "4bit")}
+    assert (scores["8bit"] - scores["none"]).abs().max() < 0.05
+    assert (scores["4bit"] - scores["none"]).abs().max() < 0.5
