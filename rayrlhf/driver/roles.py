@@ -63,6 +63,9 @@ class Roles:
         # Rank 0 of the policy as one handle: calls that gather sharded weights reach every rank.
         self.policy_leader = Leader(self.policy, ModelWorker.COLLECTIVE) if policy else None
         self.sources: dict = {}
+        from rayrlhf.engine.memory import reward_rows
+
+        score_rows = reward_rows(cfg)  # what the memory plan counts
         for r in cfg.rewards:
             if r.function:
                 self.sources[r.name] = FunctionReward(r.name, r.function, r.args)
@@ -70,7 +73,8 @@ class Roles:
             role = f"reward/{r.name}"
             self.sources[r.name] = group(role, RewardModelWorker, lambda rank, r=r: dict(
                 name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, normalize=r.normalize,
-                dtype=cfg.policy.dtype, quantization=r.quantization, num_threads=_threads(res, role),
+                dtype=cfg.policy.dtype, quantization=r.quantization, micro_batch=score_rows,
+                num_threads=_threads(res, role),
                 wants_gpu=res.rewards[r.name].gpus_per_worker > 0, fake_gpus=res.fake_gpus,
                 config_key=f"resources.rewards.{r.name}.gpus_per_worker"))
         self.gold = dict(cfg.gold)

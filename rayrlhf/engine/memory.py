@@ -201,6 +201,13 @@ class _Role:
     lm_head: bool = True
 
 
+def reward_rows(cfg) -> int:
+    """Rows a reward model scores at once: PPO's forward micro-batch, or RS_SCORE_ROWS (the
+    plan and rayrlhf.driver.roles both read it here)."""
+    ppo = getattr(cfg, "ppo", None)
+    return ppo.forward_micro_batch_size if ppo is not None else RS_SCORE_ROWS
+
+
 def planned_roles(command: str, cfg) -> list[str]:
     """The roles a ppo/rs run starts (as rayrlhf.driver.roles places them)."""
     return [r.role for r in _roles(command, cfg)]
@@ -233,7 +240,7 @@ def _roles(command: str, cfg) -> list[_Role]:
                          res.reference.num_workers, 0, fwd))
     out.append(_Role("rollout", "rollout", "resources.rollout", pol.name_or_path, "rollout", cfg.rollout,
                      res.rollout.num_workers))
-    rows = cfg.ppo.forward_micro_batch_size if command == "ppo" else RS_SCORE_ROWS
+    rows = reward_rows(cfg)
     for i, r in enumerate(cfg.rewards):
         if r.model and r.name in res.rewards:
             # Reward models compute in the policy's dtype (rayrlhf.driver.roles).
