@@ -18,6 +18,10 @@ several steps: the snapshot is a CPU copy of this rank's parameters (its local s
 FSDP) and optimizer state, so it costs host memory of about 12 bytes per local trained
 parameter with AdamW (float32 weights, exp_avg, exp_avg_sq), allocated once and reused; a
 frozen base under LoRA adapters is not copied.
+
+With ``settings.quantization`` (8bit, 4bit) the base's linear layers are replaced by
+bitsandbytes' as they move onto the device (``rayrlhf.engine.quant``), before any adapter is
+injected; a trained model then needs LoRA and ddp.
 """
 from __future__ import annotations
 
