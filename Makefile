@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[$(VLLM_EXTRA),lora,test]"
+	$(PY) -m pip install -q -e ".[$(VLLM_EXTRA),lora,quant,test]"
 	# vLLM pulls these in but nothing here uses them, and their CPU imports fail.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@

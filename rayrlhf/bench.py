@@ -17,6 +17,9 @@ measured against a baseline in the same process tree:
                                 the share of samples by staleness (ppo/balanced/staleness@k)
   rm/kwise_over_pairs           reward-model comparisons/s on ranked lists of 4, each list one
                                 example (responses scored once) / every pair its own example
+  lora/*_over_full              LoRA (r=8, all linear layers) against full fine-tuning of the PPO
+                                policy: step seconds, peak memory an update adds, sync bytes,
+                                trainable parameters (rayrlhf.engine.bench_lora)
 With ``--memory`` (rayrlhf.engine.bench_memory):
   memory/fsdp2_over_ddp         deepest model whose PPO update fits the per-rank budget under
                                 FSDP2 over 2 ranks / the same under DDP
@@ -83,12 +86,13 @@ def _rm_ranked_ratio(world: str, lists: int = 48, lists_per_batch: int = 8) -> d
 
 
 def _ppo_cfg(world: str, run_dir: str, mode: str, steps: int, backend: str, n_samples: int = 2,
-             max_new_tokens: int = 32, prompts_per_step: int = 16, max_staleness: int = 1, advantage: str = "gae"):
+             max_new_tokens: int = 32, prompts_per_step: int = 16, max_staleness: int = 1, advantage: str = "gae",
+             lora_r: int = 0):
     from rayrlhf.config import load_config
     from rayrlhf.config.ppo import PPOConfig
 
     return load_config(PPOConfig, data={
-        "policy": {"name_or_path": f"{world}/base_model"},
+        "policy": {"name_or_path": f"{world}/base_model", "lora": {"r": lora_r, "alpha": 2.0 * max(1, lora_r)}},
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "max_prompt_tokens": 96},
         "rewards": [{"name": "gold", "function": "rayrlhf.tasks.toyworld:gold_reward"}],
         "rollout": {"backend": backend, "n_samples": n_samples, "max_new_tokens": max_new_tokens,
@@ -116,6 +120,7 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
                                 ("reward", "reference", "logprobs", "values", "advantages", "update", "sync"))
                            for r in rows]))
     sync = float(np.mean([r.get("timing/sync", 0.0) for r in rows]))
+    sync_bytes = float(np.mean([r.get("sync/bytes", 0.0) for r in rows]))
     # Share of the measured samples made k versions before the weights they trained.
     counts: dict[int, float] = {}
     for r in rows:
@@ -124,7 +129,7 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
                 k = int(key.split("@", 1)[1])
                 counts[k] = counts.get(k, 0.0) + share * r["rollout/samples"]
     total = sum(counts.values()) or 1.0
-    return {"step_seconds": step, "samples_per_s": samples / step, "sync_seconds": sync,
+    return {"step_seconds": step, "samples_per_s": samples / step, "sync_seconds": sync, "sync_bytes": sync_bytes,
             "generate_seconds": gen, "train_plus_sync_seconds": train,
             **{f"staleness@{k}": counts[k] / total for k in sorted(counts)}}
 
@@ -159,7 +164,7 @@ def _balanced_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int,
     return out
 
 
-PARTS = ("rollout", "rm", "ppo", "balanced")
+PARTS = ("rollout", "rm", "ppo", "balanced", "lora")
 
 
 def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: int = 2,
@@ -215,7 +220,25 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: in
         out.update(_balanced_ratio(world, tmp, backend if balanced_backend == "auto" else balanced_backend, steps,
                                    warmup, repeats, balanced_new_tokens, balanced_advantage, balanced_prompts))
         goals["ppo/balanced/async_over_sync >= 1.6"] = out["ppo/balanced/async_over_sync"] >= 1.6
+    if "lora" in parts:
+        out.update(_lora_ratio(world, tmp, backend, steps, warmup))
     out["goals"] = goals
+    return out
+
+
+def _lora_ratio(world: str, tmp: str, backend: str, steps: int, warmup: int) -> dict:
+    """PPO (sync mode) with LoRA r=8 adapters on the policy and with the whole policy trained,
+    in the same world; each mode's update measured in a fresh process (rayrlhf.engine.bench_lora)."""
+    from rayrlhf.driver.ppo_stage import run_ppo
+    from rayrlhf.engine.bench_lora import lora_ratios, measured_update
+
+    figures = {}
+    for name, r in (("full", 0), ("lora", 8)):
+        run_dir = os.path.join(tmp, f"lora_{name}")
+        run_ppo(_ppo_cfg(world, run_dir, "sync", steps + warmup, backend, lora_r=r))
+        figures[name] = {**_ppo_figures(run_dir, warmup), **measured_update(f"{world}/base_model", r)}
+    out = {f"lora/{name}/{k}": v for name, f in figures.items() for k, v in f.items() if not k.startswith("staleness@")}
+    out.update(lora_ratios(figures["full"], figures["lora"]))
     return out
 
 

@@ -27,3 +27,29 @@ def test_figures_skip_warmup_and_weight_staleness_by_samples(tmp_path):
     assert f["staleness@0"] == pytest.approx(4 / 32)
     assert f["staleness@1"] == pytest.approx(16 / 32)
     assert f["staleness@2"] == pytest.approx(12 / 32)
+
+
+def test_lora_ratios_are_lora_over_full():
+    from rayrlhf.engine.bench_lora import lora_ratios
+
+    full = {"step_seconds": 4.0, "update_peak_bytes": 200, "sync_bytes": 1000.0, "trainable": 10_000}
+    lora = {"step_seconds": 3.0, "update_peak_bytes": 50, "sync_bytes": 1000.0, "trainable": 250}
+    assert lora_ratios(full, lora) == {"lora/step_over_full": 0.75, "lora/update_peak_over_full": 0.25,
+                                       "lora/sync_bytes_over_full": 1.0, "lora/trainable_over_full": 0.025}
+
+
+def test_a_lora_update_adds_less_memory_than_a_full_one(tiny_tokenizer_dir, tmp_path):
+    pytest.importorskip("peft")
+    from rayrlhf.engine.bench_lora import measured_update
+    from tests.conftest import build_model_dir
+
+    # 6.1M parameters: big enough that the allocator's noise does not hide 12 bytes each.
+    model = build_model_dir(tmp_path / "m", tiny_tokenizer_dir, hidden=384, heads=6, layers=4)
+    full, lora = measured_update(model, 0), measured_update(model, 8)
+    assert lora["trainable"] < full["trainable"] / 10
+    # Full: float32 gradients and two AdamW moments of every parameter (12 bytes each) appear
+    # in the first update; LoRA's are adapter-sized.
+    assert full["update_peak_bytes"] > 8 * full["trainable"]
+    assert lora["update_peak_bytes"] < full["update_peak_bytes"]
+    print(f"update peak: full {full['update_peak_bytes'] / 2**20:.1f} MiB, lora {lora['update_peak_bytes'] / 2**20:.1f} MiB; "
+          f"trainable {full['trainable']} vs {lora['trainable']}")

@@ -156,7 +156,7 @@ def test_token_goes_out_through_rays_own_header_code(tmp_path):
 # ---- job configs for real models --------------------------------------------------------------
 
 REAL_MODEL_JOBS = ["llama2_7b_recipe.yaml", "qwen0.5b_hh_rlhf.yaml", "qwen0.5b_rm_static.yaml",
-                   "qwen1.5b_stack_exchange_rm.yaml"]
+                   "qwen1.5b_stack_exchange_rm.yaml", "qwen1.5b_lora_recipe.yaml", "llama2_70b_qlora_recipe.yaml"]
 
 
 def pipeline_job_configs() -> list[str]:

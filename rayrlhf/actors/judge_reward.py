@@ -28,7 +28,8 @@ def reward_template_problem(t) -> str | None:
 class JudgeRewardWorker:
     def __init__(self, name: str, model_path: str, template: str, reference_field: str = "reference",
                  trust_remote_code: bool = False, dtype: str = "float32", num_threads: int = 1, seed: int = 0,
-                 wants_gpu: bool = False, fake_gpus: bool = False, config_key: str = "resources.rewards"):
+                 wants_gpu: bool = False, fake_gpus: bool = False, config_key: str = "resources.rewards",
+                 quantization: str = "none", micro_batch: int = 8):
         from rayrlhf.engine.device import resolve_device
         from rayrlhf.models import load_causal_lm, load_tokenizer
         from rayrlhf.rollout.hf_backend import next_token_logprobs
@@ -40,11 +41,15 @@ class JudgeRewardWorker:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.device = resolve_device(wants_gpu, name, config_key, fake_gpus)
         self.model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if quantization != "none":
+            from rayrlhf.engine.quant import quantize_linears
+
+            quantize_linears(self.model, quantization, dtype, self.device)  # layer by layer onto the device
         self.model.to(self.device).eval().requires_grad_(False)
         pad = self.tokenizer.pad_token_id
 
         def choice_logprobs(ids, choices):
-            return next_token_logprobs(self.model, ids, choices, pad, self.device)
+            return next_token_logprobs(self.model, ids, choices, pad, self.device, micro_batch)
 
         self.template = load_template(template)
         problem = reward_template_problem(self.template)

@@ -19,7 +19,8 @@ class RewardModelWorker:
 
     def __init__(self, name: str, model_path: str, normalize: bool = True, trust_remote_code: bool = False,
                  dtype: str = "float32", micro_batch: int = 64, max_len: int = 1024, num_threads: int = 1,
-                 wants_gpu: bool = False, fake_gpus: bool = False, config_key: str = "resources.rewards"):
+                 wants_gpu: bool = False, fake_gpus: bool = False, config_key: str = "resources.rewards",
+                 quantization: str = "none"):
         from rayrlhf.models import load_scalar_model, load_tokenizer
         from rayrlhf.utils.quiet import quiet_libraries
 
@@ -31,6 +32,10 @@ class RewardModelWorker:
 
         self.device = resolve_device(wants_gpu, name, config_key, fake_gpus)
         self.model = load_scalar_model(model_path, dtype, trust_remote_code, pad_token_id=self.tokenizer.pad_token_id)
+        if quantization != "none":
+            from rayrlhf.engine.quant import quantize_linears
+
+            quantize_linears(self.model, quantization, dtype, self.device)  # layer by layer onto the device
         self.model.to(self.device).eval().requires_grad_(False)
         # Scores are standardised with the held-out statistics the rm stage recorded, so
         # several reward models combine on one scale (and Llama 2's threshold applies).

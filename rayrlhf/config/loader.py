@@ -141,13 +141,30 @@ def check_model_paths(cfg) -> list[str]:
     return out
 
 
+def check_quantization(cfg, where: str = "") -> list[str]:
+    """Every ``quantization`` key set to 8bit or 4bit where bitsandbytes is not installed (the
+    plan still runs without it: this is said when a run starts)."""
+    from rayrlhf.engine.quant import install_problem
+
+    out = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        if f.name == "quantization" and isinstance(value, str) and install_problem(value):
+            out.append(f"{key}: {install_problem(value)}")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                out += check_quantization(item, f"{key}[{i}]." if isinstance(value, list) else f"{key}.")
+    return out
+
+
 def check_before_start(command: str | None, cfg) -> None:
-    """Every model path (``check_model_paths``: local folders, hub names) and, for ``command``
-    (None: no plan), the memory plan (``check_memory``): all problems in one ConfigError, before
-    any actor or worker starts."""
+    """Every model path (``check_model_paths``: local folders, hub names), every quantised model
+    (bitsandbytes installed) and, for ``command`` (None: no plan), the memory plan
+    (``check_memory``): all problems in one ConfigError, before any actor or worker starts."""
     from rayrlhf.engine.memory import check_memory
 
-    problems = check_model_paths(cfg)
+    problems = check_model_paths(cfg) + check_quantization(cfg)
     try:
         if command:
             check_memory(command, cfg)

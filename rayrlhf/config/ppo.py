@@ -33,10 +33,11 @@ def resolve_derived(section: ModelSection, policy: ModelSection) -> ModelSection
 
 
 def reference_is_base(policy: ModelSection, reference: ModelSection) -> bool:
-    """The policy trains LoRA adapters on the reference's own weights (same model, same dtype):
-    its base with the adapters off is the reference."""
+    """The policy trains LoRA adapters on the reference's own weights (same model, dtype and
+    quantization): its base with the adapters off is the reference."""
     ref = resolve_derived(reference, policy)
-    return policy.lora.enabled and ref.name_or_path == policy.name_or_path and ref.dtype == policy.dtype
+    return (policy.lora.enabled and ref.name_or_path == policy.name_or_path and ref.dtype == policy.dtype
+            and ref.quantization == policy.quantization)
 
 
 @dataclass
@@ -108,6 +109,9 @@ class RewardSourceSection:
     the prompt row's ``reference_field`` response (both orders averaged)."""
     reference_field: str = "reference"
     """A pairwise judge: the prompt rows' field holding the response to compare against."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """A reward model's linear layers in 8-bit or 4-bit NF4 (bitsandbytes); it computes in the
+    policy's dtype."""
 
     def validate(self) -> list[str]:
         out = [] if self.name else ["name: required"]
@@ -119,6 +123,8 @@ class RewardSourceSection:
             if not self.model:
                 out.append("judge: needs model: the judge's causal LM folder")
             out += self._judge_problems()
+        if self.quantization != "none" and not self.model:
+            out.append("quantization: only a reward model is quantised, not a function")
         return out
 
     def _judge_problems(self) -> list[str]:
@@ -344,6 +350,8 @@ class PPOConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        if not self.policy.validate_trained():  # the critic inherits the policy's keys and problems
+            out += [f"critic.{p}" for p in resolve_derived(self.critic, self.policy).validate_trained()]
         out += check_rollout_matches(self.policy, self.rollout, self.resources)
         if self.rollout.top_p < 1.0 or self.rollout.top_k != -1:
             out.append(f"rollout.top_p ({self.rollout.top_p}) / rollout.top_k ({self.rollout.top_k}): PPO's ratio "

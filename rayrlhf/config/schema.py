@@ -101,16 +101,32 @@ class ModelSection:
     reward model's or critic's scalar head) are trained, in the optimizer and in checkpoints;
     the base stays in ``dtype``. Rollout workers and exports get the merged weights (plus the
     adapter alone in peft's format, in ``export/adapter``). Frozen models ignore it."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Frozen base linear layers in 8-bit (LLM.int8) or 4-bit NF4 with double quantisation
+    (QLoRA) through bitsandbytes, computing in ``dtype``; a trained model needs ``lora``."""
 
     def validate(self) -> list[str]:
         if not self.name_or_path:
             return ["name_or_path: required: a Hugging Face model name or a local model folder"]
-        return self.validate_engine()
+        return self.validate_engine() + self.validate_trained()
 
     def validate_engine(self) -> list[str]:
         if self.cpu_offload and self.strategy != "fsdp":
             return ["cpu_offload: needs strategy: fsdp (ddp keeps a full replica on each GPU)"]
         return []
+
+    def validate_trained(self) -> list[str]:
+        """What a trained model (not a frozen reference) asks of ``quantization``."""
+        if self.quantization == "none":
+            return []
+        out = []
+        if not self.lora.enabled:
+            out.append(f"quantization: {self.quantization} base weights cannot be fine-tuned whole; "
+                       "train LoRA adapters on them (lora: {r: 16, alpha: 32}) or set quantization: none")
+        if self.strategy == "fsdp":
+            out.append(f"quantization: {self.quantization} needs strategy: ddp (FSDP2 does not shard "
+                       "bitsandbytes weights; a quantised base is small enough to replicate)")
+        return out
 
 
 @dataclass

@@ -64,6 +64,9 @@ class Roles:
         # Rank 0 of the policy as one handle: calls that gather sharded weights reach every rank.
         self.policy_leader = Leader(self.policy, ModelWorker.COLLECTIVE) if policy else None
         self.sources: dict = {}
+        from rayrlhf.engine.memory import reward_rows
+
+        score_rows = reward_rows(cfg)  # what the memory plan counts
         for r in cfg.rewards:
             if r.function:
                 self.sources[r.name] = FunctionReward(r.name, r.function, r.args)
@@ -72,7 +75,8 @@ class Roles:
 
             def kwargs(rank, r=r, role=role):
                 out = dict(name=f"{run_name}/reward/{r.name}/{rank}", model_path=r.model, dtype=cfg.policy.dtype,
-                           num_threads=_threads(res, role), wants_gpu=res.rewards[r.name].gpus_per_worker > 0,
+                           quantization=r.quantization, micro_batch=score_rows, num_threads=_threads(res, role),
+                           wants_gpu=res.rewards[r.name].gpus_per_worker > 0,
                            fake_gpus=res.fake_gpus, config_key=f"resources.rewards.{r.name}.gpus_per_worker")
                 if r.judge:  # an AI judge (RLAIF) instead of a scalar reward model
                     return dict(out, template=r.judge, reference_field=r.reference_field, seed=seed)

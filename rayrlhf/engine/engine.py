@@ -18,6 +18,10 @@ several steps: the snapshot is a CPU copy of this rank's parameters (its local s
 FSDP) and optimizer state, so it costs host memory of about 12 bytes per local trained
 parameter with AdamW (float32 weights, exp_avg, exp_avg_sq), allocated once and reused; a
 frozen base under LoRA adapters is not copied.
+
+With ``settings.quantization`` (8bit, 4bit) the base's linear layers are replaced by
+bitsandbytes' as they move onto the device (``rayrlhf.engine.quant``), before any adapter is
+injected; a trained model then needs LoRA and ddp.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ class Engine:
         self.optimizer = None
         self.scheduler = None
         self._snap: dict | None = None
+        if settings.quantization != "none":
+            self._quantize(trainable)
         if trainable:
             if settings.lora.enabled:
                 from rayrlhf.engine.lora import apply_lora
@@ -66,9 +72,24 @@ class Engine:
 
             self.optimizer = build_optimizer(self.model, settings.lr, settings.weight_decay, settings.betas)
         else:
-            model.to(device=self.device, dtype=DTYPES[settings.dtype])
+            if settings.quantization == "none":
+                model.to(dtype=DTYPES[settings.dtype])
+            model.to(device=self.device)
             model.eval().requires_grad_(False)
             self.model = model
+
+    def _quantize(self, trainable: bool) -> None:
+        """The base's linear layers in 8-bit or 4-bit on the device (``rayrlhf.engine.quant``);
+        a trained model's other frozen weights in float32, as peft prepares k-bit training."""
+        from rayrlhf.engine.quant import quantize_linears, upcast_unquantized
+
+        if trainable and not self.s.lora.enabled:
+            raise ValueError(f"{self.s.config_key}.quantization: {self.s.quantization} needs lora.r > 0 "
+                             "(quantised weights cannot train)")
+        self.hf_model.to(dtype=DTYPES[self.s.dtype])
+        quantize_linears(self.hf_model, self.s.quantization, self.s.dtype, self.device)
+        if trainable:
+            upcast_unquantized(self.hf_model)
 
     @property
     def sharded(self) -> bool:

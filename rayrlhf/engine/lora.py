@@ -75,8 +75,10 @@ class Merged:
     when ``full`` is called (each part gathered first when it is an FSDP shard)."""
 
     def __init__(self, base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, transpose: bool):
-        self.base, self.a, self.b, self.scale, self.transpose = base, a, b, scale, transpose
-        self.shape, self.dtype = base.shape, base.dtype
+        # A quantised base (8-bit, 4-bit) comes as a ``Dequantized``: merged as its values.
+        self.base = base
+        self.a, self.b, self.scale, self.transpose = a, b, scale, transpose
+        self.shape, self.dtype = self.base.shape, self.base.dtype
 
     def is_floating_point(self) -> bool:
         return True
@@ -85,17 +87,20 @@ class Merged:
         return self.base.numel()
 
     def full(self, gather) -> torch.Tensor:
-        base, a, b = gather(self.base), gather(self.a), gather(self.b)
+        base = self.base.full(gather) if hasattr(self.base, "full") else gather(self.base)
+        a, b = gather(self.a), gather(self.b)
         delta = (b.float() @ a.float()) * self.scale
         if self.transpose:
             delta = delta.T
-        return (base.float() + delta.to(base.device)).to(base.dtype)
+        return (base.float() + delta.to(base.device)).to(self.dtype)
 
 
 def weight_entries(named: dict[str, torch.Tensor], model: torch.nn.Module) -> dict:
     """``named`` (a model's ``named_state``) under the plain model's names: adapter tensors
     left out, ``x.base_layer.weight`` read as ``x.weight`` merged with x's adapter (a
-    ``Merged``), other ``base_layer`` tensors renamed. Unadapted models pass through."""
+    ``Merged``), other ``base_layer`` tensors renamed, quantised weights read dequantised
+    (``rayrlhf.engine.quant.Dequantized``). Other tensors pass through."""
+    named = {k: _plain(k, t, model) for k, t in named.items()}
     if not any(".lora_" in k for k in named):
         return named
     layers = _lora_layers(model)
@@ -114,6 +119,16 @@ def weight_entries(named: dict[str, torch.Tensor], model: torch.nn.Module) -> di
         else:
             out[f"{owner}.{leaf}"] = t
     return out
+
+
+def _plain(name: str, t, model: torch.nn.Module):
+    """``t``, or a quantised weight as a ``Dequantized`` of its layer."""
+    from rayrlhf.engine.quant import Dequantized, is_quantized
+
+    if not is_quantized(t):
+        return t
+    owner = name.rsplit(".", 1)[0]
+    return Dequantized(t, model.get_submodule(owner))
 
 
 def adapter_state(named: dict[str, torch.Tensor]) -> dict:

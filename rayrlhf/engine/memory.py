@@ -201,6 +201,13 @@ class _Role:
     lm_head: bool = True
 
 
+def reward_rows(cfg) -> int:
+    """Rows a reward model scores at once: PPO's forward micro-batch, or RS_SCORE_ROWS (the
+    plan and rayrlhf.driver.roles both read it here)."""
+    ppo = getattr(cfg, "ppo", None)
+    return ppo.forward_micro_batch_size if ppo is not None else RS_SCORE_ROWS
+
+
 def planned_roles(command: str, cfg) -> list[str]:
     """The roles a ppo/rs run starts (as rayrlhf.driver.roles places them)."""
     return [r.role for r in _roles(command, cfg)]
@@ -233,12 +240,13 @@ def _roles(command: str, cfg) -> list[_Role]:
                          res.reference.num_workers, 0, fwd))
     out.append(_Role("rollout", "rollout", "resources.rollout", pol.name_or_path, "rollout", cfg.rollout,
                      res.rollout.num_workers))
-    rows = cfg.ppo.forward_micro_batch_size if command == "ppo" else RS_SCORE_ROWS
+    rows = reward_rows(cfg)
     for i, r in enumerate(cfg.rewards):
         if r.model and r.name in res.rewards:
             # Reward models compute in the policy's dtype (rayrlhf.driver.roles).
             out.append(_Role(f"reward/{r.name}", f"rewards[{i}].model", f"resources.rewards.{r.name}", r.model,
-                             "frozen", replace(pol, name_or_path=r.model), res.rewards[r.name].num_workers,
+                             "frozen", replace(pol, name_or_path=r.model, quantization=r.quantization),
+                             res.rewards[r.name].num_workers,
                              0, rows * seq, lm_head=False))
     return out
 
@@ -254,14 +262,15 @@ def _estimate(r: _Role, shape: ModelShape, gpu_bytes: int, on_gpu: bool):
         out.kv_tokens = out.kv_cache // shape.kv_bytes_per_token(e)
         return out
     if r.kind == "frozen":
-        return frozen_bytes(shape, s.dtype, r.lm_head, r.forward_tokens)
+        return frozen_bytes(shape, s.dtype, r.lm_head, r.forward_tokens, s.quantization)
     fsdp = s.strategy == "fsdp"
     autocast = not fsdp and e < 4
     acts = activation_bytes(shape, r.tokens, e, r.lm_head, autocast, r.forward_tokens)
     setup = TrainSetup(dtype=s.dtype, strategy=s.strategy, workers=r.workers, cpu_offload=fsdp and s.cpu_offload,
                        reshard_after_forward=s.reshard_after_forward,
                        gradient_checkpointing=s.gradient_checkpointing, lm_head=r.lm_head,
-                       lora_r=s.lora.r, lora_targets=tuple(s.lora.target_modules))
+                       lora_r=s.lora.r, lora_targets=tuple(s.lora.target_modules),
+                       quantization=s.quantization if s.lora.enabled else "none")
     return trained_bytes(shape, setup, acts)
 
 

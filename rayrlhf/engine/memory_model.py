@@ -37,6 +37,23 @@ NORM_FP32_BYTES = 4
 """HF's RMSNorm computes in float32 and saves that float32 copy of its input for backward."""
 
 
+NF4_BLOCK, NF4_NESTED_BLOCK = 64, 256
+"""bitsandbytes' 4-bit blocks: one absmax per 64 weights; double quantisation stores those as
+uint8 in blocks of 256 with one float32 absmax each (Dettmers et al. 2023, QLoRA section 3)."""
+
+
+def quantized_linear_bytes(fan_in: int, fan_out: int, mode: str) -> int:
+    """What bitsandbytes holds for one ``fan_in x fan_out`` weight. 8bit: int8 weights and one
+    float32 scale per output row. 4bit (NF4, double-quantised): two weights per byte, a uint8
+    absmax per 64-block, a float32 absmax per 256 of those, the second level's 256-entry float32
+    code and float32 offset, and the 16 float32 NF4 levels."""
+    n = fan_in * fan_out
+    if mode == "8bit":
+        return n + 4 * fan_out
+    blocks = math.ceil(n / NF4_BLOCK)
+    return math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK) + 4 * 256 + 4 + 4 * 16
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The architecture fields of a decoder-only ``config.json`` (Llama, Mistral, Qwen2 style)."""
@@ -103,6 +120,17 @@ class ModelShape:
         shapes = self.linear_shapes()
         names = list(shapes) if "all-linear" in targets else [n for n in shapes if n in targets]
         return self.num_layers * sum(r * sum(shapes[n]) for n in names)
+
+    def base_bytes(self, params: int, e: int, quantization: str = "none", rest_bytes: int | None = None) -> int:
+        """A frozen base of ``params`` parameters: all in ``e`` bytes, or with ``quantization``
+        its decoder layers' linear weights as bitsandbytes holds them and the rest (embeddings,
+        norms, biases, heads) in ``rest_bytes`` (default ``e``; float32 for a trained model)."""
+        if quantization == "none":
+            return e * params
+        shapes = self.linear_shapes().values()
+        linear = self.num_layers * sum(i * o for i, o in shapes)
+        quantized = self.num_layers * sum(quantized_linear_bytes(i, o, quantization) for i, o in shapes)
+        return quantized + (e if rest_bytes is None else rest_bytes) * (params - linear)
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -207,6 +235,8 @@ class TrainSetup:
     lora_r: int = 0
     """LoRA adapters of this rank train on a frozen base (0: the whole model trains)."""
     lora_targets: tuple[str, ...] = ("all-linear",)
+    quantization: str = "none"
+    """The frozen base's linear layers in 8bit or 4bit (LoRA only)."""
 
 
 @dataclass
@@ -284,7 +314,8 @@ def _lora_trained_bytes(shape: ModelShape, setup: TrainSetup, acts: Activations,
     trained = {"weights": ADAMW_MASTER * adapters, "grads": ADAMW_GRAD * adapters, "optimizer": ADAMW_STATE * adapters}
     if setup.strategy == "ddp":
         buckets = setup.ddp_buckets if setup.workers > 1 else 0.0
-        out.weights = e * params + trained["weights"]
+        # A quantised base keeps its other frozen weights in float32 (rayrlhf.engine.quant).
+        out.weights = shape.base_bytes(params, e, setup.quantization, rest_bytes=4) + trained["weights"]
         out.grads = int(trained["grads"] * (1 + buckets))
         out.optimizer = trained["optimizer"]
         return out
@@ -303,12 +334,14 @@ def _lora_trained_bytes(shape: ModelShape, setup: TrainSetup, acts: Activations,
     return out
 
 
-def frozen_bytes(shape: ModelShape, dtype: str, lm_head: bool, forward_tokens: int) -> Bytes:
-    """A frozen model (reference, reward model): weights in its dtype, one no-grad forward."""
+def frozen_bytes(shape: ModelShape, dtype: str, lm_head: bool, forward_tokens: int,
+                 quantization: str = "none") -> Bytes:
+    """A frozen model (reference, reward model): weights in its dtype (linear layers quantised
+    with ``quantization``), one no-grad forward."""
     e = DTYPE_BYTES[dtype]
     params = shape.lm_params() if lm_head else shape.scalar_params()
     acts = activation_bytes(shape, 0, e, lm_head, forward_tokens=forward_tokens).forward
-    return Bytes(weights=e * params, activations=acts)
+    return Bytes(weights=shape.base_bytes(params, e, quantization), activations=acts)
 
 
 def rollout_bytes(shape: ModelShape, dtype: str, tp: int, utilization: float, gpu_bytes: int) -> Bytes:

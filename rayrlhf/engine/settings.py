@@ -44,6 +44,8 @@ class EngineSettings:
     """Placement tests: a reserved GPU that is not there is tolerated (compute on CPU)."""
     lora: LoraSection = field(default_factory=LoraSection)
     """Train LoRA adapters (and a scalar head) on frozen base weights instead of the whole model."""
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Frozen base linear layers in 8-bit or 4-bit NF4 (bitsandbytes); a trained model needs lora."""
 
     def load_dtype(self, trainable: bool) -> str:
         """The dtype to load the model in: float32 master weights for a model trained whole;
@@ -55,7 +57,8 @@ class EngineSettings:
         """From a ``ModelSection`` (model, policy, critic, ...) plus role-specific values."""
         return cls(role=role, config_key=config_key, dtype=section.dtype, strategy=section.strategy,
                    cpu_offload=section.cpu_offload, reshard_after_forward=section.reshard_after_forward,
-                   gradient_checkpointing=section.gradient_checkpointing, lora=section.lora, **kwargs)
+                   gradient_checkpointing=section.gradient_checkpointing, lora=section.lora,
+                   quantization=section.quantization, **kwargs)
 
 
 @dataclass

@@ -137,8 +137,9 @@ def full_tensor(t: torch.Tensor, device: torch.device | str = "cpu", dtype: torc
     from torch.distributed.tensor import DTensor
 
     from rayrlhf.engine.lora import Merged
+    from rayrlhf.engine.quant import Dequantized
 
-    if isinstance(t, Merged):
+    if isinstance(t, (Merged, Dequantized)):
         full = t.full(lambda part: full_tensor(part, device))
     else:
         full = (t.full_tensor() if isinstance(t, DTensor) else t).detach()

@@ -341,3 +341,43 @@ def test_llama2_70b_lora_fits_8_gpus_without_offload_and_needs_no_reference(tmp_
     # A reference model of its own on another folder is still planned and started.
     other = load_config(PPOConfig, path, ["reference.name_or_path=meta-llama/Llama-2-13b-hf"])
     assert not other.reference_from_policy and "reference" in plan_memory("ppo", other).roles()
+
+
+# -- quantised base weights -----------------------------------------------------------------------
+
+def test_quantized_base_bytes_by_hand():
+    from rayrlhf.engine.memory_model import frozen_bytes
+
+    shape = ModelShape(vocab_size=1000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                       num_kv_heads=1, head_dim=32)
+    # Linear weights per layer: q, o 4,096; k, v 2,048; gate, up, down 8,192: 36,864, so 73,728
+    # of the 202,048 parameters; the other 128,320 (embeddings, head, norms) are not quantised.
+    assert shape.lm_params() == 202_048
+    # 8bit: a byte per weight + a float32 scale per output row (q, o 64; k, v 32; gate, up 128;
+    # down 64): 36,864 + 4 x 512 = 38,912 per layer.
+    assert frozen_bytes(shape, "bfloat16", True, 0, "8bit").weights == 2 * 38_912 + 2 * 128_320
+    # 4bit: n/2 + n/64 (uint8 absmax) + 4 per 256 blocks + 1,092 per tensor (the 256-entry
+    # float32 code, offset, 16 NF4 levels): q, o 3,208; k, v 2,152; gate, up, down 5,320.
+    per_layer = 2 * 3_208 + 2 * 2_152 + 3 * 5_320
+    assert per_layer == 26_680
+    assert frozen_bytes(shape, "bfloat16", True, 0, "4bit").weights == 2 * per_layer + 2 * 128_320
+    # Trained (QLoRA): the unquantised rest in float32, the r=8 adapters (16,384) in float32.
+    acts = activation_bytes(shape, 0, 2, True)
+    b = trained_bytes(shape, TrainSetup(dtype="bfloat16", lora_r=8, quantization="4bit"), acts)
+    assert b.weights == 2 * per_layer + 4 * 128_320 + 4 * 16_384
+
+
+def test_llama2_70b_in_4bit_is_a_quarter_of_bf16():
+    from rayrlhf.engine.memory import read_model_config
+    from rayrlhf.engine.memory_model import frozen_bytes
+
+    shape = ModelShape.from_config(read_model_config("meta-llama/Llama-2-70b-hf", "policy.name_or_path"))
+    bf16 = frozen_bytes(shape, "bfloat16", True, 0).weights
+    nf4 = frozen_bytes(shape, "bfloat16", True, 0, "4bit").weights
+    int8 = frozen_bytes(shape, "bfloat16", True, 0, "8bit").weights
+    # 68.98B parameters, 68.45B of them in linear layers: 128.5 GiB in bf16; NF4 at 4.127 bits
+    # a weight (0.5 + 1/64 + 4/16,384 bytes) keeps 32.9 GiB of those, plus 1 GiB of embeddings
+    # and head in bf16.
+    assert round(bf16 / 2**30, 1) == 128.5
+    assert round(nf4 / 2**30, 1) == 33.9
+    assert round(int8 / 2**30, 1) == 64.8  # 8.0 bits a weight (row scales are 0.0005 bit)
