@@ -73,14 +73,14 @@ class ReviseConfig:
     ``revise.max_rounds`` rounds. Writes rounds.jsonl, revised_sft.jsonl, revised_pairs.jsonl
     and summary.json.
 
-    The judge: with ``judge.name_or_path`` empty or equal to the policy's, the policy's own
+    The judge: without ``judge``, or with ``judge.name_or_path`` equal to the policy's, the policy's own
     fleet judges (one model, as in Constitutional AI's self-critique); otherwise the judge is
     a separate model with its own fleet (``judge_rollout``, ``judge_resources``)."""
 
     policy: ModelSection = field(default_factory=ModelSection)
     """The model that critiques and revises (and samples responses for ``data.prompts``)."""
-    judge: ModelSection = field(default_factory=ModelSection)
-    """The judge model; empty name_or_path: the policy judges itself on its own fleet."""
+    judge: Optional[ModelSection] = None
+    """A separate judge model; none (or the policy's own path): the policy judges on its own fleet."""
     data: ReviseDataSection = field(default_factory=ReviseDataSection)
     revise: ReviseSection = field(default_factory=ReviseSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
@@ -99,7 +99,7 @@ class ReviseConfig:
 
     @property
     def separate_judge(self) -> bool:
-        return bool(self.judge.name_or_path) and self.judge.name_or_path != self.policy.name_or_path
+        return self.judge is not None and self.judge.name_or_path != self.policy.name_or_path
 
     @property
     def judge_model(self) -> ModelSection:

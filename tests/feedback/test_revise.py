@@ -171,3 +171,24 @@ def test_template_checks():
     problems = bad.validate()
     assert "critique_request: must contain {principle}" in problems
     assert any(p.startswith("rejection: must contain {reason}") for p in problems)
+
+
+def test_a_pipeline_stage_of_kind_revise(tmp_path):
+    import io
+
+    from rayrlhf.config import load_config
+    from rayrlhf.config.revise import ReviseConfig
+    from rayrlhf.driver.pipeline import PipelineConfig, print_report, resolve_pipeline
+
+    cfg = load_config(PipelineConfig, data={"run": {"output_dir": str(tmp_path), "name": "p"}, "stages": [
+        {"name": "toyworld", "kind": "toyworld"},
+        {"name": "clean", "kind": "revise", "config": {
+            "policy": {"name_or_path": "{toyworld}/base_model"},
+            "data": {"sft": ["{toyworld}/data/sft_train.jsonl"]}, "revise": {"max_rounds": 3}}}]})
+    _, run_dir, configs = resolve_pipeline(cfg)
+    assert isinstance(configs[1], ReviseConfig) and configs[1].revise.max_rounds == 3
+    assert configs[1].data.sft == [f"{run_dir}/toyworld/data/sft_train.jsonl"] and not configs[1].separate_judge
+    out = io.StringIO()
+    print_report({"clean": {"kind": "revise", "revise/accepted": 3, "revise/items": 4, "revise/mean_rounds": 1.5,
+                            "revise/max_rounds": 3, "revise/pairs": 3}}, out=out)
+    assert "3/4 responses revised and accepted by the judge in 1.50 rounds on average (at most 3); 3 " in out.getvalue()
