@@ -15,6 +15,9 @@ rejected revision) by a principle drawn for (seed, item, round); (2) revision gi
 critique and, after a rejection, the judge's reason; (3) the judge's P(acceptable) of the
 revision; at or above ``accept_threshold`` the item is done, below it the judge is asked why
 and the item goes on, until ``max_rounds``.
+
+Each round's items are rated in one call to the judge, so a judge template that samples one of
+its own principles draws it by the item's place in that call; the bundled one shows them all.
 """
 from __future__ import annotations
 

@@ -105,11 +105,11 @@ def _start(cfg, run_dir: str):
         raise
 
 
-def sample_responses(reviser: Reviser, items: list[Item]) -> None:
+def sample_responses(generate, tokenizer, items: list[Item]) -> None:
     """The policy's response to each prompt, in place (``data.prompts``)."""
     from rayrlhf.data.tokenize import render_prompt
 
-    texts = reviser._generate([render_prompt(reviser.tok, it.prompt) for it in items])
+    texts = generate([render_prompt(tokenizer, it.prompt) for it in items])
     for it, text in zip(items, texts):
         it.response = text.strip()
 
@@ -167,7 +167,7 @@ def run_revise(cfg, resume: bool = False) -> dict:
         judge_generate = generate if judge_roles is roles else _Calls(judge_roles)
         reviser = _reviser(cfg, template, jt, tok, jtok, generate, judge_roles.fleet.choice_logprobs, judge_generate)
         if sampled:
-            sample_responses(reviser, items)
+            sample_responses(generate, tok, items)
         rounds = revise_all(reviser, items, cfg.revise.items_per_call)
     finally:
         for r in {id(roles): roles, id(judge_roles): judge_roles}.values():

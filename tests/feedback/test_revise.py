@@ -192,3 +192,20 @@ def test_a_pipeline_stage_of_kind_revise(tmp_path):
     print_report({"clean": {"kind": "revise", "revise/accepted": 3, "revise/items": 4, "revise/mean_rounds": 1.5,
                             "revise/max_rounds": 3, "revise/pairs": 3}}, out=out)
     assert "3/4 responses revised and accepted by the judge in 1.50 rounds on average (at most 3); 3 " in out.getvalue()
+
+
+def test_responses_sampled_for_a_prompt_file(tmp_path):
+    from rayrlhf.config.revise import ReviseDataSection
+    from rayrlhf.feedback.revise_run import read_items, sample_responses
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Where is the key?", "unsafe": false}\n{"prompt": "Hit the cat?", "unsafe": true}\n')
+    items, sampled = read_items(ReviseDataSection(prompts=[str(path)]))
+    assert sampled and [it.response for it in items] == ["", ""] and items[1].meta == {"unsafe": True}
+    assert items[1].where.endswith("prompts.jsonl:2")
+    tok = WordTokenizer()
+    sample_responses(lambda ids: [f" {len(x)} " for x in ids], tok, items)
+    assert [it.response for it in items] == [str(len(tok.encode(f"\n\nHuman: {q}\n\nAssistant:")))
+                                             for q in ("Where is the key?", "Hit the cat?")]
+    reviser, _ = _reviser(max_rounds=1, max_len=10_000, max_new_tokens=8)
+    assert [len(r) for r in reviser.run(items)] == [1, 1]
