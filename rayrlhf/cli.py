@@ -10,6 +10,7 @@
     rayrlhf rs --config jobs/toyworld_rs.yaml                    # best-of-K rejection sampling rounds
     rayrlhf best-of-k --config jobs/toyworld_rs.yaml rs.k=16     # select the best of K, no training
     rayrlhf label --config jobs/toyworld_label.yaml              # an AI judge labels preference pairs
+    rayrlhf revise --config jobs/toyworld_revise.yaml            # critique and revision by a constitution
     rayrlhf compare --config jobs/toyworld_compare.yaml          # methods on one gold reward-KL frontier
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config (judge, data.pairs, label.template)")
     p.add_argument("--resume", action="store_true", help="label again into the same run folder")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. label.orders=first")
+    p = sub.add_parser("revise", help="critique and revision (Constitutional AI): the policy revises responses "
+                                      "until a judge accepts them; revised SFT rows and preference pairs")
+    p.add_argument("--config", required=True, help="YAML config (policy, judge, data.sft or data.prompts, revise)")
+    p.add_argument("--resume", action="store_true", help="revise again into the same run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. revise.max_rounds=3")
     p = sub.add_parser("pipeline", help="run the stages of a pipeline config in order")
     p.add_argument("--config", required=True)
     p.add_argument("--rerun", metavar="STAGE", default=None,
@@ -166,6 +172,13 @@ def _dispatch(args) -> int:
         from rayrlhf.feedback.label import run_label
 
         print(json.dumps(run_label(load_config(LabelConfig, args.config, args.overrides), resume=args.resume), indent=1))
+        return 0
+    if args.command == "revise":
+        from rayrlhf.config.revise import ReviseConfig
+        from rayrlhf.feedback.revise_run import run_revise
+
+        print(json.dumps(run_revise(load_config(ReviseConfig, args.config, args.overrides), resume=args.resume),
+                         indent=1))
         return 0
     if args.command == "report":
         from rayrlhf.report import write_report

@@ -34,7 +34,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 class StageSpec:
     name: str = ""
     """Stage name: its folder under the run and the key other stages reference as {name}."""
-    kind: Literal["toyworld", "label", "sft", "rm", "dpo", "rrhf", "rs", "ppo"] = "sft"
+    kind: Literal["toyworld", "label", "revise", "sft", "rm", "dpo", "rrhf", "rs", "ppo"] = "sft"
     """What the stage runs."""
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's own configuration: the same tree its stand-alone command takes."""
@@ -119,6 +119,10 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
         from rayrlhf.config.label import LabelConfig
 
         return load_config(LabelConfig, data=data)
+    if spec.kind == "revise":
+        from rayrlhf.config.revise import ReviseConfig
+
+        return load_config(ReviseConfig, data=data)
     return load_config(STAGES[spec.kind], data=data)
 
 
@@ -152,7 +156,7 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
     known = pipeline_model_configs(cfg, run_dir, configs)
     problems = []
     for spec, stage_cfg in zip(cfg.stages, configs):
-        if spec.kind not in ("toyworld", "label"):
+        if spec.kind not in ("toyworld", "label", "revise"):
             try:
                 check_memory(spec.kind, stage_cfg, known)
             except ConfigError as e:
@@ -336,6 +340,10 @@ def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout,
                 from rayrlhf.feedback.label import run_label
 
                 summary = run_label(stage_cfg, resume=plan.action == "resume")
+            elif spec.kind == "revise":
+                from rayrlhf.feedback.revise_run import run_revise
+
+                summary = run_revise(stage_cfg, resume=plan.action == "resume")
             else:
                 summary = run_train_stage(spec.kind, stage_cfg, resume=plan.action == "resume")
             print_summary(spec.name, summary, out=out)
@@ -382,6 +390,10 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   f"{s.get('label/agreement_gold', float('nan')):.1%} (one order: "
                   f"{s.get('label/agreement_gold_one_order', float('nan')):.1%}); position bias "
                   f"{s.get('label/position_bias', float('nan')):+.3f}", file=out)
+        elif kind == "revise":
+            print(f"{name:>12}: {s.get('revise/accepted')}/{s.get('revise/items')} responses revised and accepted "
+                  f"by the judge in {s.get('revise/mean_rounds') or float('nan'):.2f} rounds on average "
+                  f"(at most {s.get('revise/max_rounds')}); {s.get('revise/pairs')} preference pairs", file=out)
         elif kind == "dpo":
             print(f"{name:>12}: held-out reward accuracy {s.get('eval/rewards/accuracies', float('nan')):.1%}, "
                   f"margin {s.get('eval/rewards/margins', float('nan')):.3f} in {s.get('seconds')} s", file=out)
