@@ -33,9 +33,9 @@ class ToyworldConfig:
     """Share of SFT and preference rows written to the *_eval files."""
     n_judge: int = 0
     """Judge demonstrations: this many helpfulness and this many safety pairs (gold-ordered,
-    gold ties left out), each in both orders, rendered with the bundled toyworld judge template
-    and the answer, in judge_sft_{train,eval}.jsonl (fine-tune a judge on them with
-    `rayrlhf sft`); 0 writes none."""
+    gold ties left out), each in both orders, rendered with the bundled toyworld_helpfulness and
+    toyworld_safety judge templates and the answer, in judge_{helpfulness,safety}_sft_{train,eval}.jsonl
+    (fine-tune a judge on them with `rayrlhf sft`); 0 writes none."""
     vocab_size: int = 512
     """Size of the byte-level BPE vocabulary trained on the task's text."""
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
@@ -56,30 +56,31 @@ def _texts(path: str):
 
 
 def write_judge_demonstrations(data_dir: str, files: dict[str, str], n: int, seed: int) -> dict[str, str]:
-    """judge_sft_{train,eval}.jsonl: the first ``n`` pairs of each preference set whose gold
-    scores differ, each in both orders, the better by gold as the answer. The judge so trained
-    stands in for a capable LLM that knows the world's rules (the constitution states them), as
-    RLAIF's judges are not trained on the labels they replace; ties in gold teach nothing."""
+    """judge_{helpfulness,safety}_sft_{train,eval}.jsonl: the first ``n`` pairs of each
+    preference set whose gold scores differ, each in both orders, the better by that set's gold
+    score as the answer, in the prompt of the bundled toyworld_<set> judge template. A judge so
+    trained stands in for a capable LLM that knows the world's rules (its constitution states
+    them), as RLAIF's judges are not trained on the labels they replace; ties teach nothing."""
     from rayrlhf.data.formats import read_records
     from rayrlhf.data.schema import PreferenceRecord
     from rayrlhf.feedback.judge_data import judge_sft_rows
     from rayrlhf.feedback.template import load_template
 
-    template, out = load_template("toyworld"), {}
-    for split in ("train", "eval"):
-        rows = []
-        for kind in ("helpfulness", "safety"):
+    out = {}
+    for kind in ("helpfulness", "safety"):
+        template = load_template(f"toyworld_{kind}")
+        for split in ("train", "eval"):
             gold_ordered = []
             for r in read_records(files[f"pref_{kind}_{split}"], "preference").records:
                 gc, gr = r.meta["gold_chosen"], r.meta["gold_rejected"]
                 if gc != gr:
                     better, worse = (r.chosen, r.rejected) if gc > gr else (r.rejected, r.chosen)
                     gold_ordered.append(PreferenceRecord(r.prompt, better, worse))
-            rows += judge_sft_rows(template, gold_ordered[: n if split == "train" else max(1, n // 10)], seed)
-        path = os.path.join(data_dir, f"judge_sft_{split}.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        out[f"judge_sft_{split}"] = path
+            rows = judge_sft_rows(template, gold_ordered[: n if split == "train" else max(1, n // 10)], seed)
+            path = os.path.join(data_dir, f"judge_{kind}_sft_{split}.jsonl")
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            out[f"judge_{kind}_sft_{split}"] = path
     return out
 
 
@@ -97,7 +98,8 @@ def run_toyworld(cfg: ToyworldConfig) -> dict:
         corpus = [t for key in ("sft_train", "pref_helpfulness_train", "pref_safety_train")
                   for t in _texts(files[key])]
         if cfg.n_judge:  # the template's words, so that a judge's prompt is not spelled out in bytes
-            corpus += [t for i, t in enumerate(_texts(files["judge_sft_train"])) if i < 64]
+            corpus += [t for key in ("judge_helpfulness_sft_train", "judge_safety_sft_train")
+                       for i, t in enumerate(_texts(files[key])) if i < 64]
         tok = train_tiny_tokenizer(corpus, vocab_size=cfg.vocab_size, out_dir=os.path.join(tmp, "tokenizer"))
         model = build_tiny_llama(tok, cfg.model, seed=cfg.seed, out_dir=os.path.join(tmp, "base_model"))
         n_params = sum(p.numel() for p in model.parameters())

@@ -74,7 +74,7 @@ def test_prompts_without_the_reference_are_named_before_start():
     rows = [PromptRecord(PROMPTS[0], Source("p.jsonl", 1), {"reference": "In the kitchen."}),
             PromptRecord(PROMPTS[0], Source("p.jsonl", 2), {}),
             PromptRecord(PROMPTS[0], Source("p.jsonl", 3), {"reference": 3})]
-    sources = [RewardSourceSection(name="judge", model="m", judge="toyworld")]
+    sources = [RewardSourceSection(name="judge", model="m", judge="toyworld_helpfulness")]
     with pytest.raises(DataValidationError) as e:
         check_references(sources, rows)
     assert [(p.line, p.field) for p in e.value.problems] == [(2, "reference"), (3, "reference")]

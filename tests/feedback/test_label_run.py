@@ -26,7 +26,7 @@ def ray_cluster(tmp_path_factory):
 def _cfg(world, out, **label):
     return {"judge": {"name_or_path": f"{world}/base_model"},
             "data": {"pairs": [f"{world}/data/pref_helpfulness_train.jsonl"], "limit": N},
-            "label": {"template": "toyworld", "pairs_per_call": 4, "call_timeout_s": 120, **label},
+            "label": {"template": "toyworld_helpfulness", "pairs_per_call": 4, "call_timeout_s": 120, **label},
             "rollout": {"backend": "hf", "max_model_len": 512},
             "resources": {"rollout": {"num_workers": 2, "cpus_per_worker": 0.5}},
             "run": {"output_dir": str(out), "name": "label", "seed": 3}}
@@ -43,7 +43,7 @@ def labelled(judge_world, ray_cluster, tmp_path_factory):
 def test_labels_equal_the_judge_in_process(judge_world, hf_judge, labelled):
     summary, rows = labelled
     records = read_records(f"{judge_world}/data/pref_helpfulness_train.jsonl", "preference", limit=N).records
-    labels = Judge(load_template("toyworld"), hf_judge.tokenizer, hf_judge.choice_logprobs, seed=3).label(
+    labels = Judge(load_template("toyworld_helpfulness"), hf_judge.tokenizer, hf_judge.choice_logprobs, seed=3).label(
         [r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records])
     assert len(rows) == N == summary["label/pairs"]
     for r, row, p_a in zip(records, rows, labels.p_a.tolist()):
@@ -55,7 +55,7 @@ def test_labels_equal_the_judge_in_process(judge_world, hf_judge, labelled):
         gold = (r.meta["gold_chosen"], r.meta["gold_rejected"])
         assert (row["gold_chosen"], row["gold_rejected"]) == (gold if p_a >= 0.5 else gold[::-1])
         assert row["input_margin"] == r.margin_label and row["source"].endswith(f":{r.source.line}")
-        assert row["judge"]["principles"][0] in load_template("toyworld").constitution
+        assert row["judge"]["principles"][0] in load_template("toyworld_helpfulness").constitution
 
 
 def test_summary_is_what_the_rows_say(labelled):

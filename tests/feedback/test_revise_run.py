@@ -144,7 +144,7 @@ def test_bad_input_stops_before_any_actor(judge_world, sft_file, tmp_path):
     with pytest.raises(ConfigError, match=r"critique_request: must contain \{principle\}"):
         run_revise(load_config(ReviseConfig, data=_cfg(judge_world, sft_file, tmp_path, template=str(bad))))
     with pytest.raises(ConfigError, match="needs a kind direct judge template"):
-        run_revise(load_config(ReviseConfig, data=_cfg(judge_world, sft_file, tmp_path, judge_template="toyworld")))
+        run_revise(load_config(ReviseConfig, data=_cfg(judge_world, sft_file, tmp_path, judge_template="toyworld_helpfulness")))
     cfg = _cfg(judge_world, sft_file, tmp_path)
     cfg["rollout"]["max_model_len"] = 200
     with pytest.raises(ConfigError, match=r"sft.jsonl:1: the revision prompt needs \d+ tokens"):

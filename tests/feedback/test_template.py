@@ -44,9 +44,10 @@ def test_a_bad_template_file_names_each_key(tmp_path):
     assert "few_shot[0].response_1: required" in msg and "few_shot[0].preferred: must be 1 or 2, got 3" in msg
 
 
-def test_the_bundled_toyworld_template_loads_by_name():
-    t = load_template("toyworld")
+def test_the_bundled_toyworld_templates_load_by_name():
+    t = load_template("toyworld_helpfulness")
     assert t.ending == "Preferred Response = " and len(t.constitution) == 3
+    assert load_template("toyworld_safety").preamble == "Which response is safer?"
 
 
 def test_the_ending_can_close_the_question_instead_of_opening_the_reply():
