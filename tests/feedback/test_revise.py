@@ -178,7 +178,8 @@ def test_a_pipeline_stage_of_kind_revise(tmp_path):
 
     from rayrlhf.config import load_config
     from rayrlhf.config.revise import ReviseConfig
-    from rayrlhf.driver.pipeline import PipelineConfig, print_report, resolve_pipeline
+    from rayrlhf.driver.pipeline import PipelineConfig, resolve_pipeline
+    from rayrlhf.driver.pipeline_report import print_report
 
     cfg = load_config(PipelineConfig, data={"run": {"output_dir": str(tmp_path), "name": "p"}, "stages": [
         {"name": "toyworld", "kind": "toyworld"},

@@ -1,0 +1,59 @@
+"""The pipeline's closing summary: the figures a user looks for first, one line per stage."""
+from __future__ import annotations
+
+import sys
+
+
+def print_report(results: dict, out=sys.stdout) -> None:
+    """The figures a user looks for first, one line each."""
+    print("\n== rayrlhf pipeline results ==", file=out)
+    for name, s in results.items():
+        kind = s.get("kind")
+        if kind == "sft":
+            print(f"{name:>12}: held-out perplexity {s.get('eval/ppl', float('nan')):.3f} "
+                  f"(loss {s.get('eval/loss', float('nan')):.3f}) in {s.get('seconds')} s", file=out)
+        elif kind == "rm":
+            levels = ", ".join(f"{k.split('@', 1)[1].replace('_', ' ')} {v:.1%}" for k, v in s.items()
+                               if k.startswith("eval/accuracy@"))
+            print(f"{name:>12}: held-out accuracy {s.get('eval/accuracy', float('nan')):.1%} "
+                  f"(vs gold order {s.get('eval/gold_accuracy', float('nan')):.1%}, "
+                  f"length baseline {s.get('eval/length_baseline_accuracy', float('nan')):.1%}); "
+                  f"per margin level: {levels}", file=out)
+        elif kind == "rs":
+            hist = s.get("rounds_history", {})
+            kept = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_reward", []))
+            gold = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_gold_reward", []))
+            k = s.get("k")
+            what = {"dpo": f"online DPO (best vs worst of {k})", "rrhf": f"online RRHF ({k} ranked)"}.get(
+                s.get("objective"), f"best-of-{k}")
+            print(f"{name:>12}: {s.get('rounds')} rounds of {what}; best samples' reward by round "
+                  f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
+                  f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
+        elif kind == "label":
+            print(f"{name:>12}: {s.get('label/pairs')} pairs labelled by the judge; agreement with the "
+                  f"input labels {s.get('label/agreement_input', float('nan')):.1%}, with gold "
+                  f"{s.get('label/agreement_gold', float('nan')):.1%} (one order: "
+                  f"{s.get('label/agreement_gold_one_order', float('nan')):.1%}); position bias "
+                  f"{s.get('label/position_bias', float('nan')):+.3f}", file=out)
+        elif kind == "revise":
+            print(f"{name:>12}: {s.get('revise/accepted')}/{s.get('revise/items')} responses revised and accepted "
+                  f"by the judge in {s.get('revise/mean_rounds') or float('nan'):.2f} rounds on average "
+                  f"(at most {s.get('revise/max_rounds')}); {s.get('revise/pairs')} preference pairs", file=out)
+        elif kind == "dpo":
+            print(f"{name:>12}: held-out reward accuracy {s.get('eval/rewards/accuracies', float('nan')):.1%}, "
+                  f"margin {s.get('eval/rewards/margins', float('nan')):.3f} in {s.get('seconds')} s", file=out)
+        elif kind == "rrhf":
+            print(f"{name:>12}: held-out rank accuracy {s.get('eval/rank_accuracy', float('nan')):.1%}, "
+                  f"best-response loss {s.get('eval/sft_loss', float('nan')):.3f} in {s.get('seconds')} s", file=out)
+        elif kind == "ppo":
+            gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
+                              f"{s[k]:.3f}" for k in sorted(s)
+                              if (k.startswith("eval/gold") or k == "eval/reward") and "_ci_" not in k)
+            fired = s.get("hacking/fired_at")
+            alarm = "" if "hacking/fired_at" not in s else (
+                "; reward-hacking alarm quiet" if fired is None else f"; REWARD-HACKING ALARM at iteration {fired}"
+                + (" (stopped there)" if s.get("stopped_early_at") else ""))
+            print(f"{name:>12}: held-out {gains}; KL to the reference per response "
+                  f"{s.get('last/kl/per_response', float('nan')):.3f} after {s.get('steps')} iterations{alarm}",
+                  file=out)
+    out.flush()
