@@ -207,7 +207,11 @@ def test_command_job_config_loads(command, path):
         cfg, pipe, _, configs, _ = load_compare(path)
         assert len(configs) == len(pipe.stages) > len(cfg.compare.methods)
     else:
-        cfg = load_config({**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command], path)
+        from rayrlhf.config.label import LabelConfig
+        from rayrlhf.config.revise import ReviseConfig
+
+        commands = {**STAGES, "ppo": PPOConfig, "rs": RSConfig, "label": LabelConfig, "revise": ReviseConfig}
+        cfg = load_config(commands[command], path)
     assert cfg.run.name == os.path.basename(path).removesuffix(".yaml")
 
 

@@ -21,14 +21,19 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   f"per margin level: {levels}", file=out)
         elif kind == "rs":
             hist = s.get("rounds_history", {})
+            # The gated gold reward where the run measures it, else its first gold score.
+            golds = sorted(k.split("/", 1)[1] for k in s if k.startswith("eval/gold_") and "@" not in k
+                           and "_ci_" not in k)
+            g = "gold_reward" if "gold_reward" in golds else (golds[0] if golds else "gold_reward")
             kept = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_reward", []))
-            gold = " -> ".join(f"{v:.3f}" for v in hist.get("rs/kept_gold_reward", []))
+            gold = " -> ".join(f"{v:.3f}" for v in hist.get(f"rs/kept_{g}", []))
             k = s.get("k")
             what = {"dpo": f"online DPO (best vs worst of {k})", "rrhf": f"online RRHF ({k} ranked)"}.get(
                 s.get("objective"), f"best-of-{k}")
+            gold = f" ({g.replace('_', ' ')} {gold})" if gold else ""
             print(f"{name:>12}: {s.get('rounds')} rounds of {what}; best samples' reward by round "
-                  f"{kept} (gold {gold}); held-out gold reward {s.get('before/gold_reward', float('nan')):.3f} -> "
-                  f"{s.get('eval/gold_reward', float('nan')):.3f}", file=out)
+                  f"{kept}{gold}; held-out {g.replace('_', ' ')} "
+                  f"{s.get('before/' + g, float('nan')):.3f} -> {s.get('eval/' + g, float('nan')):.3f}", file=out)
         elif kind == "label":
             print(f"{name:>12}: {s.get('label/pairs')} pairs labelled by the judge; agreement with the "
                   f"input labels {s.get('label/agreement_input', float('nan')):.1%}, with gold "
