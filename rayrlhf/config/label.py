@@ -21,9 +21,14 @@ class LabelDataSection:
     """Split to read from hub datasets."""
     limit: Optional[int] = None
     """Read at most this many rows per source."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
+    files whose columns have other names; applied before the format is detected."""
 
     def validate(self) -> list[str]:
-        return [] if self.pairs else ["pairs: required: at least one preference file, folder or dataset"]
+        from rayrlhf.data.columns import check
+
+        return check(self.columns) + ([] if self.pairs else ["pairs: required: at least one preference file, folder or dataset"])
 
 
 @dataclass

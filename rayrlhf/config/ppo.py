@@ -59,9 +59,14 @@ class PromptDataSection:
     """Read at most this many rows per source (quick experiments)."""
     eval_limit: Optional[int] = None
     """Evaluate on at most this many held-out prompts."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
+    files whose columns have other names; applied before the format is detected."""
 
     def validate(self) -> list[str]:
-        return [] if self.train else ["train: required: at least one prompt source"]
+        from rayrlhf.data.columns import check
+
+        return check(self.columns) + ([] if self.train else ["train: required: at least one prompt source"])
 
 
 @dataclass

@@ -23,12 +23,18 @@ class ReviseDataSection:
     """Split to read from hub datasets."""
     limit: Optional[int] = None
     """Read at most this many rows per source."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
+    files whose columns have other names; applied before the format is detected."""
 
     def validate(self) -> list[str]:
+        from rayrlhf.data.columns import check
+
+        out = check(self.columns)
         if bool(self.sft) == bool(self.prompts):
-            return ["sft / prompts: give exactly one: SFT rows whose responses are revised, or prompts "
-                    "whose responses the policy samples"]
-        return []
+            out.append("sft / prompts: give exactly one: SFT rows whose responses are revised, or prompts "
+                       "whose responses the policy samples")
+        return out
 
 
 @dataclass

@@ -137,7 +137,8 @@ class DataSection:
     """Held-out sources; if empty, eval_fraction of train is held out (by a seeded split)."""
     format: str = "auto"
     """Row format (auto, explicit, implicit, hh-rlhf, rm-static, stack-exchange-paired,
-    ranked for preferences; messages, prompt-completion for SFT)."""
+    ranked, sharegpt for preferences; messages, prompt-completion, prompt-response, sharegpt,
+    alpaca for SFT)."""
     split: str = "train"
     """Split to read from hub datasets."""
     eval_fraction: float = 0.05
@@ -151,9 +152,14 @@ class DataSection:
     them) or drop (leave them out, print how many, and list them in data_report.json)."""
     limit: Optional[int] = None
     """Read at most this many rows per source (quick experiments)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
+    files whose columns have other names; applied before the format is detected."""
 
     def validate(self) -> list[str]:
-        out = []
+        from rayrlhf.data.columns import check
+
+        out = check(self.columns)
         if not self.train:
             out.append("train: required: at least one file, folder or dataset name")
         if not 0.0 <= self.eval_fraction < 1.0:

@@ -1,6 +1,7 @@
 """``rayrlhf data validate FILE [FILE...]``: check data files before a run spends time on them.
 
     rayrlhf data validate prefs.jsonl --kind preference --tokenizer ./tok --max-prompt-tokens 512
+    rayrlhf data validate qa.jsonl --columns prompt=question,chosen=better,rejected=worse
 
 Prints one line per problem to stderr (``file:line: field: reason``) and one summary line per
 source to stdout; exits 1 if there was any problem, else 0. ``rayrlhf data agreement`` and
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rayrlhf.data import columns as mapping
 from rayrlhf.data.annotators_cli import add_parsers, run_aggregate, run_agreement
 from rayrlhf.data.formats import FORMATS, KINDS
 from rayrlhf.data.validate import validate_source
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--split", default="train",
                           help="split of a hub dataset or saved DatasetDict")
     validate.add_argument("--limit", type=int, help="read at most this many rows of each source")
+    validate.add_argument("--columns", default="", metavar="OURS=THEIRS,...",
+                          help="read the file's column THEIRS as our OURS (prompt=question,chosen=better)")
     add_parsers(commands)
     return parser
 
@@ -56,6 +60,13 @@ def main(argv: list[str]) -> int:
     limits = args.max_prompt_tokens is not None or args.max_response_tokens is not None
     if limits and not args.tokenizer:
         parser.error("--max-prompt-tokens / --max-response-tokens need --tokenizer")
+    try:
+        columns = mapping.parse(args.columns)
+        wrong = mapping.check(columns)
+    except ValueError as e:
+        wrong = [str(e)]
+    if wrong:
+        parser.error("--" + "; ".join(wrong))
     tokenizer = None
     if args.tokenizer:
         from rayrlhf.models.tokenizer import load_tokenizer
@@ -66,7 +77,7 @@ def main(argv: list[str]) -> int:
         try:
             result, problems = validate_source(
                 source, args.kind, args.format, tokenizer, args.max_prompt_tokens,
-                args.max_response_tokens, args.split, args.limit,
+                args.max_response_tokens, args.split, args.limit, columns,
             )
         except (OSError, ValueError) as e:
             print(f"{source}: cannot read: {e}", file=sys.stderr)

@@ -11,8 +11,12 @@ Preference formats (``kind="preference"``):
     rm-static              prompt transcript, chosen, rejected replies (Dahoas/rm-static)
     stack-exchange-paired  question, response_j (better), response_k (lvwerra/stack-exchange-paired)
     ranked                 prompt, responses best first or ``scores`` (InstructGPT's K-way rankings)
-SFT formats (``kind="sft"``): messages, prompt-completion, prompt-response.
-Prompt formats (``kind="prompt"``): prompt, messages, and every preference format (its prompts).
+    sharegpt               conversations (ShareGPT from/value turns), chosen, rejected replies
+SFT formats (``kind="sft"``): messages, prompt-completion, prompt-response, sharegpt
+(``conversations`` ending with the gpt turn), alpaca (instruction, optional input, output).
+Prompt formats (``kind="prompt"``): prompt, messages, sharegpt, alpaca (instruction, input), and
+every preference format (its prompts). ShareGPT and Alpaca are read by ``chat_formats``.
+``columns`` maps our column names to a file's (``{"prompt": "question"}``; ``columns.py``).
 Any preference row may carry ``margin``: a Llama 2 label or a number, and ``p_chosen``: a soft
 label, the probability in [0, 1] that ``chosen`` is preferred (`rayrlhf label` writes it; the
 reward-model and DPO losses use it). Columns a format does not use go to ``meta``.
@@ -23,10 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
+from rayrlhf.data import chat_formats as chat
+from rayrlhf.data import columns as mapping
 from rayrlhf.data import fields, hh
 from rayrlhf.data.problems import ROW, Problem, RowError, describe
-from rayrlhf.data.schema import PreferenceRecord, PromptRecord, Source, SFTRecord
-from rayrlhf.data.sources import open_rows
+from rayrlhf.data.rows import Context as _Context
+from rayrlhf.data.rows import meta as _meta
+from rayrlhf.data.rows import pair as _pair
+from rayrlhf.data.schema import PromptRecord, Source, SFTRecord
+from rayrlhf.data.sources import Row, open_rows
 
 KINDS = ("preference", "sft", "prompt")
 
@@ -49,25 +58,6 @@ class ReadResult:
     """Rows read per file of the source."""
     kind: str = "unknown"
     """``preference``, ``sft`` or ``prompt`` (the detected one when ``kind="auto"``)."""
-
-
-@dataclass
-class _Context:
-    source: Source
-    group: int  # 0-based index of the row in this read
-    dropped: dict[str, int]
-
-
-def _meta(row: dict, used: tuple[str, ...]) -> dict:
-    return {k: v for k, v in row.items() if k not in used and k not in ("margin", "p_chosen")}
-
-
-def _pair(row, used, prompt, chosen, rejected, ctx, **meta) -> PreferenceRecord:
-    label, number = fields.margin(row.get("margin"))
-    return PreferenceRecord(
-        prompt, chosen, rejected, label, number, ctx.source, {**_meta(row, used), **meta},
-        fields.probability(row.get("p_chosen"), "p_chosen"),
-    )
 
 
 # ---- preference -------------------------------------------------------------------------------
@@ -203,6 +193,13 @@ def _prompts_of(parse: Callable) -> Callable:
     return parse_prompts
 
 
+def _sharegpt_prompts(row: dict, ctx: _Context) -> list:
+    """A conversation's prompt; with ``chosen`` and ``rejected``, as every preference format's."""
+    if "chosen" in row and "rejected" in row:
+        return _prompts_of(chat.sharegpt_preference)(row, ctx)
+    return chat.sharegpt_prompt(row, ctx)
+
+
 @dataclass(frozen=True)
 class _Format:
     columns: tuple[str, ...]  # required; missing or null is a problem
@@ -216,31 +213,41 @@ PREFERENCE_FORMATS = {
     "rm-static": _Format(("prompt", "chosen", "rejected"), _rm_static),
     "stack-exchange-paired": _Format(("question", "response_j", "response_k"), _stack_exchange),
     "ranked": _Format(("prompt", "responses"), _ranked),
+    "sharegpt": _Format(("conversations", "chosen", "rejected"), chat.sharegpt_preference),
 }
 SFT_FORMATS = {
     "messages": _Format(("messages",), _sft_messages),
     "prompt-completion": _Format(("prompt", "completion"), _sft_pair("completion")),
     "prompt-response": _Format(("prompt", "response"), _sft_pair("response")),
+    "sharegpt": _Format(("conversations",), chat.sharegpt_sft),
+    "alpaca": _Format(("instruction", "output"), chat.alpaca_sft),
 }
 PROMPT_FORMATS = {
     "prompt": _Format(("prompt",), _prompt),
     "messages": _Format(("messages",), _prompt_messages),
+    "alpaca": _Format(("instruction",), chat.alpaca_prompt),
     **{name: _Format(f.columns, _prompts_of(f.parse)) for name, f in PREFERENCE_FORMATS.items()},
+    "sharegpt": _Format(("conversations",), _sharegpt_prompts),
 }
 FORMATS = {"preference": PREFERENCE_FORMATS, "sft": SFT_FORMATS, "prompt": PROMPT_FORMATS}
 _PREFERENCE_MARKERS = {"chosen", "response_j", "responses"}
+_PROMPT_COLUMNS = (("prompt", "prompt"), ("messages", "messages"), ("conversations", "sharegpt"),
+                   ("instruction", "alpaca"))
 
 
 def detect_kind(row: dict) -> str:
     """``preference`` if the row has chosen (or response_j, responses), ``sft`` if it has a
-    response (messages ending with the assistant, completion, response), else ``prompt``."""
+    response (messages or conversations ending with the assistant, completion, response,
+    output), else ``prompt``."""
     if _PREFERENCE_MARKERS & set(row):
         return "preference"
-    turns = row.get("messages")
-    if isinstance(turns, list) and turns:
-        last = turns[-1]
-        return "sft" if isinstance(last, dict) and last.get("role") == "assistant" else "prompt"
-    if {"completion", "response"} & set(row):
+    for key in ("messages", "conversations"):
+        turns = row.get(key)
+        if isinstance(turns, list) and turns:
+            last = turns[-1]
+            role = last.get("role", last.get("from")) if isinstance(last, dict) else None
+            return "sft" if chat.ROLE_NAMES.get(str(role).lower()) == "assistant" else "prompt"
+    if {"completion", "response"} & set(row) or {"instruction", "output"} <= set(row):
         return "sft"
     return "prompt"
 
@@ -252,6 +259,8 @@ def detect_format(kind: str, row: dict) -> str:
     if kind == "preference" or (kind == "prompt" and _PREFERENCE_MARKERS & cols):
         if {"question", "response_j", "response_k"} <= cols:
             found = "stack-exchange-paired"
+        elif {"conversations", "chosen", "rejected"} <= cols:
+            found = "sharegpt"
         elif {"prompt", "responses"} <= cols:
             found = "ranked"
         elif {"chosen", "rejected"} <= cols and "prompt" in cols:
@@ -266,12 +275,16 @@ def detect_format(kind: str, row: dict) -> str:
     elif kind == "sft":
         if "messages" in cols:
             found = "messages"
+        elif "conversations" in cols:
+            found = "sharegpt"
+        elif {"instruction", "output"} <= cols:
+            found = "alpaca"
         elif {"prompt", "completion"} <= cols:
             found = "prompt-completion"
         elif {"prompt", "response"} <= cols:
             found = "prompt-response"
     elif kind == "prompt":
-        found = "prompt" if "prompt" in cols else "messages" if "messages" in cols else None
+        found = next((name for key, name in _PROMPT_COLUMNS if key in cols), None)
     if found is None:
         known = "; ".join(f"{name} ({', '.join(f.columns)})" for name, f in FORMATS[kind].items())
         raise ValueError(
@@ -288,7 +301,8 @@ def _check_format(kind: str, format: str) -> None:
 
 
 def read_records(
-    source: str, kind: str, format: str = "auto", split: str = "train", limit: int | None = None
+    source: str, kind: str, format: str = "auto", split: str = "train", limit: int | None = None,
+    columns: dict[str, str] | None = None,
 ) -> ReadResult:
     """Read ``source`` as records of ``kind`` in ``format``.
 
@@ -299,6 +313,8 @@ def read_records(
         format: a name from ``FORMATS[kind]``, or ``auto`` (from the first row).
         split: the split of a dataset name or of a saved DatasetDict.
         limit: read at most this many rows.
+        columns: our column name -> the file's (``{"prompt": "question"}``), applied to every row
+            before the format is detected; problems name the file's columns.
 
     Returns:
         A ReadResult: the records of the well-formed rows, and one Problem per malformed row.
@@ -307,7 +323,13 @@ def read_records(
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)} or auto")
     if kind != "auto":
         _check_format(kind, format)
+    wrong = mapping.check(columns)
+    if wrong:
+        raise ValueError("; ".join(wrong))
+    columns = dict(columns or {})
     rows = open_rows(source, split)
+    if columns:
+        rows = map(lambda row: _renamed(row, columns), rows)
     if limit is not None:
         rows = islice(rows, limit)
     head = []  # rows up to the first object, which decides kind and format
@@ -334,7 +356,8 @@ def read_records(
             ctx = _Context(Source(row.file, row.line), group, result.dropped_by_file.setdefault(row.file, {}))
             result.records.extend(_parse_row(row.value, spec, result.format, ctx))
         except RowError as e:
-            result.problems.append(Problem(row.file, row.line, e.field, e.reason))
+            problem = Problem(row.file, row.line, e.field, e.reason)
+            result.problems.append(problem if row.problem else mapping.name_theirs(problem, columns))
     result.dropped_by_file = {f: d for f, d in result.dropped_by_file.items() if d}
     for counts in result.dropped_by_file.values():
         for why, n in counts.items():
@@ -351,3 +374,13 @@ def _parse_row(value: object, spec: _Format | None, format: str, ctx: _Context) 
         needed = ", ".join(spec.columns)
         raise RowError(missing[0], f"missing or null; format {format!r} needs the fields {needed}")
     return spec.parse(value, ctx)
+
+
+def _renamed(row: Row, columns: dict[str, str]) -> Row:
+    """The row read through the column mapping; a mapping problem becomes the row's problem."""
+    if row.problem is not None or not isinstance(row.value, dict):
+        return row
+    try:
+        return Row(row.file, row.line, mapping.rename(row.value, columns))
+    except RowError as e:
+        return Row(row.file, row.line, None, Problem(row.file, row.line, e.field, e.reason))

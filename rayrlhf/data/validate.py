@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 
+from rayrlhf.data import columns as mapping
 from rayrlhf.data.formats import ReadResult, read_records
 from rayrlhf.data.problems import Problem
 from rayrlhf.data.schema import MARGIN_LEVELS, ROLES, PreferenceRecord, PromptRecord, SFTRecord
@@ -54,13 +55,18 @@ def validate_records(
     if (max_prompt_tokens is not None or max_response_tokens is not None) and tokenizer is None:
         raise ValueError("max_prompt_tokens / max_response_tokens need a tokenizer to count tokens")
     expected = _RECORD_TYPES[kind]
-    problems = []
+    problems, seen = [], set()
     for i, record in enumerate(records):
         src = record.source
         file, line = (src.file, src.line) if src is not None else ("<records>", i + 1)
+        ranks = getattr(record, "meta", {}).get("rank_pair") if isinstance(record, PreferenceRecord) else None
 
         def report(field: str, reason: str, code: str = "") -> None:
-            problems.append(Problem(file, line, field, reason, code))
+            if ranks is not None:  # a pair of a ranked row: say it of the row's responses, once
+                field, reason = _ranked_problem(field, reason, ranks)
+            if (file, line, field, reason) not in seen:
+                seen.add((file, line, field, reason))
+                problems.append(Problem(file, line, field, reason, code))
 
         if not isinstance(record, expected):
             found = type(record).__name__
@@ -74,6 +80,16 @@ def validate_records(
         if tokenizer is not None:
             _check_lengths(record, tokenizer, max_prompt_tokens, max_response_tokens, report)
     return problems
+
+
+def _ranked_problem(field: str, reason: str, ranks) -> tuple[str, str]:
+    """A pair's problem as one of its ranked row: ``chosen`` is the response ranked ranks[0]."""
+    a, b = (int(r) + 1 for r in ranks)
+    if field == "rejected" and reason.startswith("identical to chosen"):
+        return "responses", f"the responses ranked {a} and {b} (1 = best) are identical; a ranking needs different responses"
+    if field in ("chosen", "rejected"):
+        return "responses", f"the response ranked {a if field == 'chosen' else b} (1 = best): {reason}"
+    return field, reason
 
 
 def _response_fields(record) -> tuple[str, ...]:
@@ -165,17 +181,21 @@ def validate_source(
     max_response_tokens: int | None = None,
     split: str = "train",
     limit: int | None = None,
+    columns: dict[str, str] | None = None,
 ) -> tuple[ReadResult, list[Problem]]:
-    """Read ``source`` and check its records: (what was read, every problem in line order)."""
-    result = read_records(source, kind, format=format, split=split, limit=limit)
+    """Read ``source`` and check its records: (what was read, every problem in line order).
+
+    ``columns`` maps our column names to the file's (``read_records``); problems name the file's.
+    """
+    result = read_records(source, kind, format=format, split=split, limit=limit, columns=columns)
     problems = list(result.problems)
     if not result.n_rows and not problems:
         # An empty file is a mistake (a failed export, the wrong path), not a dataset of nothing.
         problems.append(Problem(str(source), 0, "<source>", "no rows; expected at least one record"))
     if result.kind in _RECORD_TYPES:
-        problems += validate_records(
+        problems += [mapping.name_theirs(p, columns) for p in validate_records(
             result.records, result.kind, tokenizer, max_prompt_tokens, max_response_tokens
-        )
+        )]
     problems.sort(key=lambda p: (p.file, p.line))
     return result, problems
 
@@ -190,6 +210,7 @@ def load_validated(
     split: str = "train",
     limit: int | None = None,
     drop_invalid: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> list:
     """The records of ``source``, or DataValidationError listing every problem.
 
@@ -198,7 +219,7 @@ def load_validated(
     empty replies).
     """
     result, problems = validate_source(
-        source, kind, format, tokenizer, max_prompt_tokens, max_response_tokens, split, limit
+        source, kind, format, tokenizer, max_prompt_tokens, max_response_tokens, split, limit, columns
     )
     if not result.records and not problems:
         problems = [Problem(str(source), 0, "<source>", "no rows; expected at least one record")]
@@ -219,7 +240,7 @@ def read_splits(data, kind: str, tokenizer=None, max_response_tokens: int | None
     """Read and check every train and eval source of a data section; one error for all problems.
 
     ``data`` has ``train``, ``eval``, ``format``, ``split``, ``max_prompt_tokens``, ``too_long``
-    and ``limit``. Returns ({"train": records, "eval": records}, a report per source). With
+    and ``limit``, and may have ``columns`` (our column name -> the file's). Returns ({"train": records, "eval": records}, a report per source). With
     ``too_long: drop`` the rows whose only problems are token limits are left out, counted in
     the report and printed; every other problem still stops the run.
     """
@@ -230,7 +251,7 @@ def read_splits(data, kind: str, tokenizer=None, max_response_tokens: int | None
             result, found = validate_source(
                 source, kind, format=data.format, split=data.split, tokenizer=tokenizer,
                 max_prompt_tokens=data.max_prompt_tokens, max_response_tokens=max_response_tokens,
-                limit=data.limit,
+                limit=data.limit, columns=getattr(data, "columns", None),
             )
             records, dropped_long = result.records, []
             if data.too_long == "drop":

@@ -34,7 +34,8 @@ def read_pairs(data) -> list:
 
     records, problems = [], []
     for source in data.pairs:
-        result, found = validate_source(source, "preference", format=data.format, split=data.split, limit=data.limit)
+        result, found = validate_source(source, "preference", format=data.format, split=data.split, limit=data.limit,
+                                        columns=getattr(data, "columns", None))
         if result.kind != "preference" and not found:
             found = [Problem(str(source), 0, "<source>", f"read as {result.kind} data; label needs preference pairs")]
         records += result.records

@@ -28,7 +28,8 @@ def read_items(data) -> tuple[list[Item], bool]:
     kind = "sft" if data.sft else "prompt"
     items, problems = [], []
     for source in data.sft or data.prompts:
-        result, found = validate_source(source, kind, format=data.format, split=data.split, limit=data.limit)
+        result, found = validate_source(source, kind, format=data.format, split=data.split, limit=data.limit,
+                                        columns=getattr(data, "columns", None))
         if result.kind != kind and not found:
             found = [Problem(str(source), 0, "<source>", f"read as {result.kind} data; revise needs {kind} rows")]
         problems += found
