@@ -252,3 +252,27 @@ def test_ties_of_a_folder_are_counted_per_file(tmp_path):
     assert result.dropped == {"tie": 5}
     assert result.dropped_by_file == {str(folder / "a.jsonl"): {"tie": 1}, str(folder / "b.jsonl"): {"tie": 4}}
     assert result.rows_by_file == {str(folder / "a.jsonl"): 1, str(folder / "b.jsonl"): 2}
+
+
+def test_a_ranked_rows_problem_is_reported_once_not_once_per_pair(write_jsonl, capsys):
+    from rayrlhf.data.cli import main
+
+    rows = [
+        {"prompt": "Pick.", "responses": ["a", "  ", "c", "d"]},
+        {"prompt": [{"role": "user", "content": " "}], "responses": ["a", "b", "c"]},
+        {"prompt": "Pick.", "responses": ["a", "b", "a"]},
+        {"prompt": "Pick.", "responses": ["x", "y", "z"], "scores": [1, 3, 2]},
+    ]
+    path = write_jsonl("ranked.jsonl", rows)
+    result, problems = validate_source(path, "preference")
+    assert len(result.records) == 6 + 3 + 3 + 3
+    empty = "empty or whitespace only; expected the text of the assistant's reply"
+    assert [str(p) for p in problems] == [
+        f"{path}:1: responses: the response ranked 2 (1 = best): {empty}",
+        f"{path}:2: prompt[0].content: empty user message; expected text",
+        f"{path}:3: responses: the responses ranked 1 and 3 (1 = best) are identical; a ranking needs different responses",
+    ]
+    assert main(["validate", path]) == 1
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 3
+    assert out == f"{path}: 4 rows read as ranked, 15 records, 3 problems\n"
