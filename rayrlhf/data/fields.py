@@ -45,7 +45,8 @@ def messages(value: object, field: str) -> list[Message]:
         if role is None:
             hint = ""
             if "from" in message:
-                hint = " (ShareGPT-style 'from'/'value' keys must be renamed)"
+                hint = (" (ShareGPT 'from'/'value' turns are read from a 'conversations' column, format "
+                        f"'sharegpt': data.columns: {{conversations: {field}}})")
             raise RowError(f"{where}.role", f"missing; expected one of {_ROLE_LIST}{hint}")
         if role not in ROLES:
             raise RowError(f"{where}.role", f"unknown role {role!r}; expected one of {_ROLE_LIST}")

@@ -1,7 +1,8 @@
 """Canonical records every reader produces and every stage consumes.
 
 Whatever the file format (TRL-style, hh-rlhf transcripts, rm-static, stack-exchange-paired,
-ranked lists, conversational messages), a reader turns each row into one of these records.
+ranked lists, conversational messages, ShareGPT conversations, Alpaca instructions), a reader
+turns each row into one of these records.
 Prompts are always a list of chat messages; responses are the text of the final assistant
 turn. Tokenization (``rayrlhf.data.tokenize``) renders them with the tokenizer's chat template.
 """

@@ -148,3 +148,14 @@ def test_alpaca_problems(write_jsonl):
         f"{path}:3: instruction: expected a string, found a list of 1 item",
         f"{path}:4: system: expected a string, found number 1",
     ]
+
+
+def test_sharegpt_turns_under_messages_say_how_to_read_them(write_jsonl):
+    row = {"messages": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}
+    path = write_jsonl("m.jsonl", [row])
+    assert [str(p) for p in read_records(path, "sft").problems] == [
+        f"{path}:1: messages[0].role: missing; expected one of system, user, assistant (ShareGPT 'from'/'value' "
+        "turns are read from a 'conversations' column, format 'sharegpt': data.columns: {conversations: messages})"
+    ]
+    result = read_records(path, "auto", columns={"conversations": "messages"})
+    assert (result.format, [(r.prompt, r.response) for r in result.records]) == ("sharegpt", [([user("Hi")], "Yo")])
