@@ -45,7 +45,7 @@ def messages(value: object, field: str) -> list[Message]:
         if role is None:
             hint = ""
             if "from" in message:
-                hint = (" (ShareGPT 'from'/'value' turns are read from a 'conversations' column, format "
+                hint = (" (ShareGPT-style 'from'/'value' turns are read from a 'conversations' column, format "
                         f"'sharegpt': data.columns: {{conversations: {field}}})")
             raise RowError(f"{where}.role", f"missing; expected one of {_ROLE_LIST}{hint}")
         if role not in ROLES:

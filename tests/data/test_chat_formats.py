@@ -154,7 +154,7 @@ def test_sharegpt_turns_under_messages_say_how_to_read_them(write_jsonl):
     row = {"messages": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}
     path = write_jsonl("m.jsonl", [row])
     assert [str(p) for p in read_records(path, "sft").problems] == [
-        f"{path}:1: messages[0].role: missing; expected one of system, user, assistant (ShareGPT 'from'/'value' "
+        f"{path}:1: messages[0].role: missing; expected one of system, user, assistant (ShareGPT-style 'from'/'value' "
         "turns are read from a 'conversations' column, format 'sharegpt': data.columns: {conversations: messages})"
     ]
     result = read_records(path, "auto", columns={"conversations": "messages"})
