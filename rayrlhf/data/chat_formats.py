@@ -70,7 +70,8 @@ def reply(value: object, field: str) -> str:
 
 
 def sharegpt_sft(row: dict, ctx: Context) -> list:
-    prompt, response = fields.final_reply(conversation(row["conversations"], "conversations"), "conversations")
+    turns = conversation(row["conversations"], "conversations")
+    prompt, response = fields.final_reply(turns, "conversations")
     return [SFTRecord(prompt, response, ctx.source, meta(row, ("conversations",)))]
 
 

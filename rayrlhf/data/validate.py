@@ -59,7 +59,7 @@ def validate_records(
     for i, record in enumerate(records):
         src = record.source
         file, line = (src.file, src.line) if src is not None else ("<records>", i + 1)
-        ranks = getattr(record, "meta", {}).get("rank_pair") if isinstance(record, PreferenceRecord) else None
+        ranks = record.meta.get("rank_pair") if isinstance(record, PreferenceRecord) else None
 
         def report(field: str, reason: str, code: str = "") -> None:
             if ranks is not None:  # a pair of a ranked row: say it of the row's responses, once
@@ -86,7 +86,8 @@ def _ranked_problem(field: str, reason: str, ranks) -> tuple[str, str]:
     """A pair's problem as one of its ranked row: ``chosen`` is the response ranked ranks[0]."""
     a, b = (int(r) + 1 for r in ranks)
     if field == "rejected" and reason.startswith("identical to chosen"):
-        return "responses", f"the responses ranked {a} and {b} (1 = best) are identical; a ranking needs different responses"
+        return "responses", (f"the responses ranked {a} and {b} (1 = best) are identical; "
+                             "a ranking needs different responses")
     if field in ("chosen", "rejected"):
         return "responses", f"the response ranked {a if field == 'chosen' else b} (1 = best): {reason}"
     return field, reason

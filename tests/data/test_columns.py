@@ -128,3 +128,13 @@ def test_sft_and_rm_read_the_new_formats_through_a_data_section(write_jsonl, tok
     assert [str(p) for p in info.value.problems] == [
         f"{pairs}:{n}: level: missing; the column mapping margin=level reads 'margin' from it" for n in (1, 2)
     ]
+
+
+def test_ppo_prompts_read_through_the_mapping(write_jsonl, tokenizer):
+    from rayrlhf.config.ppo import PromptDataSection
+
+    path = write_jsonl("q.jsonl", [{"q": "Add.", "ctx": "1 + 1", "answer": "2"}])
+    data = PromptDataSection(train=[path], columns={"instruction": "q", "input": "ctx"})
+    parts, report = read_splits(data, "prompt", tokenizer)
+    assert [(r.prompt, r.meta) for r in parts["train"]] == [([user("Add.\n\n1 + 1")], {"answer": "2"})]
+    assert report["sources"][path]["format"] == "alpaca"
