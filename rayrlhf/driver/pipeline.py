@@ -362,6 +362,8 @@ def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout,
             if rerun is not None and os.path.exists(folder):
                 note = f"; it ran on the old {rerun}, so its folder is now {_set_aside(folder)}"
             print(f"[pipeline] {spec.name}: not run (--only {only}){note}", file=out, flush=True)
+            if os.path.exists(marker):  # finished earlier: its summary stays in the run's summary
+                results[spec.name] = read_json(marker)
             continue
         if plan.action == "skip":
             results[spec.name] = read_json(marker)

@@ -138,6 +138,9 @@ def test_only_with_rerun_sets_the_later_stages_aside(tmp_path):
     assert "a: finished earlier with this config, skipped" in out.getvalue()
     assert json.loads((run_dir / "b" / "STAGE.json").read_text())["config"]["n_sft"] == 48
     out = io.StringIO()
+    run_pipeline(path, ["stages.b.n_sft=48"], out=out, only="a")  # b finished: still in the summary
+    assert set(json.loads((run_dir / "summary.json").read_text())) == {"a", "b"}
+    out = io.StringIO()
     run_pipeline(path, out=out, only="a", rerun="a")
     assert "a: rerun;" in out.getvalue() and "b: not run (--only a); it ran on the old a" in out.getvalue()
     assert (run_dir / "a.replaced-1").exists() and (run_dir / "b.replaced-1").exists() and not (run_dir / "b").exists()
