@@ -14,6 +14,7 @@
     rayrlhf compare --config jobs/toyworld_compare.yaml          # methods on one gold reward-KL frontier
     rayrlhf data validate prefs.jsonl --kind preference          # check a file, train nothing
     rayrlhf toyworld --out runs/toyworld                         # the bundled task's data + model
+    rayrlhf config show --command ppo                            # every key, its default and meaning
     rayrlhf plan --config jobs/toyworld_ppo.yaml                 # which actor runs where
     rayrlhf submit --address http://127.0.0.1:8265 --config F    # as a Ray job
     rayrlhf scale --run NAME --rollout-workers 4                 # resize a going run's rollout fleet
@@ -31,6 +32,18 @@ from rayrlhf.data.validate import DataValidationError
 from rayrlhf.utils.fs import CheckpointWriteError
 
 
+def package_version() -> str:
+    """The installed distribution's version, else rayrlhf.__version__, else "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rayrlhf")
+    except metadata.PackageNotFoundError:
+        import rayrlhf
+
+        return getattr(rayrlhf, "__version__", "unknown")
+
+
 def _stage_parser(sub, name: str, help_text: str):
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--config", required=True, help="YAML config file")
@@ -41,6 +54,7 @@ def _stage_parser(sub, name: str, help_text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayrlhf", description="RLHF on Ray: SFT, reward models, RL.")
+    parser.add_argument("--version", action="version", version=f"rayrlhf {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _stage_parser(sub, "sft", "supervised fine-tuning on demonstrations (Ray Train)")
     _stage_parser(sub, "rm", "a reward model on preference pairs (Ray Train)")
@@ -64,14 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--rerun", metavar="STAGE", default=None,
                    help="run this stage and every later one anew (their old folders are kept as "
-                        "<stage>.replaced-N); needed after editing the config of a stage that has run")
-    p.add_argument("overrides", nargs="*")
+                        "<stage>.replaced-N); needed after editing the config of a stage that has run; "
+                        "with --only, only that stage: --only S --rerun S")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="STAGE", default=None,
+                       help="run just this stage (every earlier one must have finished)")
+    which.add_argument("--from", dest="start", metavar="STAGE", default=None,
+                       help="skip the stages before this one (they must have finished); run it and the later ones")
+    p.add_argument("overrides", nargs="*", help="dotted overrides; stages.<name>.<key>=VALUE sets a key of "
+                   "that stage's config, e.g. stages.sft.train.lr=1e-4")
     p = sub.add_parser("compare", help="methods from one starting policy, each swept over a KL strength, on one "
                        "held-out gold reward-KL frontier (a pipeline, then one evaluation of every policy)")
     p.add_argument("--config", required=True)
     p.add_argument("--rerun", metavar="STAGE", default=None,
                    help="run this stage (or method run <method>@<value>) and every later one anew")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--from", dest="start", metavar="STAGE", default=None,
+                   help="skip the stages (or method runs) before this one, which must have finished")
+    p.add_argument("overrides", nargs="*", help="dotted overrides; stages.<name>.<key>=VALUE sets a key of "
+                   "that shared stage's config")
     p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run")
     p.add_argument("run_dir", help="the pipeline's run folder, e.g. runs/quickstart")
     p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
@@ -80,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*")
     sub.add_parser("data", help="data tools: rayrlhf data validate|agreement|aggregate FILE ...", add_help=False)
+    sub.add_parser("config", help="every key of a command's config with its default and meaning: "
+                   "rayrlhf config show --command X [--config F]", add_help=False)
     sub.add_parser("plan", help="print where every actor of a config would run: rayrlhf plan --config F",
                    add_help=False)
     sub.add_parser("submit", help="submit a run as a Ray job: rayrlhf submit --address URL --config F",
@@ -99,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         from rayrlhf.data.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["config"]:
+        from rayrlhf.config.show import main as config_main
+
+        return config_main(argv[1:])
     if argv[:1] == ["plan"]:
         from rayrlhf.placement.cli import plan_main
 
@@ -191,12 +221,12 @@ def _dispatch(args) -> int:
     if args.command == "pipeline":
         from rayrlhf.driver.pipeline import run_pipeline
 
-        run_pipeline(args.config, args.overrides, rerun=args.rerun)
+        run_pipeline(args.config, args.overrides, rerun=args.rerun, only=args.only, start=args.start)
         return 0
     if args.command == "compare":
         from rayrlhf.driver.compare import run_compare
 
-        run_compare(args.config, args.overrides, rerun=args.rerun)
+        run_compare(args.config, args.overrides, rerun=args.rerun, start=args.start)
         return 0
     if args.command == "toyworld":
         from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld

@@ -45,19 +45,50 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], named_lists: dict[str, str] | None = None) -> dict:
+    """Set each dotted override in ``data``, in place. ``named_lists`` maps a top-level key that
+    holds a list of named items to the key inside each item that overrides reach:
+    ``{"stages": "config"}`` makes ``stages.sft.train.lr=1e-4`` set ``train.lr`` in the
+    ``config`` of the stage named ``sft``. Sections on the way are copied before they are
+    changed, so a YAML anchor's other uses (``*online``) keep the file's values."""
     for text in overrides:
         path, value = parse_override(text)
         node = data
+        if named_lists and path[0] in named_lists and isinstance(data.get(path[0]), list):
+            data[path[0]] = list(data[path[0]])
+            node, path = _named_item(data[path[0]], path, named_lists[path[0]], text)
         for part in path[:-1]:
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = {}
             if not isinstance(child, dict):
                 raise ConfigError([f"override {text!r}: {part!r} is a value, not a section"])
+            node[part] = child = dict(child)
             node = child
         node[path[-1]] = value
     return data
+
+
+def _named_item(items: list, path: list[str], inner: str, text: str) -> tuple[dict, list[str]]:
+    """The ``inner`` mapping of the item of ``items`` named ``path[1]``, and the rest of the path."""
+    names = [str(it.get("name")) for it in items if isinstance(it, dict) and it.get("name") is not None]
+    index = next((i for i, it in enumerate(items) if isinstance(it, dict) and str(it.get("name")) == path[1]), None)
+    if index is None:
+        close = difflib.get_close_matches(path[1], names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError([f"override {text!r}: no {path[0][:-1] if path[0].endswith('s') else path[0]} named "
+                           f"{path[1]!r}{hint} ({path[0]}: {', '.join(names) or 'none'})"])
+    if len(path) < 3:
+        raise ConfigError([f"override {text!r}: name a key of {path[1]!r}'s {inner}, e.g. "
+                           f"{path[0]}.{path[1]}.train.lr=1e-4"])
+    items[index] = match = dict(items[index])
+    node = match.get(inner)
+    if node is None:
+        node = {}
+    if not isinstance(node, dict):
+        raise ConfigError([f"override {text!r}: {path[0]}.{path[1]}.{inner} is a value, not a section"])
+    match[inner] = node = dict(node)
+    return node, path[2:]
 
 
 def read_yaml(path: str) -> dict:
@@ -80,7 +111,7 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
     raw = dict(data or {})
     if path:
         raw = read_yaml(path)
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(raw, list(overrides or []), getattr(cls, "NAMED_LISTS", None))
     problems: list[str] = []
     cfg = from_dict(cls, raw, "", problems)
     if not problems:

@@ -57,6 +57,7 @@ class MethodSpec:
     config: dict[str, Any] = field(default_factory=dict)
     """The stage's config, as its command takes it; the starting policy is set by compare.start."""
     sweep: SweepSection = field(default_factory=SweepSection)
+    """The config key swept and its values (one run per value)."""
 
     def validate(self) -> list[str]:
         out = [] if self.name and "@" not in self.name and "/" not in self.name else [
@@ -73,13 +74,19 @@ class CompareEvalSection:
     limit: int = 200
     """Prompts used (the first ones)."""
     samples_per_prompt: int = 4
+    """Responses sampled per prompt from every evaluated policy."""
     max_prompt_tokens: int = 96
+    """A prompt over this many tokens is a problem reported before any training."""
     max_new_tokens: int = 32
+    """Longest response sampled, in tokens."""
     backend: Literal["hf", "vllm", "auto"] = "hf"
     """Engine that samples the evaluated responses (every policy the same)."""
     interval: float = 0.95
+    """Coverage of the percentile-bootstrap intervals over prompts."""
     bootstrap: int = 2000
+    """Bootstrap resamples per interval."""
     seed: int = 0
+    """Seed of the sampling and of the bootstrap."""
 
 
 @dataclass
@@ -91,6 +98,7 @@ class CompareSection:
     """Samples each online run generates for training (ppo.total_steps and rs.rounds are set
     from it; it must divide by a step's or round's samples); 0 keeps each config's own."""
     methods: list[MethodSpec] = field(default_factory=list)
+    """The methods compared, each run once per value of its sweep."""
     gold: dict[str, str] = field(default_factory=dict)
     """Gold reward functions ("module:callable"): the evaluator's measure; "reward" is plotted."""
     eval: CompareEvalSection = field(default_factory=CompareEvalSection)
@@ -109,6 +117,9 @@ class CompareSection:
 @dataclass
 class CompareConfig:
     """`rayrlhf compare`: shared stages, then every method's runs, then one evaluation of all."""
+
+    NAMED_LISTS = {"stages": "config"}
+    """``stages.<name>.<key>=VALUE`` on the command line sets ``<key>`` in that stage's config."""
 
     run: RunSection = field(default_factory=lambda: RunSection(name="compare"))
     shared: dict[str, Any] = field(default_factory=dict)
@@ -189,7 +200,7 @@ def load_compare(path: str | None, overrides: list[str] | None = None, data: dic
 
 
 def run_compare(path: str | None, overrides: list[str] | None = None, out=None, data: dict | None = None,
-                rerun: str | None = None) -> dict:
+                rerun: str | None = None, start: str | None = None) -> dict:
     out = out or sys.stdout
     cfg, pipe, run_dir, configs, runs = load_compare(path, overrides, data)
     folders = {"run": run_dir, **{s.name: os.path.join(run_dir, s.name) for s in pipe.stages}}
@@ -198,7 +209,7 @@ def run_compare(path: str | None, overrides: list[str] | None = None, out=None, 
     prompts_path = _substitute(cmp.eval.prompts, folders)
     if os.path.exists(start) and os.path.exists(prompts_path):
         eval_prompts(prompts_path, start, cmp.eval)  # bad prompts stop the run before any training
-    results = run_stages(pipe, run_dir, configs, out=out, rerun=rerun)
+    results = run_stages(pipe, run_dir, configs, out=out, rerun=rerun, start=start)
     t0 = time.perf_counter()
     rows = [{"method": "start", "value": None, "policy": start, "seconds": 0.0, "generated": 0, "trained": 0}]
     for m, value, spec in runs:

@@ -6,7 +6,10 @@ summary. Running the same command again skips finished stages and resumes the un
 from its last checkpoint, but only when the stage's resolved config is the one it ran with: a
 stage whose config changed stops the pipeline before any work, naming the changed keys and
 the two ways on (``--rerun STAGE``, which runs that stage and every later one anew, keeping the
-old folders as ``<stage>.replaced-N``; or a new ``run.name``). Keys that cannot change a
+old folders as ``<stage>.replaced-N``; or a new ``run.name``). ``--from STAGE`` skips the stages
+before STAGE (they must have finished) and runs it and the later ones by the same rules;
+``--only STAGE`` runs just STAGE (the earlier ones must have finished). On the command line,
+``stages.<name>.<key>=VALUE`` sets ``<key>`` in the config of the stage called ``<name>``. Keys that cannot change a
 result (``NOT_RESULTS``: logging, timeouts, restarts, checkpoints kept) are left out of the
 hash. A stage names its inputs explicitly: the string ``{sft}`` in a stage's config is
 replaced by the folder of the stage named ``sft``, ``{run}`` by the pipeline's run folder.
@@ -53,8 +56,12 @@ class RaySection:
 class PipelineConfig:
     """`rayrlhf pipeline`: a list of stages run in order."""
 
+    NAMED_LISTS = {"stages": "config"}
+    """``stages.<name>.<key>=VALUE`` on the command line sets ``<key>`` in that stage's config."""
+
     run: RunSection = field(default_factory=lambda: RunSection(name="pipeline"))
     stages: list[StageSpec] = field(default_factory=list)
+    """The stages, run in this order; on the command line stages.<name>.<key>=VALUE sets a key of one."""
     ray: RaySection = field(default_factory=RaySection)
 
     def validate(self) -> list[str]:
@@ -234,22 +241,60 @@ def real_changes(before: dict[str, Any], after: dict[str, Any], stage_cfg) -> li
 @dataclass
 class StagePlan:
     name: str
-    action: Literal["skip", "resume", "run", "rerun"]
+    action: Literal["skip", "resume", "run", "rerun", "leave"]
     """skip: finished with this config; resume: started with this config; run: not started;
-    rerun: asked for with --rerun (or after a stage that is), the old folder is kept aside."""
+    rerun: asked for with --rerun (or after a stage that is), the old folder is kept aside;
+    leave: after the --only stage, not run now (with --rerun, its old folder is set aside)."""
     fingerprint: dict[str, Any]
 
 
-def plan_stages(cfg: PipelineConfig, run_dir: str, configs: list, rerun: str | None = None) -> list[StagePlan]:
+def _stage_flags(names: list[str], rerun: str | None, only: str | None, start: str | None) -> list[str]:
+    problems = []
+    for flag, value in (("--rerun", rerun), ("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            problems.append(f"{flag} {value}: no such stage (stages: {', '.join(names)})")
+    if problems:
+        return problems
+    if only is not None and start is not None:
+        return [f"--only {only} and --from {start}: give one of them"]
+    if only is not None and rerun is not None and rerun != only:
+        return [f"--only {only} with --rerun {rerun}: with --only, --rerun can name only that stage "
+                f"(--only {only} --rerun {only})"]
+    if start is not None and rerun is not None and names.index(rerun) < names.index(start):
+        return [f"--rerun {rerun} is before --from {start}: stages before --from are not run; "
+                f"use --from {rerun}, or drop --from"]
+    return []
+
+
+def plan_stages(cfg: PipelineConfig, run_dir: str, configs: list, rerun: str | None = None,
+                only: str | None = None, start: str | None = None) -> list[StagePlan]:
     """What each stage will do, decided before any work: raises ConfigError when a stage folder
-    holds the work of another config, naming each changed key and the choices."""
+    holds the work of another config, naming each changed key and the choices.
+
+    ``start`` (--from) runs that stage and the later ones as usual; ``only`` (--only) runs just
+    that stage. Either way every earlier stage must have finished (its DONE.json), with the config
+    it finished with, else a ConfigError names the first one that has not. With --only S
+    --rerun S, S is run anew and the folders of later stages are set aside (they ran on the old
+    S), so the next run runs them anew too."""
     names = [s.name for s in cfg.stages]
-    if rerun is not None and rerun not in names:
-        raise ConfigError([f"--rerun {rerun}: no such stage (stages: {', '.join(names)})"])
+    problems = _stage_flags(names, rerun, only, start)
+    if problems:
+        raise ConfigError(problems)
+    target = only if only is not None else start
+    first_run = names.index(target) if target is not None else 0
+    flag = f"--only {only}" if only is not None else f"--from {start}"
     plans, problems, rerunning = [], [], False
-    for spec, stage_cfg in zip(cfg.stages, configs):
+    for i, (spec, stage_cfg) in enumerate(zip(cfg.stages, configs)):
         folder = os.path.join(run_dir, spec.name)
         fp = stage_fingerprint(stage_cfg, run_dir)
+        if only is not None and i > first_run:
+            plans.append(StagePlan(spec.name, "leave", fp))
+            continue
+        if i < first_run and not os.path.exists(os.path.join(folder, "DONE.json")):
+            raise ConfigError([
+                f"{flag}: stage {spec.name} has not finished ({'started, no DONE.json' if os.path.exists(folder) else 'not started'}); "
+                f"every stage before {target} must have finished: run without {flag.split()[0]}, or with "
+                f"--from {spec.name}"])
         rerunning = rerunning or spec.name == rerun
         if rerunning:
             plans.append(StagePlan(spec.name, "rerun" if os.path.exists(folder) else "run", fp))
@@ -292,17 +337,19 @@ def _set_aside(folder: str) -> str:
     return f"{folder}.replaced-{n}"
 
 
-def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout, rerun: str | None = None) -> dict:
-    return run_stages(*load_pipeline(path, list(overrides or [])), out=out, rerun=rerun)
+def run_pipeline(path: str, overrides: list[str] | None = None, out=sys.stdout, rerun: str | None = None,
+                 only: str | None = None, start: str | None = None) -> dict:
+    return run_stages(*load_pipeline(path, list(overrides or [])), out=out, rerun=rerun, only=only, start=start)
 
 
-def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout, rerun: str | None = None) -> dict:
+def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout, rerun: str | None = None,
+               only: str | None = None, start: str | None = None) -> dict:
     """Run a resolved pipeline (``resolve_pipeline``): plan, check memory, run or skip each stage,
-    then the summary and the report."""
+    then the summary and the report. ``only`` / ``start``: --only / --from (``plan_stages``)."""
     from rayrlhf.config import save_config
     from rayrlhf.utils.ray_init import ensure_ray
 
-    plans = plan_stages(cfg, run_dir, configs, rerun)
+    plans = plan_stages(cfg, run_dir, configs, rerun, only=only, start=start)
     check_pipeline_memory(cfg, run_dir, configs)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "pipeline.yaml"))
@@ -310,6 +357,14 @@ def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout,
     for spec, stage_cfg, plan in zip(cfg.stages, configs, plans):
         folder = os.path.join(run_dir, spec.name)
         marker = os.path.join(folder, "DONE.json")
+        if plan.action == "leave":
+            note = ""
+            if rerun is not None and os.path.exists(folder):
+                note = f"; it ran on the old {rerun}, so its folder is now {_set_aside(folder)}"
+            print(f"[pipeline] {spec.name}: not run (--only {only}){note}", file=out, flush=True)
+            if os.path.exists(marker):  # finished earlier: its summary stays in the run's summary
+                results[spec.name] = read_json(marker)
+            continue
         if plan.action == "skip":
             results[spec.name] = read_json(marker)
             print(f"[pipeline] {spec.name}: finished earlier with this config, skipped", file=out, flush=True)

@@ -6,8 +6,10 @@
     rayrlhf plan --config jobs/ppo.yaml --probe                 # also start a tiny actor per worker
     rayrlhf plan --config jobs/qwen0.5b_hh_rlhf.yaml --no-cluster --gpu-memory-gib 40
 
-Any command's config: sft, rm, dpo, rrhf, ppo, rs, a pipeline or a compare (every stage but
-toyworld in turn), told apart by its top-level keys or named with --command. With a cluster, the placement groups
+Any command's config: sft, rm, dpo, rrhf (their Ray Train workers: scaling.num_workers,
+use_gpu, cpus_per_worker), ppo, rs, label and revise (their rollout fleets: resources.rollout,
+revise's judge_resources), a pipeline or a compare (every stage but toyworld in turn), told
+apart by its top-level keys or named with --command. With a cluster, the placement groups
 of ppo/rs are created for a moment to learn which node each bundle goes to, then removed. No
 model is loaded: the memory plan reads each model's config.json (rayrlhf.engine.memory). Exit
 status: 0 fits, 1 the cluster cannot hold the plan (or the cluster named by --address is
@@ -24,9 +26,11 @@ from rayrlhf.config.loader import ConfigError, apply_overrides, load_config, rea
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import SUPERVISED_COMMANDS
 from rayrlhf.placement.plan import add_resources, check_fits, format_resources, node_resources, plan_placement
-from rayrlhf.placement.report import format_plan, format_train_workers
+from rayrlhf.placement.report import format_fleet, format_plan, format_train_workers
 
-COMMANDS = SUPERVISED_COMMANDS + ("ppo", "rs", "pipeline", "compare")
+COMMANDS = SUPERVISED_COMMANDS + ("ppo", "rs", "best-of-k", "label", "revise", "pipeline", "compare")
+FLEET_COMMANDS = ("label", "revise")
+"""Commands whose only workers are rollout fleets (no trainer, no memory plan yet)."""
 
 
 @dataclass
@@ -57,7 +61,11 @@ def detect_command(raw: dict) -> str | None:
         return "ppo"
     if "rs" in raw:
         return "rs"
-    if "model" in raw:
+    if "revise" in raw:
+        return "revise"
+    if "label" in raw or ("judge" in raw and "policy" not in raw):
+        return "label"
+    if "model" in raw or "scaling" in raw or "train" in raw:
         return next((c for c in ("dpo", "rrhf") if c in raw), "rm" if "reward" in raw else "sft")
     return None
 
@@ -74,12 +82,13 @@ class Stage:
 
 def load_stages(path: str, overrides: list[str], command: str | None) -> list[Stage] | None:
     """The typed config(s) to plan; None for a resources-only file (placement only)."""
-    command = command or detect_command(apply_overrides(read_yaml(path), list(overrides)))
+    command = command or detect_command(apply_overrides(read_yaml(path), list(overrides), {"stages": "config"}))
     if command is None:
         if "resources" in read_yaml(path):
             return None
-        raise ConfigError(["cannot tell which command this config is for (no stages, policy, rs or model "
-                           f"section): pass --command ({', '.join(COMMANDS)})"], source=path)
+        raise ConfigError(["cannot tell which command this config is for (no stages, policy, rs, judge, "
+                           f"model or scaling section): pass --command ({', '.join(COMMANDS)})"], source=path)
+    command = "rs" if command == "best-of-k" else command
     if command in ("pipeline", "compare"):
         from rayrlhf.driver.compare import load_compare
         from rayrlhf.driver.pipeline import load_pipeline
@@ -90,12 +99,9 @@ def load_stages(path: str, overrides: list[str], command: str | None) -> list[St
         known = pipeline_model_configs(pipe, run_dir, configs)
         return [Stage(f"stage {spec.name} ({spec.kind})", spec.kind, c, known)
                 for spec, c in zip(pipe.stages, configs) if spec.kind != "toyworld"]
-    from rayrlhf.config.ppo import PPOConfig
-    from rayrlhf.config.rs import RSConfig
-    from rayrlhf.driver.train_stage import STAGES
+    from rayrlhf.config.commands import config_class
 
-    cls = {**STAGES, "ppo": PPOConfig, "rs": RSConfig}[command]
-    return [Stage(None, command, load_config(cls, path, overrides))]
+    return [Stage(None, command, load_config(config_class(command), path, overrides))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +133,9 @@ def plan_main(argv: list[str] | None = None) -> int:
         else:
             placements = []
             for st in stages:
+                if st.command in FLEET_COMMANDS:
+                    placements.append((st, None, None))
+                    continue
                 if args.gpu_memory_gib is not None:
                     section = st.cfg.scaling if st.command in SUPERVISED_COMMANDS else st.cfg.resources
                     section.gpu_memory_gib = args.gpu_memory_gib
@@ -144,6 +153,12 @@ def plan_main(argv: list[str] | None = None) -> int:
                 print(f"== {st.label} ==")
             if placement is not None:
                 code = max(code, _placement(placement, args, connected_here))
+            elif st is not None and st.command in FLEET_COMMANDS:
+                print(_format_fleets(st))
+                print(f"memory: not planned for {st.command} (the memory plan covers the training commands: "
+                      f"{', '.join(SUPERVISED_COMMANDS)}, ppo, rs)")
+                print()
+                continue
             elif st is not None:
                 print(format_train_workers(st.cfg.scaling))
             if memory is None:
@@ -162,6 +177,20 @@ def plan_main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
     return code
+
+
+def _format_fleets(st: Stage) -> str:
+    """label: the judge's fleet; revise: the policy's fleet, and the judge's when it is another model."""
+    cfg = st.cfg
+    if st.command == "label":
+        return format_fleet(f"label: judge {cfg.judge.name_or_path or '(unset)'}", cfg.resources.rollout,
+                            "resources.rollout")
+    lines = [format_fleet(f"revise: policy {cfg.policy.name_or_path or '(unset)'}"
+                          + ("" if cfg.separate_judge else ", also the judge"), cfg.resources.rollout,
+                          "resources.rollout")]
+    if cfg.separate_judge:
+        lines.append(format_fleet(f"revise: judge {cfg.judge.name_or_path}", cfg.judge_resources, "judge_resources"))
+    return "\n".join(lines)
 
 
 def _placement(plan, args, connected_here) -> int:

@@ -68,8 +68,19 @@ def _per_node(plan: Plan, nodes: dict[str, list[str]]) -> dict[str, dict[str, fl
 def format_train_workers(scaling) -> str:
     """The placement of an sft/rm stage: Ray Train's workers, each a bundle of its own."""
     res = format_resources({"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0})
-    return (f"Ray Train workers: {scaling.num_workers} x {{{res}}} (scaling.num_workers, scaling.use_gpu); "
+    return (f"Ray Train workers: {scaling.num_workers} x {{{res}}} (scaling.num_workers, scaling.use_gpu, "
+            f"scaling.cpus_per_worker); "
             f"total {format_resources({'CPU': scaling.cpus_per_worker * scaling.num_workers, 'GPU': scaling.num_workers if scaling.use_gpu else 0})}")
+
+
+def format_fleet(what: str, role, keys: str) -> str:
+    """The workers of a rollout fleet (label's judge, revise's policy and judge): ``role`` is a
+    RoleResources, ``keys`` the config section it is read from (resources.rollout)."""
+    res = format_resources({"CPU": role.cpus_per_worker, "GPU": role.gpus_per_worker})
+    total = format_resources({"CPU": role.cpus_per_worker * role.num_workers,
+                              "GPU": role.gpus_per_worker * role.num_workers})
+    return (f"{what}: rollout fleet of {role.num_workers} x {{{res}}} ({keys}.num_workers, "
+            f"{keys}.gpus_per_worker, {keys}.cpus_per_worker); total {total}")
 
 
 def format_memory(plan) -> str:

@@ -246,10 +246,9 @@ RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "jobs", "*.yaml")) if n
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_every_recipe_loads_and_its_memory_plan_fits(path, capsys):
-    from rayrlhf.config.rs import RSConfig
-    from rayrlhf.config.schema import RMConfig, SFTConfig
+    from rayrlhf.config.commands import config_class
     from rayrlhf.driver.pipeline import load_pipeline
-    from rayrlhf.placement.cli import detect_command
+    from rayrlhf.placement.cli import FLEET_COMMANDS, detect_command
 
     with open(path) as f:
         raw = yaml.safe_load(f)
@@ -261,10 +260,10 @@ def test_every_recipe_loads_and_its_memory_plan_fits(path, capsys):
         configs = load_pipeline(path, [])[2] if command == "pipeline" else load_compare(path)[3]
         assert configs
     else:
-        load_config({"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig, "rs": RSConfig}[command], path)
+        load_config(config_class(command), path)
     assert plan_main(["--no-cluster", "--config", path]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
-    assert "memory plan" in out and "problem:" not in out
+    assert ("rollout fleet of" if command in FLEET_COMMANDS else "memory plan") in out and "problem:" not in out
 
 
 def test_a_rollout_whose_weights_do_not_fit_its_budget_gets_tensor_parallel_fixes(tmp_path):
