@@ -2,9 +2,9 @@
 
     lora/step_over_full           PPO iteration seconds (sync mode, same world, same settings)
     lora/update_peak_over_full    peak memory an update adds to a policy worker: its process's
-                                  peak RSS after ``steps`` updates minus that after loading the
-                                  model (gradients, AdamW state, activations), one fresh process
-                                  per mode so that neither inherits the other's peak
+                                  peak RSS during ``steps`` updates minus its RSS after loading the
+                                  model, the peak reset there (gradients, AdamW state,
+                                  activations), one fresh process per mode
     lora/sync_bytes_over_full     bytes a weight sync sends to the rollout workers (merged
                                   weights: the same tensors, so 1.0; serving the adapter itself
                                   to vLLM is what would shrink it)
@@ -16,15 +16,27 @@ prints its JSON.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
 
 
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status_bytes(key: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux reports kB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _reset_peak() -> int:
+    """Reset this process's peak resident memory (VmHWM) to what it holds now (Linux: writing 5
+    to /proc/self/clear_refs), so that loading's transient peak is not counted as the update's;
+    returns the resident memory now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_bytes("VmRSS")
 
 
 def _batch(model_dir: str, rows: int = 8, response_tokens: int = 48) -> dict:
@@ -60,13 +72,13 @@ def update_memory(model_dir: str, lora_r: int, steps: int = 3) -> dict:
     batch = _batch(model_dir)
     n_tok = float(batch["response_mask"].sum())
     part = dict(batch, old_logprobs=w.forward(batch))
-    loaded = _peak_rss()
+    loaded = _reset_peak()
     t0 = time.perf_counter()
     for _ in range(steps):
         w.update([part], [n_tok])
     seconds = (time.perf_counter() - t0) / steps
     trainable = sum(p.numel() for g in w.engine.optimizer.param_groups for p in g["params"])
-    return {"update_seconds": seconds, "update_peak_bytes": _peak_rss() - loaded, "trainable": trainable}
+    return {"update_seconds": seconds, "update_peak_bytes": _status_bytes("VmHWM") - loaded, "trainable": trainable}
 
 
 def measured_update(model_dir: str, lora_r: int) -> dict:
