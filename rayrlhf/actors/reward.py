@@ -114,8 +114,8 @@ def takes_row(fn) -> bool:
 def check_row_fields(rewards: list, records: list) -> None:
     """Every prompt row carries the field each row-reading rule source names in ``args.field``
     (or, without it, its callable's default ``field``, as ``rayrlhf.rules:exact_match`` and
-    ``numeric_match`` have): a DataValidationError naming each row,
-    the field and the source that needs it, before any actor starts."""
+    ``numeric_match`` have): a DataValidationError naming each row, the field and the source
+    that needs it, before any actor starts."""
     from rayrlhf.data.problems import Problem
     from rayrlhf.data.validate import DataValidationError
     from rayrlhf.tasks import resolve
