@@ -75,8 +75,10 @@ class RewardModelWorker:
 class FunctionReward:
     """A rule-based reward: an importable callable ``f(prompt: str, response: str, **args) -> float``.
 
-    The prompt passed is the text of the last user message. Runs on the driver (cheap rules) or
-    wrapped in an actor like any other source.
+    The prompt passed is the text of the last user message. A callable that declares a ``row``
+    parameter is called ``f(prompt, response, row=meta, **args)``, ``meta`` being the prompt
+    row's other fields (a ground truth for a verifiable reward); the signature is read once,
+    here. Runs on the driver (cheap rules) or wrapped in an actor like any other source.
     """
 
     def __init__(self, name: str, path: str, args: dict | None = None):
@@ -84,12 +86,67 @@ class FunctionReward:
 
         self.name, self.path, self.args = name, path, dict(args or {})
         self.fn = resolve(path)
+        self.takes_row = takes_row(self.fn)
 
     def __repr__(self) -> str:
         return f"FunctionReward({self.name}={self.path})"
 
     def score(self, prompts: list[list[dict]], responses: list[str], meta: list[dict] | None = None) -> list[float]:
-        return [float(self.fn(last_user_text(p), r, **self.args)) for p, r in zip(prompts, responses)]
+        if not self.takes_row:
+            return [float(self.fn(last_user_text(p), r, **self.args)) for p, r in zip(prompts, responses)]
+        meta = meta if meta is not None else [{}] * len(prompts)
+        return [float(self.fn(last_user_text(p), r, row=dict(m), **self.args))
+                for p, r, m in zip(prompts, responses, meta)]
+
+
+def takes_row(fn) -> bool:
+    """Whether the rule ``fn`` declares a parameter named ``row`` (the prompt row's fields)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("row")
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def check_row_fields(rewards: list, records: list) -> None:
+    """Every prompt row carries the field each row-reading rule source names in ``args.field``
+    (or, without it, its callable's default ``field``, as ``rayrlhf.rules:exact_match`` and
+    ``numeric_match`` have): a DataValidationError naming each row, the field and the source
+    that needs it, before any actor starts."""
+    from rayrlhf.data.problems import Problem
+    from rayrlhf.data.validate import DataValidationError
+    from rayrlhf.tasks import resolve
+
+    problems = []
+    for r in rewards:
+        fn = resolve(r.function) if r.function else None
+        if fn is None or not takes_row(fn):
+            continue
+        field = (r.args or {}).get("field", _default_field(fn))
+        if not isinstance(field, str):
+            continue
+        for rec in records:
+            if field not in rec.meta:
+                where = (rec.source.file, rec.source.line) if rec.source else ("<prompts>", 0)
+                problems.append(Problem(*where, field,
+                                        f"reward source {r.name!r} ({r.function}) reads each prompt row's "
+                                        f"{field!r} field as its reference answer; this row has none"))
+    if problems:
+        raise DataValidationError(problems)
+
+
+def _default_field(fn) -> str | None:
+    """The default of ``fn``'s ``field`` parameter where it has a string one."""
+    import inspect
+
+    try:
+        p = inspect.signature(fn).parameters.get("field")
+    except (TypeError, ValueError):
+        return None
+    return p.default if p is not None and isinstance(p.default, str) else None
 
 
 def last_user_text(messages: list[dict]) -> str:

@@ -102,7 +102,11 @@ class RewardSourceSection:
     """Folder of a reward model (an `rayrlhf rm` export or any HF sequence classifier)."""
     function: str = ""
     """Or a rule-based reward: "module.path:callable", called as f(prompt, response, **args) ->
-    float (rayrlhf.rules has a few, e.g. rayrlhf.rules:length_penalty)."""
+    float (rayrlhf.rules has a few, e.g. rayrlhf.rules:length_penalty). A callable that declares
+    a ``row`` parameter is called f(prompt, response, row=..., **args) with the prompt row's other
+    fields as a dict, so a verifiable reward reads its ground truth from the prompt file
+    (rayrlhf.rules:exact_match and numeric_match compare with row[args.field], default "answer";
+    every prompt row must carry that field, checked before any actor starts)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the rule function, e.g. {max_words: 10, per_word: 0.1}."""
     normalize: bool = True

@@ -32,6 +32,9 @@ def prepare_run(cfg, resume: bool, default_name: str):
     from rayrlhf.actors.judge_reward import check_references
 
     check_references(cfg.rewards, prompts + eval_prompts)
+    from rayrlhf.actors.reward import check_row_fields
+
+    check_row_fields(cfg.rewards, prompts + eval_prompts)
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     atomic_write_json(os.path.join(run_dir, "data_report.json"), report)
