@@ -226,7 +226,7 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from rayrlhf.driver.compare import run_compare
 
-        run_compare(args.config, args.overrides, rerun=args.rerun, start=args.start)
+        run_compare(args.config, args.overrides, rerun=args.rerun, from_stage=args.start)
         return 0
     if args.command == "toyworld":
         from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld

@@ -200,7 +200,8 @@ def load_compare(path: str | None, overrides: list[str] | None = None, data: dic
 
 
 def run_compare(path: str | None, overrides: list[str] | None = None, out=None, data: dict | None = None,
-                rerun: str | None = None, start: str | None = None) -> dict:
+                rerun: str | None = None, from_stage: str | None = None) -> dict:
+    """Run the compare pipeline's stages (``from_stage``: --from), then evaluate every policy."""
     out = out or sys.stdout
     cfg, pipe, run_dir, configs, runs = load_compare(path, overrides, data)
     folders = {"run": run_dir, **{s.name: os.path.join(run_dir, s.name) for s in pipe.stages}}
@@ -209,7 +210,7 @@ def run_compare(path: str | None, overrides: list[str] | None = None, out=None, 
     prompts_path = _substitute(cmp.eval.prompts, folders)
     if os.path.exists(start) and os.path.exists(prompts_path):
         eval_prompts(prompts_path, start, cmp.eval)  # bad prompts stop the run before any training
-    results = run_stages(pipe, run_dir, configs, out=out, rerun=rerun, start=start)
+    results = run_stages(pipe, run_dir, configs, out=out, rerun=rerun, start=from_stage)
     t0 = time.perf_counter()
     rows = [{"method": "start", "value": None, "policy": start, "seconds": 0.0, "generated": 0, "trained": 0}]
     for m, value, spec in runs:
