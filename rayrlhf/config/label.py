@@ -2,33 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from rayrlhf.config.ppo import check_rollout_matches
 from rayrlhf.config.resources import ResourcesSection
-from rayrlhf.config.schema import ModelSection, RunSection
+from rayrlhf.config.schema import ModelSection, RunSection, SourceOptions
 from rayrlhf.rollout.config import RolloutSection
 
 
 @dataclass
-class LabelDataSection:
+class _PairSources:
     pairs: list[str] = field(default_factory=list)
     """Preference sources whose pairs the judge labels (any preference format; the order a file
     gives is kept as its input label and compared with the judge's)."""
+
+
+@dataclass
+class LabelDataSection(SourceOptions, _PairSources):
     format: str = "auto"
     """Row format of the sources (auto, explicit, implicit, hh-rlhf, ranked, ...)."""
-    split: str = "train"
-    """Split to read from hub datasets."""
-    limit: Optional[int] = None
-    """Read at most this many rows per source."""
-    columns: dict[str, str] = field(default_factory=dict)
-    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
-    files whose columns have other names; applied before the format is detected."""
 
     def validate(self) -> list[str]:
-        from rayrlhf.data.columns import check
-
-        return check(self.columns) + ([] if self.pairs else ["pairs: required: at least one preference file, folder or dataset"])
+        return super().validate() + ([] if self.pairs else ["pairs: required: at least one preference file, folder or dataset"])
 
 
 @dataclass

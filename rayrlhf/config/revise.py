@@ -6,31 +6,23 @@ from typing import Optional
 
 from rayrlhf.config.ppo import check_rollout_matches
 from rayrlhf.config.resources import ResourcesSection, RoleResources
-from rayrlhf.config.schema import ModelSection, RunSection
+from rayrlhf.config.schema import ModelSection, RunSection, SourceOptions
 from rayrlhf.rollout.config import RolloutSection
 
 
 @dataclass
-class ReviseDataSection:
+class _ReviseSources:
     sft: list[str] = field(default_factory=list)
     """SFT sources whose responses are revised (messages, prompt-completion, prompt-response);
     their other columns (``unsafe``, ...) are carried to the outputs."""
     prompts: list[str] = field(default_factory=list)
     """Instead of ``sft``: prompt sources; the policy samples the response to revise (one per prompt)."""
-    format: str = "auto"
-    """Row format of the sources."""
-    split: str = "train"
-    """Split to read from hub datasets."""
-    limit: Optional[int] = None
-    """Read at most this many rows per source."""
-    columns: dict[str, str] = field(default_factory=dict)
-    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
-    files whose columns have other names; applied before the format is detected."""
 
+
+@dataclass
+class ReviseDataSection(SourceOptions, _ReviseSources):
     def validate(self) -> list[str]:
-        from rayrlhf.data.columns import check
-
-        out = check(self.columns)
+        out = super().validate()
         if bool(self.sft) == bool(self.prompts):
             out.append("sft / prompts: give exactly one: SFT rows whose responses are revised, or prompts "
                        "whose responses the policy samples")

@@ -171,6 +171,28 @@ class DataSection:
 
 
 @dataclass
+class SourceOptions:
+    """How the sources of a command's ``data`` section are read (`rayrlhf label`, `rayrlhf
+    revise`). A section lists its own sources first: it derives from this and, after it, from
+    a dataclass of those source lists, so that its keys read sources, then these options."""
+
+    format: str = "auto"
+    """Row format of the sources."""
+    split: str = "train"
+    """Split to read from hub datasets."""
+    limit: Optional[int] = None
+    """Read at most this many rows per source."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping, our column name -> the file's (``{prompt: question, chosen: better}``), for
+    files whose columns have other names; applied before the format is detected."""
+
+    def validate(self) -> list[str]:
+        from rayrlhf.data.columns import check
+
+        return check(self.columns)
+
+
+@dataclass
 class TrainSection:
     epochs: float = 1.0
     """Passes over the training data (fractions allowed)."""

@@ -23,17 +23,14 @@ already sent to it has been collected, and is never replaced.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from rayrlhf.actors.batch import split_rows
+from rayrlhf.driver.fleet_records import DRAINING, PLACING, SERVING, STARTING, Activation, GenJob, Worker
 from rayrlhf.rollout.checksum import probe_matches
 from rayrlhf.rollout.common import derive_seed
-
-PLACING, STARTING, SERVING, DRAINING = "placing", "starting", "serving", "draining"
 
 
 class SyncMismatchError(RuntimeError):
@@ -50,46 +47,6 @@ def get(refs, timeout: float, what: str):
         return ray.get(refs, timeout=timeout)
     except GetTimeoutError:
         raise PhaseTimeout(f"{what} did not answer within {timeout:.0f} s (ppo.call_timeout_s)") from None
-
-
-@dataclass(eq=False)
-class Worker:
-    """One rollout actor as the fleet tracks it; a replacement is a new Worker of the same rank."""
-
-    rank: int
-    actor: Any = None
-    state: str = SERVING  # placing -> starting -> serving -> draining
-    started: Any = None  # the ready() call of an actor that is starting
-
-    @property
-    def name(self) -> str:
-        return f"rollout/{self.rank}"
-
-
-@dataclass
-class GenJob:
-    step: int
-    prompt_rows: list[int]  # indices into the prompt dataset
-    prompt_ids: list[list[int]]
-    version: int
-    n: int = 1  # samples per prompt
-    shards: list[list[int]] = field(default_factory=list)  # positions within prompt_rows
-    workers: list[Worker] = field(default_factory=list)  # the worker of each shard
-    refs: list = field(default_factory=list)
-    submitted: float = 0.0
-    result: tuple | None = None  # (samples, metrics) once collected ahead of use (a checkpoint)
-    swaps_before: list = field(default_factory=list)  # activations queued on its workers before it
-
-
-@dataclass
-class Activation:
-    """A staged version's swap into one worker's engine, queued behind its earlier generate
-    calls; its probe is checked once it has run."""
-
-    worker: Worker
-    ref: Any
-    version: int
-    probe: tuple | None  # (probe ids, trainer logprobs, atol)
 
 
 class RolloutFleet:
@@ -161,37 +118,33 @@ class RolloutFleet:
             parts.append(part)
         return parts
 
-    def generate(self, prompt_ids: list[list[int]], n: int, seed_of) -> list[list]:
-        """Samples outside the training loop (held-out evaluation, the best-of-K curve): the
-        prompts split over the serving workers, shard i seeded by ``seed_of(first row of shard
-        i)``, so the same prompts and weights give the same samples on any fleet size. A worker
-        that dies is replaced, as in training, and its shard redone with the same seed. Returns
-        each shard's samples (prompt, then sample), in prompt order."""
+    def _sharded(self, method: str, phase: str, columns: tuple, seed_of=None, **kwargs) -> list[list]:
+        """``method`` of the serving workers on rows split into contiguous shards, one per worker:
+        shard i gets its rows of each list in ``columns``, ``kwargs`` and (with ``seed_of``)
+        ``seed=seed_of(its first row)``. A worker that dies is replaced, as in training, and its
+        shard redone with the same seed. Returns each shard's results, in row order."""
         workers = list(self._serving())
-        shards = split_rows(len(prompt_ids), len(workers))
+        shards = split_rows(len(columns[0]), len(workers))
 
         def send(i):
             if not shards[i]:
                 return None
-            return workers[i].actor.generate.remote([prompt_ids[p] for p in shards[i]], n=n,
-                                                    seed=seed_of(shards[i][0]))
+            seed = {} if seed_of is None else {"seed": seed_of(shards[i][0])}
+            return getattr(workers[i].actor, method).remote(*([c[p] for p in shards[i]] for c in columns),
+                                                            **kwargs, **seed)
 
-        return self._gather(shards, workers, [send(i) for i in range(len(shards))], send, "evaluate")
+        return self._gather(shards, workers, [send(i) for i in range(len(shards))], send, phase)
+
+    def generate(self, prompt_ids: list[list[int]], n: int, seed_of) -> list[list]:
+        """Samples outside the training loop (held-out evaluation, the best-of-K curve), shard i
+        seeded by ``seed_of(first row of shard i)``, so the same prompts and weights give the same
+        samples on any fleet size. Returns each shard's samples (prompt, then sample), in order."""
+        return self._sharded("generate", "evaluate", (prompt_ids,), seed_of, n=n)
 
     def choice_logprobs(self, prompt_ids: list[list[int]], choices: list[list[int]]) -> list[list[float]]:
         """Next-token logprobs of each prompt's candidate tokens (an AI judge's labels), the
-        prompts split over the serving workers; a worker that dies is replaced and its shard redone."""
-        workers = list(self._serving())
-        shards = split_rows(len(prompt_ids), len(workers))
-
-        def send(i):
-            if not shards[i]:
-                return None
-            return workers[i].actor.choice_logprobs.remote([prompt_ids[p] for p in shards[i]],
-                                                           [choices[p] for p in shards[i]])
-
-        parts = self._gather(shards, workers, [send(i) for i in range(len(shards))], send, "judge")
-        return [row for part in parts for row in part]
+        prompts split over the serving workers (``_sharded``)."""
+        return [row for part in self._sharded("choice_logprobs", "judge", (prompt_ids, choices)) for row in part]
 
     def collect(self, job: GenJob) -> tuple[list, dict]:
         """Samples of every prompt in order (prompt, then sample), replacing dead workers."""

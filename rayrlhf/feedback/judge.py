@@ -128,9 +128,13 @@ class Judge:
               start: int = 0, both: bool = True) -> Labels:
         """Label each pair (prompts[i], a[i], b[i]); ``where`` names each pair in errors (file:line),
         ``start`` is the first pair's index in the whole set (it seeds the principle drawn)."""
-        n = len(prompts)
-        where = where or [f"pair {start + i}" for i in range(n)]
-        seqs, choices, principles, rationales = self.prepare(prompts, a, b, where, start, both)
+        where = where or [f"pair {start + i}" for i in range(len(prompts))]
+        return self.verdicts(self.prepare(prompts, a, b, where, start, both), both)
+
+    def verdicts(self, prepared: tuple, both: bool = True) -> Labels:
+        """The labels of pairs ``prepare`` built (its whole output): one call to the judge."""
+        seqs, choices, principles, rationales = prepared
+        n = len(principles)
         lp = torch.tensor(self._choice_logprobs(seqs, choices), dtype=torch.float64)  # (N or 2N, 2)
         p_first = first_preferred(lp)
         p_ab = p_first[:n]

@@ -136,14 +136,26 @@ def output_rows(records: list, labels: Labels) -> list[dict]:
     return rows
 
 
-def label_all(judge: Judge, records: list, both: bool, per_call: int, report=print) -> Labels:
-    """The judge's labels of every record, ``per_call`` pairs per call to it."""
+def _part(prepared: tuple, start: int, stop: int, n: int, both: bool) -> tuple:
+    """Pairs start..stop of ``Judge.prepare``'s output over all n pairs (a first, then b first)."""
+    seqs, choices, principles, rationales = prepared
+    at = list(range(start, stop)) + (list(range(n + start, n + stop)) if both else [])
+    return [seqs[i] for i in at], [choices[i] for i in at], principles[start:stop], [rationales[i] for i in at]
+
+
+def label_all(judge: Judge, records: list, both: bool, per_call: int, report=print, prepared=None) -> Labels:
+    """The judge's labels of every record, ``per_call`` pairs per call to it; ``prepared``:
+    ``judge.prepare``'s output over all of them (start 0), scored as is instead of built again."""
     parts = []
     for start in range(0, len(records), per_call):
         chunk = records[start:start + per_call]
-        where = [f"{r.source.file}:{r.source.line}" if r.source else f"pair {start + i}" for i, r in enumerate(chunk)]
-        parts.append(judge.label([r.prompt for r in chunk], [r.chosen for r in chunk], [r.rejected for r in chunk],
-                                 where, start, both))
+        if prepared is not None:
+            parts.append(judge.verdicts(_part(prepared, start, start + len(chunk), len(records), both), both))
+        else:
+            where = [f"{r.source.file}:{r.source.line}" if r.source else f"pair {start + i}"
+                     for i, r in enumerate(chunk)]
+            parts.append(judge.label([r.prompt for r in chunk], [r.chosen for r in chunk],
+                                     [r.rejected for r in chunk], where, start, both))
         report(f"[rayrlhf] label: {min(start + per_call, len(records))}/{len(records)} pairs")
     return Labels.cat(parts)
 
@@ -166,11 +178,12 @@ def run_label(cfg, resume: bool = False) -> dict:
     tokenizer = load_tokenizer(j.tokenizer or j.name_or_path, j.trust_remote_code, j.chat_template)
     records = read_pairs(cfg.data)
     both = cfg.label.orders == "both"
+    prepared = None
     try:  # the template's choices are one token each and every prompt fits, before any actor starts
         checker = Judge(template, tokenizer, None, generate=lambda ids: [""] * len(ids), seed=cfg.run.seed,
                         max_len=cfg.rollout.max_model_len)
         if not template.chain_of_thought:
-            checker.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
+            prepared = checker.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
                             [f"{r.source.file}:{r.source.line}" for r in records], 0, both)
     except ValueError as e:
         raise ConfigError([str(e)], source=cfg.label.template) from None
@@ -183,7 +196,7 @@ def run_label(cfg, resume: bool = False) -> dict:
         judge = Judge(template, tokenizer, roles.fleet.choice_logprobs,
                       generate=lambda ids: [s.text for part in roles.eval_generate(ids, n=1) for s in part],
                       seed=cfg.run.seed, max_len=cfg.rollout.max_model_len)
-        labels = label_all(judge, records, both, cfg.label.pairs_per_call)
+        labels = label_all(judge, records, both, cfg.label.pairs_per_call, prepared=prepared)
     finally:
         roles.shutdown()
     rows = output_rows(records, labels)

@@ -84,3 +84,14 @@ def test_an_evaluation_survives_a_dead_worker_with_the_same_samples(cluster, tin
     ray.kill(fleet.workers[0], no_restart=True)
     got = [[s.response_ids for s in part] for part in fleet.generate(prompts, 2, seed_of)]
     assert fleet.restarts == 1 and got == want and sum(len(p) for p in got) == 2 * len(prompts)
+
+
+def test_judge_logprobs_survive_a_dead_worker(cluster, tiny_model_dir):
+    prompts, choices = [[1, 5, 9], [1, 7, 3, 2], [4, 4, 8]], [[3, 4], [5, 6], [3, 4]]
+    healthy = _fleet(tiny_model_dir)
+    want = healthy.choice_logprobs(prompts, choices)
+    healthy.shutdown()
+    fleet = _fleet(tiny_model_dir)
+    ray.kill(fleet.workers[0], no_restart=True)
+    got = fleet.choice_logprobs(prompts, choices)
+    assert fleet.restarts == 1 and torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-6)

@@ -5,13 +5,14 @@ import json
 import os
 
 import pytest
+import torch
 
 from rayrlhf.config import load_config
 from rayrlhf.config.label import LabelConfig
 from rayrlhf.config.loader import ConfigError
 from rayrlhf.data.formats import read_records
 from rayrlhf.feedback.judge import Judge
-from rayrlhf.feedback.label import run_label
+from rayrlhf.feedback.label import label_all, run_label
 from rayrlhf.feedback.template import load_template
 from tests.driver.tiny import local_ray
 
@@ -32,12 +33,46 @@ def _cfg(world, out, **label):
             "run": {"output_dir": str(out), "name": "label", "seed": 3}}
 
 
+def _counting_head_ids(mp):
+    import rayrlhf.feedback.judge as judge_module
+
+    calls, head_ids = [], judge_module.head_ids
+    mp.setattr(judge_module, "head_ids", lambda *a: calls.append(1) or head_ids(*a))
+    return calls
+
+
 @pytest.fixture(scope="module")
-def labelled(judge_world, ray_cluster, tmp_path_factory):
+def labelled_run(judge_world, ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("label_runs")
-    summary = run_label(load_config(LabelConfig, data=_cfg(judge_world, out)))
+    with pytest.MonkeyPatch.context() as mp:
+        prompts_built = _counting_head_ids(mp)
+        summary = run_label(load_config(LabelConfig, data=_cfg(judge_world, out)))
     rows = [json.loads(line) for line in open(os.path.join(out, "label", "labels.jsonl"))]
-    return summary, rows
+    return summary, rows, len(prompts_built)
+
+
+@pytest.fixture(scope="module")
+def labelled(labelled_run):
+    return labelled_run[:2]
+
+
+def test_each_judge_prompt_is_built_once(labelled_run):
+    # the pre-start length check builds both orders of every pair; labelling scores those
+    assert labelled_run[2] == 2 * N
+
+
+def test_labelling_the_checked_sequences_is_labelling_afresh(judge_world, hf_judge, monkeypatch):
+    records = read_records(f"{judge_world}/data/pref_helpfulness_train.jsonl", "preference", limit=N).records
+    judge = Judge(load_template("toyworld_helpfulness"), hf_judge.tokenizer, hf_judge.choice_logprobs, seed=3)
+    fresh = label_all(judge, records, True, 3, report=lambda _: None)
+    prepared = judge.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
+                             [f"{r.source.file}:{r.source.line}" for r in records], 0, True)
+    built = _counting_head_ids(monkeypatch)
+    reused = label_all(judge, records, True, 3, report=lambda _: None, prepared=prepared)
+    assert not built
+    for k in ("p_a", "p_ab", "p_ba", "mass"):
+        assert torch.allclose(getattr(reused, k), getattr(fresh, k), atol=1e-6)
+    assert reused.principles == fresh.principles and reused.rationales == fresh.rationales
 
 
 def test_labels_equal_the_judge_in_process(judge_world, hf_judge, labelled):
@@ -63,9 +98,8 @@ def test_summary_is_what_the_rows_say(labelled):
     agree = [1.0 if r["p_chosen"] > 0.5 and r["input_agrees"] else 0.0 if r["p_chosen"] > 0.5 else 0.5 for r in rows]
     assert summary["label/agreement_input"] == pytest.approx(sum(agree) / len(rows))
     decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
-    gold = [1.0 if r["gold_chosen"] > r["gold_rejected"] else 0.0 for r in decided if r["p_chosen"] > 0.5]
-    if len(gold) == len(decided):
-        assert summary["label/agreement_gold"] == pytest.approx(sum(gold) / len(decided))
+    gold = [0.5 if r["p_chosen"] == 0.5 else 1.0 if r["gold_chosen"] > r["gold_rejected"] else 0.0 for r in decided]
+    assert decided and summary["label/agreement_gold"] == pytest.approx(sum(gold) / len(decided))
     assert summary["label/gold_ties_left_out"] == len(rows) - len(decided)
     p_first = [r["judge"]["p_chosen_shown_first"] for r in rows]
     p_second = [r["judge"]["p_chosen_shown_second"] for r in rows]
