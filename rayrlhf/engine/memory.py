@@ -11,6 +11,7 @@ the same GPU (colocate_with) are summed per GPU.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -208,6 +209,39 @@ def reward_rows(cfg) -> int:
     return ppo.forward_micro_batch_size if ppo is not None else RS_SCORE_ROWS
 
 
+JUDGE_CHARS_PER_TOKEN = 3
+"""A judge template's text per token when the judge's folder has no tokenizer yet (a pipeline
+output): fewer than the 4 or so of English text, so the estimate errs long."""
+
+
+@functools.lru_cache(maxsize=None)
+def _template_tokens(model: str, template: str) -> int:
+    """Tokens of an AI judge's prompt without its request and responses: preamble, principles,
+    few-shot examples, the sample's own text, and its reply up to the choice."""
+    from rayrlhf.feedback.template import load_template
+
+    t = load_template(template)
+    text = t.question("", "", None if t.kind == "direct" else "", t.principles_for(0, 0))
+    if not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
+        return math.ceil(len(text + t.reply()) / JUDGE_CHARS_PER_TOKEN) + 1
+    from rayrlhf.feedback.judge import head_ids
+    from rayrlhf.models import load_tokenizer
+
+    tok = load_tokenizer(model)
+    return len(head_ids(tok, t, text)) + len(tok.encode(t.reply(), add_special_tokens=False)) + 1
+
+
+def judge_tokens(source, cfg) -> int:
+    """The longest prompt an AI judge reward source scores: its template's tokens, the longest
+    request, and the longest response for each response it shows (a pairwise judge's
+    reference counted as long as a response)."""
+    from rayrlhf.feedback.template import load_template
+
+    shown = 1 if load_template(source.judge).kind == "direct" else 2
+    return (_template_tokens(source.model, source.judge) + cfg.data.max_prompt_tokens
+            + shown * cfg.rollout.max_new_tokens)
+
+
 def planned_roles(command: str, cfg) -> list[str]:
     """The roles a ppo/rs run starts (as rayrlhf.driver.roles places them)."""
     return [r.role for r in _roles(command, cfg)]
@@ -243,11 +277,12 @@ def _roles(command: str, cfg) -> list[_Role]:
     rows = reward_rows(cfg)
     for i, r in enumerate(cfg.rewards):
         if r.model and r.name in res.rewards:
-            # Reward models compute in the policy's dtype (rayrlhf.driver.roles).
+            # Reward models compute in the policy's dtype (rayrlhf.driver.roles). An AI judge scores
+            # whole judge prompts with its LM head's logits over every position.
             out.append(_Role(f"reward/{r.name}", f"rewards[{i}].model", f"resources.rewards.{r.name}", r.model,
                              "frozen", replace(pol, name_or_path=r.model, quantization=r.quantization),
                              res.rewards[r.name].num_workers,
-                             0, rows * seq, lm_head=False))
+                             0, rows * (judge_tokens(r, cfg) if r.judge else seq), lm_head=bool(r.judge)))
     return out
 
 

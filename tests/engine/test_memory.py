@@ -380,3 +380,20 @@ def test_llama2_70b_in_4bit_is_a_quarter_of_bf16():
     assert round(bf16 / 2**30, 1) == 128.5
     assert round(nf4 / 2**30, 1) == 33.9
     assert round(int8 / 2**30, 1) == 64.8  # 8.0 bits a weight (row scales are 0.0005 bit)
+
+
+def test_a_judge_reward_counts_its_whole_prompt_and_grows_with_its_template(tmp_path, tiny_model_dir):
+    cpu = {"gpus_per_worker": 0}
+    acts = []
+    for words in (10, 400):
+        template = tmp_path / f"judge_{words}.yaml"
+        template.write_text(yaml.safe_dump({"kind": "direct", "preamble": "Rate the response. " * words}))
+        path = ppo_yaml(tmp_path, tiny_model_dir, {"trainer": cpu, "critic": cpu, "rollout": cpu, "reference": cpu,
+                                                    "rewards": {"judge": cpu}},
+                        policy={"dtype": "float32", "gradient_checkpointing": False}, rollout={"dtype": "float32"})
+        cfg = load_config(PPOConfig, path, [f"rewards=[{{name: judge, model: {tiny_model_dir}, judge: {template}}}]"])
+        (row,) = [r for r in plan_memory("ppo", cfg).rows if r.role == "reward/judge"]
+        acts.append(row.activations)
+    scalar = load_config(PPOConfig, path, [f"rewards=[{{name: judge, model: {tiny_model_dir}}}]"])
+    (rm,) = [r for r in plan_memory("ppo", scalar).rows if r.role == "reward/judge"]
+    assert rm.activations < acts[0] < acts[1]
