@@ -50,6 +50,12 @@ class CheckpointWriteError(RuntimeError):
     (``rayrlhf.checkpoint.write_checkpoint``)."""
 
 
+class ActorLostError(RuntimeError):
+    """An actor a run cannot replace (a trainer or critic rank, the reference, a reward model)
+    died; the message names it, the phase, the checkpoint that is intact and how to go on
+    (``rayrlhf.driver.ppo_stage.actor_lost``)."""
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str):
     """Yield a temporary folder; on success it replaces ``final`` in one rename.
