@@ -73,10 +73,15 @@ def atomic_dir(final: str):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = final + ".old"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        if os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:  # the rename failed: no half-made folder stays, the old one comes back
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_dir(final)
+        raise
     _fsync_dir(parent)
     shutil.rmtree(old, ignore_errors=True)
 
