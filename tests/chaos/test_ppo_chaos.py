@@ -33,7 +33,10 @@ def step_of(call: int) -> int:
     return k // (PROMPTS * N) + 1 if k < 2 * PROMPTS * N else (k - EVAL * EVAL_N) // (PROMPTS * N) + 1
 
 
-CALLS = {c: [tally.pick(c, FIRST_TRAIN_CALL, LAST_TRAIN_CALL)] for c in ("rollout", "trainer", "driver")}
+CALLS = {c: [tally.pick(c, FIRST_TRAIN_CALL, LAST_TRAIN_CALL)] for c in ("rollout", "async", "trainer", "driver")}
+# And once after the first checkpoint, in steps 3 and 4: found dead at its next forward pass.
+CALLS["trainer"].append(tally.pick("trainer-after-checkpoint", EVAL * EVAL_N * 2 + 2 * PROMPTS * N + 1,
+                                   LAST_TRAIN_CALL))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def world(tmp_path_factory):
     yield from world_on_local_ray(tmp_path_factory, "chaos_ppo_world")
 
 
-def _cfg(world, run_dir):
+def _cfg(world, run_dir, mode="sync"):
     return load_config(PPOConfig, data={
         "policy": {"name_or_path": f"{world}/base_model"},
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "eval": [f"{world}/data/prompts_eval.jsonl"],
@@ -49,8 +52,8 @@ def _cfg(world, run_dir):
         "rewards": [{"name": "rule", "function": "tests.driver.faults:reward"}],
         "rollout": {"backend": "hf", "max_new_tokens": 8, "n_samples": N, "max_model_len": 160},
         "ppo": {"total_steps": STEPS, "prompts_per_step": PROMPTS, "ppo_epochs": 1, "global_mini_batch_size": 4,
-                "actor_lr": 1e-3, "critic_lr": 1e-3, "eval_every": 2, "checkpoint_every": 2, "rollout_mode": "sync",
-                "call_timeout_s": 120},
+                "actor_lr": 1e-3, "critic_lr": 1e-3, "eval_every": 2, "checkpoint_every": 2, "rollout_mode": mode,
+                "max_staleness": 1, "call_timeout_s": 120},
         "eval": {"samples_per_prompt": EVAL_N},
         "resources": {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},
                       "reference": {"cpus_per_worker": 0.25}, "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}},
@@ -101,6 +104,21 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_is_the_same(world, full
     tally.survived()
 
 
+@pytest.mark.parametrize("call", CALLS["async"], ids=lambda c: f"async-rollout-worker-killed-seed{tally.SEED}-call{c}")
+def test_async_a_killed_rollout_worker_is_replaced_without_losing_a_prompt(world, full_run, tmp_path, call):
+    """Async rollout is not promised exact (a replacement serves newer weights); the run
+    finishes and every prompt is used once, in the iteration the sync run used it."""
+    run_dir = str(tmp_path / "ak")
+    faults.reset(kill_at=call, kill_actor="ak/rollout/1")
+    summary = run_ppo(_cfg(world, run_dir, "async"))
+    assert faults.STATE["calls"] >= call
+    tally.injected()
+    assert summary["rollout/worker_restarts"] == 1 and summary["steps"] == STEPS
+    assert _ledger(run_dir) == _ledger(full_run)
+    assert all(r["rollout/samples"] == PROMPTS * N for r in read_metrics(run_dir)[1:])
+    tally.survived()
+
+
 def _stop_then_resume(world, full_run, run_dir, call, expect, match):
     with pytest.raises(expect) as e:
         run_ppo(_cfg(world, run_dir))
@@ -126,6 +144,8 @@ def test_a_killed_trainer_rank_stops_clearly_and_a_resume_is_the_same_run(world,
     msg = _stop_then_resume(world, full_run, run_dir, call, (ActorLostError, ckpt.CheckpointWriteError),
                             "tk/trainer/1")
     assert "tk/trainer/1 died (it was killed by" in msg or "writing failed (ActorDiedError" in msg
+    if "died (it was killed by" in msg:
+        assert "while the run waited on policy" in msg
     if step_of(call) > 2:
         assert f"checkpoint {run_dir}/checkpoints/step-00000002 is intact" in msg and "--resume" in msg
     else:
