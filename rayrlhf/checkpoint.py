@@ -101,13 +101,19 @@ def write_checkpoint(run_dir: str, step: int, fill, state: dict, keep: int = 2) 
             fill(tmp)
             atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
     except Exception as e:
-        previous = latest_checkpoint(run_dir)
-        after = (f"the previous checkpoint {previous} is intact: once the cause is fixed, run the same command "
-                 "with --resume (a pipeline: run it again) to continue from it" if previous else
-                 "there is no earlier checkpoint: a rerun starts from the beginning")
-        raise CheckpointWriteError(f"checkpoint {final}: writing failed ({type(e).__name__}: {e}); {after}") from e
+        raise CheckpointWriteError(f"checkpoint {final}: writing failed ({type(e).__name__}: {e}); "
+                                   f"{how_to_go_on(run_dir, 'previous')}") from e
     _retain(run_dir, keep)
     return final
+
+
+def how_to_go_on(run_dir: str, which: str = "latest") -> str:
+    """Which checkpoint of ``run_dir`` is intact and how to continue from it (or that none is)."""
+    previous = latest_checkpoint(run_dir)
+    if not previous:
+        return "there is no earlier checkpoint: a rerun starts from the beginning"
+    return (f"the {which} checkpoint {previous} is intact: once the cause is fixed, run the same command "
+            "with --resume (a pipeline: run it again) to continue from it")
 
 
 def _retain(run_dir: str, keep: int) -> None:

@@ -29,7 +29,7 @@ import sys
 
 from rayrlhf.config.loader import ConfigError
 from rayrlhf.data.validate import DataValidationError
-from rayrlhf.utils.fs import CheckpointWriteError
+from rayrlhf.utils.fs import ActorLostError, CheckpointWriteError
 
 
 def package_version() -> str:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:  # a data source, prompt file or folder named in the config
         print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
         return 2
-    except CheckpointWriteError as e:  # says which checkpoint is intact and how to resume
+    except (CheckpointWriteError, ActorLostError) as e:  # say which checkpoint is intact and how to resume
         print(f"rayrlhf {args.command}: {e}", file=sys.stderr)
         return 1
 

@@ -42,11 +42,17 @@ class PhaseTimeout(RuntimeError):
 
 
 def get(refs, timeout: float, what: str):
-    """``ray.get`` with a timeout whose error names the actor(s) and the phase."""
+    """``ray.get`` with a timeout whose error names the actor(s) and the phase. A dead actor's
+    RayActorError goes on up, marked with the phase (``rayrlhf_phase``): the fleet replaces
+    rollout workers; for any other actor the stage stops with ``ActorLostError``."""
     try:
         return ray.get(refs, timeout=timeout)
     except GetTimeoutError:
         raise PhaseTimeout(f"{what} did not answer within {timeout:.0f} s (ppo.call_timeout_s)") from None
+    except RayActorError as e:
+        if getattr(e, "rayrlhf_phase", None) is None:
+            e.rayrlhf_phase = what
+        raise
 
 
 class RolloutFleet:

@@ -51,14 +51,38 @@ def run_policy_stage(cfg, resume: bool, default_name: str, build_roles, driver_c
     run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, default_name)
     ensure_ray()
     roles = build_roles(cfg, os.path.basename(run_dir))
+    from ray.exceptions import RayActorError
+
     try:
         driver = driver_class(cfg, run_dir, roles, prompts, eval_prompts, tokenizer)
-        summary = add_gain_intervals(run_dir, driver.fit(resume=resume))
+        try:
+            summary = add_gain_intervals(run_dir, driver.fit(resume=resume))
+        except RayActorError as e:
+            raise actor_lost(e, run_dir) from e
         if driver.samples:
             atomic_write_json(os.path.join(run_dir, "samples.json"), driver.samples)
         return summary
     finally:
         roles.shutdown()
+
+
+def actor_lost(error, run_dir: str):
+    """ActorLostError for a dead actor the run cannot replace: which actor, in which phase,
+    why it died (as Ray says), the checkpoint that is intact and how to continue from it."""
+    import re
+
+    from rayrlhf.checkpoint import how_to_go_on
+    from rayrlhf.utils.fs import ActorLostError
+
+    text = str(error)
+    name = re.search(r"^\s*name: (\S+)", text, re.M) or re.search(r"^\s*class_name: (\S+)", text, re.M)
+    cause = re.search(r"The actor is dead because ([^\n]*?)\.?$", text, re.M)
+    phase = getattr(error, "rayrlhf_phase", None)
+    hint = how_to_go_on(run_dir)
+    return ActorLostError(f"{name.group(1) if name else 'an actor'} died"
+                          + (f" ({cause.group(1)})" if cause else "")
+                          + (f" while the run waited on {phase}" if phase else "")
+                          + f"; the run cannot go on without it. {hint[0].upper()}{hint[1:]}")
 
 
 def run_ppo(cfg, resume: bool = False) -> dict:

@@ -50,6 +50,12 @@ class CheckpointWriteError(RuntimeError):
     (``rayrlhf.checkpoint.write_checkpoint``)."""
 
 
+class ActorLostError(RuntimeError):
+    """An actor a run cannot replace (a trainer or critic rank, the reference, a reward model)
+    died; the message names it, the phase, the checkpoint that is intact and how to go on
+    (``rayrlhf.driver.ppo_stage.actor_lost``)."""
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str):
     """Yield a temporary folder; on success it replaces ``final`` in one rename.
@@ -67,10 +73,15 @@ def atomic_dir(final: str):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = final + ".old"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        if os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:  # the rename failed: no half-made folder stays, the old one comes back
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_dir(final)
+        raise
     _fsync_dir(parent)
     shutil.rmtree(old, ignore_errors=True)
 
