@@ -130,11 +130,9 @@ def trl_side(trl_python: str, world: str, setting: dict, prompt_ids: list, steps
         json.dump(work, f)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     figures = run_measured([trl_python, os.path.join(HERE, "trl_ppo.py"), "--work", work_path, "--out", out_path],
-                           env, log, lambda: False)
+                           env, log, lambda: os.path.exists(os.path.join(run_dir, "first_step")))
     with open(out_path, encoding="utf-8") as f:
-        result = json.load(f)
-    result["first_step_seconds"] = result.pop("startup_seconds")
-    return {**figures, **result}
+        return {**figures, **json.load(f)}
 
 
 def summarise(run: dict, warmup: int) -> dict:

@@ -52,12 +52,17 @@ def install_rule_reward(ppo_module):
 
 
 class StepClock(TrainerCallback):
-    def __init__(self):
-        self.ends = []
+    """Each step's end time and mean score; the first step's end also leaves ``first_step`` in
+    the output folder, which compare.py watches to time start-up as it does rayrlhf's."""
+
+    def __init__(self, marker: str):
+        self.ends, self.marker = [], marker
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "objective/scores" in logs:
             self.ends.append((time.perf_counter(), float(logs["objective/scores"])))
+            if len(self.ends) == 1:
+                open(self.marker, "w").close()
 
 
 def main() -> int:
@@ -96,7 +101,7 @@ def main() -> int:
         total_episodes=per_step * steps, learning_rate=work["lr"], kl_coef=work["kl_coef"],
         stop_token="eos", missing_eos_penalty=None, num_sample_generations=0, logging_steps=1,
         save_strategy="no", seed=work["seed"], gradient_checkpointing=False)
-    clock = StepClock()
+    clock = StepClock(os.path.join(work["out_dir"], "first_step"))
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref,
                          reward_model=RuleReward(tok), train_dataset=dataset, value_model=value,
                          callbacks=[clock])
@@ -105,9 +110,8 @@ def main() -> int:
     ends = [t for t, _ in clock.ends]
     step_seconds = [b - a for a, b in zip([t_start] + ends[:-1], ends)]
     result = {"side": "trl", "version": __import__("trl").__version__, "generation": "transformers generate",
-              "startup_seconds": ends[0] - T0 if ends else None, "setup_seconds": t_start - T0,
-              "step_seconds": step_seconds, "samples_per_step": per_step,
-              "tokens_per_step": None, "scores": [s for _, s in clock.ends]}
+              "setup_seconds": t_start - T0, "step_seconds": step_seconds, "samples_per_step": per_step,
+              "scores": [s for _, s in clock.ends]}
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
     return 0

@@ -215,31 +215,30 @@ output): fewer than the 4 or so of English text, so the estimate errs long."""
 
 
 @functools.lru_cache(maxsize=None)
-def _template_tokens(model: str, template: str) -> int:
-    """Tokens of an AI judge's prompt without its request and responses: preamble, principles,
-    few-shot examples, the sample's own text, and its reply up to the choice."""
+def _template_tokens(model: str, template: str) -> tuple[int, int]:
+    """Tokens of an AI judge's prompt without its request and responses (preamble, principles,
+    few-shot examples, the sample's own text, and its reply up to the choice), and how many
+    responses the prompt shows."""
     from rayrlhf.feedback.template import load_template
 
     t = load_template(template)
+    shown = 1 if t.kind == "direct" else 2
     text = t.question("", "", None if t.kind == "direct" else "", t.principles_for(0, 0))
     if not os.path.isfile(os.path.join(model, "tokenizer_config.json")):
-        return math.ceil(len(text + t.reply()) / JUDGE_CHARS_PER_TOKEN) + 1
+        return math.ceil(len(text + t.reply()) / JUDGE_CHARS_PER_TOKEN) + 1, shown
     from rayrlhf.feedback.judge import head_ids
     from rayrlhf.models import load_tokenizer
 
     tok = load_tokenizer(model)
-    return len(head_ids(tok, t, text)) + len(tok.encode(t.reply(), add_special_tokens=False)) + 1
+    return len(head_ids(tok, t, text)) + len(tok.encode(t.reply(), add_special_tokens=False)) + 1, shown
 
 
 def judge_tokens(source, cfg) -> int:
     """The longest prompt an AI judge reward source scores: its template's tokens, the longest
     request, and the longest response for each response it shows (a pairwise judge's
     reference counted as long as a response)."""
-    from rayrlhf.feedback.template import load_template
-
-    shown = 1 if load_template(source.judge).kind == "direct" else 2
-    return (_template_tokens(source.model, source.judge) + cfg.data.max_prompt_tokens
-            + shown * cfg.rollout.max_new_tokens)
+    template, shown = _template_tokens(source.model, source.judge)
+    return template + cfg.data.max_prompt_tokens + shown * cfg.rollout.max_new_tokens
 
 
 def planned_roles(command: str, cfg) -> list[str]:

@@ -183,8 +183,9 @@ def run_label(cfg, resume: bool = False) -> dict:
         checker = Judge(template, tokenizer, None, generate=lambda ids: [""] * len(ids), seed=cfg.run.seed,
                         max_len=cfg.rollout.max_model_len)
         if not template.chain_of_thought:
-            prepared = checker.prepare([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records],
-                            [f"{r.source.file}:{r.source.line}" for r in records], 0, both)
+            prepared = checker.prepare([r.prompt for r in records], [r.chosen for r in records],
+                                       [r.rejected for r in records],
+                                       [f"{r.source.file}:{r.source.line}" for r in records], 0, both)
     except ValueError as e:
         raise ConfigError([str(e)], source=cfg.label.template) from None
     os.makedirs(run_dir, exist_ok=True)

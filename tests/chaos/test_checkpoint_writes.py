@@ -1,6 +1,7 @@
 """A write failure at each write point of a checkpoint (its temporary folder, a trained
 model's files, state.json, the final rename) leaves the previous checkpoint as it was, no
 half-written folder, and a message naming the folder, the cause and how to resume."""
+import builtins
 import errno
 import os
 import tempfile
@@ -40,13 +41,11 @@ def test_a_write_failure_leaves_the_previous_checkpoint_intact(tmp_path, monkeyp
                 _disk_full(path)
             return real_open(path, *a, **k)
 
-        monkeypatch.setitem(__builtins__ if isinstance(__builtins__, dict) else vars(__builtins__), "open",
-                            failing_open)
+        monkeypatch.setattr(builtins, "open", failing_open)
         try:
             _fill(tmp)
         finally:
-            monkeypatch.setitem(__builtins__ if isinstance(__builtins__, dict) else vars(__builtins__), "open",
-                                real_open)
+            monkeypatch.setattr(builtins, "open", real_open)
 
     def mkdtemp(*a, **k):
         if point == "folder" and k.get("prefix", "").startswith(".tmp-step-"):
