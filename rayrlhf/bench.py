@@ -24,6 +24,8 @@ With ``--memory`` (rayrlhf.engine.bench_memory):
   memory/fsdp2_over_ddp         deepest model whose PPO update fits the per-rank budget under
                                 FSDP2 over 2 ranks / the same under DDP
 With ``--gpu`` (rayrlhf.engine.bench_gpu): the trainer's tokens/s and MFU on one GPU.
+The world and the runs (about 700 MB) go to a temporary folder that is removed at the end,
+whether the run succeeded or not; ``--keep DIR`` puts them in DIR and leaves them there.
 Warm-up iterations are excluded. Ratios, not absolute times, are what carries across machines.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -169,7 +172,25 @@ PARTS = ("rollout", "rm", "ppo", "balanced", "lora")
 
 def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: int = 2,
               balanced_new_tokens: int = 96, balanced_advantage: str = "gae", balanced_prompts: int = 8,
-              balanced_backend: str = "auto", parts: tuple[str, ...] = PARTS) -> dict:
+              balanced_backend: str = "auto", parts: tuple[str, ...] = PARTS, keep: str | None = None) -> dict:
+    """The figures; the world and the runs go to a temporary folder that is removed at the end
+    (success or not), or to ``keep``, which is left in place."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"--only: unknown part(s) {unknown}; parts are {list(PARTS)}")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+    tmp = keep or tempfile.mkdtemp(prefix="rayrlhf-bench-")
+    try:
+        return _bench_in(tmp, hidden, layers, steps, warmup, repeats, balanced_new_tokens, balanced_advantage,
+                         balanced_prompts, balanced_backend, parts)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench_in(tmp: str, hidden: int, layers: int, steps: int, warmup: int, repeats: int, balanced_new_tokens: int,
+              balanced_advantage: str, balanced_prompts: int, balanced_backend: str, parts: tuple[str, ...]) -> dict:
     from rayrlhf.data.tokenize import render_prompt
     from rayrlhf.driver.ppo_stage import run_ppo
     from rayrlhf.driver.toyworld_stage import ToyworldConfig, run_toyworld
@@ -178,10 +199,6 @@ def run_bench(hidden: int, layers: int, steps: int, warmup: int = 2, repeats: in
     from rayrlhf.rollout.worker import vllm_available
     from rayrlhf.utils.ray_init import ensure_ray
 
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise ValueError(f"--only: unknown part(s) {unknown}; parts are {list(PARTS)}")
-    tmp = tempfile.mkdtemp(prefix="rayrlhf-bench-")
     world = os.path.join(tmp, "world")
     info = run_toyworld(ToyworldConfig(out=world, n_sft=200, n_pref=200, n_prompts=400, n_eval_prompts=10,
                                        model=TinyModelSpec(hidden_size=hidden, num_layers=layers,
@@ -260,6 +277,8 @@ def main(argv: list[str]) -> int:
                         help="rollout engine of the balanced setting (auto: vLLM when it imports, as elsewhere)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of {','.join(PARTS)}")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--keep", default=None, help="put the world and the runs in this folder and keep it "
+                        "(by default they go to a temporary folder that is removed at the end)")
     parser.add_argument("--memory", action="store_true", help="instead: the deepest tiny Llama whose PPO "
                         "update fits a per-rank memory budget with ddp and fsdp(2), as a ratio")
     parser.add_argument("--budget-mib", type=int, default=384, help="--memory: memory budget per rank")
@@ -279,7 +298,7 @@ def main(argv: list[str]) -> int:
         result = run_bench(args.hidden, args.layers, args.steps, repeats=args.repeats,
                            balanced_new_tokens=args.balanced_new_tokens, balanced_advantage=args.balanced_advantage,
                            balanced_prompts=args.balanced_prompts, balanced_backend=args.balanced_backend,
-                           parts=tuple(p.strip() for p in args.only.split(",") if p.strip()))
+                           parts=tuple(p.strip() for p in args.only.split(",") if p.strip()), keep=args.keep)
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
     if args.out:

@@ -53,3 +53,36 @@ def test_a_lora_update_adds_less_memory_than_a_full_one(tiny_tokenizer_dir, tmp_
     assert lora["update_peak_bytes"] < full["update_peak_bytes"]
     print(f"update peak: full {full['update_peak_bytes'] / 2**20:.1f} MiB, lora {lora['update_peak_bytes'] / 2**20:.1f} MiB; "
           f"trainable {full['trainable']} vs {lora['trainable']}")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_bench_removes_its_temporary_folder_and_keeps_a_named_one(tmp_path, monkeypatch, fails):
+    import rayrlhf.bench as bench
+
+    made = tmp_path / "rayrlhf-bench-x"
+
+    def mkdtemp(prefix):
+        made.mkdir()
+        return str(made)
+
+    def parts(tmp, *args, fail=fails):
+        with open(f"{tmp}/world.bin", "wb") as f:
+            f.write(b"x" * 1000)
+        if fail:
+            raise RuntimeError("a part failed")
+        return {"tmp": tmp}
+
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(bench, "_bench_in", parts)
+    if fails:
+        with pytest.raises(RuntimeError, match="a part failed"):
+            bench.run_bench(64, 2, 1)
+    else:
+        assert bench.run_bench(64, 2, 1) == {"tmp": str(made)}
+    assert not made.exists()
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(bench, "_bench_in", lambda tmp, *a: parts(tmp, fail=False))
+    assert bench.run_bench(64, 2, 1, keep=str(kept)) == {"tmp": str(kept)}
+    assert (kept / "world.bin").exists()
+    with pytest.raises(ValueError, match="unknown part"):
+        bench.run_bench(64, 2, 1, parts=("nope",))
