@@ -120,7 +120,7 @@ def _ppo_figures(run_dir: str, warmup: int) -> dict:
     samples = float(np.mean([r["rollout/samples"] for r in rows]))
     gen = float(np.mean([r["timing/generate"] for r in rows]))
     train = float(np.mean([sum(r.get(f"timing/{k}", 0.0) for k in
-                                ("reward", "reference", "logprobs", "values", "advantages", "update", "sync"))
+                                ("reward", "forwards", "advantages", "update", "sync"))
                            for r in rows]))
     sync = float(np.mean([r.get("timing/sync", 0.0) for r in rows]))
     sync_bytes = float(np.mean([r.get("sync/bytes", 0.0) for r in rows]))

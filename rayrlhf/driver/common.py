@@ -55,29 +55,39 @@ class PromptOrder:
         return self._order
 
 
-def forward_rows(group, batch: dict, what: str, timeout: float, micro_batch: int, temperature: float,
-                 method: str = "forward") -> torch.Tensor:
+class PendingRows:
     """``method`` (``ModelWorker.forward``: logprobs or values; ``reference_forward``: the
-    policy's base under LoRA) on every worker of ``group`` at once, each its contiguous share
-    of the rows (every rank of a sharded group takes part). Shape: (B, T-1), zero off the
-    response."""
-    shards = split_rows(batch["input_ids"].shape[0], group.world_size)
-    refs = [getattr(a, method).remote(select_rows(batch, rows), micro_batch, temperature)
-            for a, rows in zip(group.actors, shards)]
-    outs = get(refs, timeout, f"{what} in phase forward")
-    full = torch.zeros_like(batch["response_mask"])
-    for rows, out in zip(shards, outs):
-        full[rows, : out.shape[1]] = out
-    return full
+    policy's base under LoRA) sent to every worker of ``group`` at once, each its contiguous
+    share of the rows (every rank of a sharded group takes part). ``result()`` waits and
+    assembles them: Shape (B, T-1), zero off the response. Several can be in flight at once."""
+
+    def __init__(self, group, batch: dict, what: str, timeout: float, micro_batch: int, temperature: float,
+                 method: str = "forward"):
+        self.shards = split_rows(batch["input_ids"].shape[0], group.world_size)
+        self.refs = [getattr(a, method).remote(select_rows(batch, rows), micro_batch, temperature)
+                     for a, rows in zip(group.actors, self.shards)]
+        self.like, self.what, self.timeout = batch["response_mask"], what, timeout
+
+    def result(self) -> torch.Tensor:
+        outs = get(self.refs, self.timeout, f"{self.what} in phase forward")
+        full = torch.zeros_like(self.like)
+        for rows, out in zip(self.shards, outs):
+            full[rows, : out.shape[1]] = out
+        return full
+
+
+def submit_reference(roles, batch: dict, timeout: float, micro_batch: int, temperature: float) -> PendingRows:
+    """The reference policy's token logprobs, sent: the reference workers', or under LoRA the
+    policy's with its adapters off (no reference worker is started then)."""
+    if roles.reference is not None:
+        return PendingRows(roles.reference, batch, "reference", timeout, micro_batch, temperature)
+    return PendingRows(roles.policy, batch, "reference", timeout, micro_batch, temperature,
+                       method="reference_forward")
 
 
 def reference_logprobs(roles, batch: dict, timeout: float, micro_batch: int, temperature: float) -> torch.Tensor:
-    """The reference policy's token logprobs: the reference workers', or under LoRA the policy's
-    with its adapters off (no reference worker is started then). Shape: (B, T-1)."""
-    if roles.reference is not None:
-        return forward_rows(roles.reference, batch, "reference", timeout, micro_batch, temperature)
-    return forward_rows(roles.policy, batch, "reference", timeout, micro_batch, temperature,
-                        method="reference_forward")
+    """The reference policy's token logprobs (``submit_reference``), waited for. Shape: (B, T-1)."""
+    return submit_reference(roles, batch, timeout, micro_batch, temperature).result()
 
 
 def sync_policy(roles, version: int, prompt_ids: list[list[int]], timeout: float, *, verify: bool = True,

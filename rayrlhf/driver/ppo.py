@@ -25,8 +25,8 @@ from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
-from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, forward_rows, load_loop_checkpoint,
-                                   reference_logprobs, save_loop_checkpoint, sync_policy)
+from rayrlhf.driver.common import (PendingRows, PromptOrder, Timer, add_gains, load_loop_checkpoint,
+                                   save_loop_checkpoint, submit_reference, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
 from rayrlhf.driver.ppo_math import (behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl,
@@ -167,14 +167,14 @@ class PPODriver:
         if bad:
             return self._bad_step(step, f"non-finite reward for samples {bad[:10]} (prompt rows "
                                         f"{[rows[i] for i in bad[:10]]})", metrics, t)
-        with t("reference"):
-            ref_lp = self._reference(batch)
-        with t("logprobs"):
-            old_lp = self._forward(self.roles.policy, batch, "policy")
-        values = None
-        if self.roles.critic is not None:
-            with t("values"):
-                values = self._forward(self.roles.critic, batch, "critic")
+        with t("forwards"):
+            # Reference logprobs, old logprobs and values depend on the batch only: all three
+            # groups compute at once (on different cores or GPUs), then the driver collects.
+            pending = [self._reference(batch), self._forward(self.roles.policy, batch, "policy")]
+            if self.roles.critic is not None:
+                pending.append(self._forward(self.roles.critic, batch, "critic"))
+            ref_lp, old_lp, *rest = [p.result() for p in pending]
+            values = rest[0] if rest else None
         with t("advantages"):
             engine_lp = behaviour_tensor([s.logprobs for s in samples], batch["response_mask"])
             stale = staleness > 0
@@ -277,13 +277,13 @@ class PPODriver:
 
     # Policy and reference both under softmax(logits / T), the distribution the rollout sampled:
     # the KL is zero at step 0 whatever the temperature (the critic ignores T).
-    def _forward(self, group, batch, what: str) -> torch.Tensor:
-        return forward_rows(group, batch, what, self.timeout, self.p.forward_micro_batch_size,
-                            self.cfg.rollout.temperature or 1.0)
+    def _forward(self, group, batch, what: str) -> PendingRows:
+        return PendingRows(group, batch, what, self.timeout, self.p.forward_micro_batch_size,
+                           self.cfg.rollout.temperature or 1.0)
 
-    def _reference(self, batch) -> torch.Tensor:
-        return reference_logprobs(self.roles, batch, self.timeout, self.p.forward_micro_batch_size,
-                                  self.cfg.rollout.temperature or 1.0)
+    def _reference(self, batch) -> PendingRows:
+        return submit_reference(self.roles, batch, self.timeout, self.p.forward_micro_batch_size,
+                                self.cfg.rollout.temperature or 1.0)
 
     def _update(self, batch: dict, step: int) -> dict:
         """Clipped PPO on the policy group and the value loss on the critic group, together."""
