@@ -32,6 +32,12 @@ class RoleResources:
     """GPUs each actor reserves; fractions below 1 share a GPU, above 1 must be whole."""
     cpus_per_worker: float = 1.0
     """CPUs each actor reserves (fractions allowed)."""
+    threads: Optional[int] = None
+    """Torch (OpenMP) threads of each actor. Default: cpus_per_worker rounded, at least 1 (a
+    rollout worker: its reservation rounded down). Set it to split a node's cores between roles
+    that compute at the same time (in async PPO all of them can: the rollout generates while
+    policy and critic update) other than by their reservations; keep the threads on a node at
+    most its cores, since OpenMP threads on an oversubscribed core wait for each other."""
     colocate_with: Optional[str] = None
     """Another role whose placement group this role joins: worker i goes onto that role's
     bundle i (modulo its bundle count), so both must ask for fractions of the same GPUs."""
@@ -53,6 +59,10 @@ class RoleResources:
                        f"got {self.gpus_per_worker}; use {math.ceil(self.gpus_per_worker)} or a fraction below 1")
         if self.cpus_per_worker < 0:
             out.append(f"cpus_per_worker: must be 0 or more, got {self.cpus_per_worker}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            out.append(f"threads: must be a whole number of at least 1 or null (from cpus_per_worker), "
+                       f"got {self.threads!r}")
         if self.cpus_per_worker <= 0 and self.gpus_per_worker <= 0:
             out.append("cpus_per_worker and gpus_per_worker are both 0: a worker must reserve some "
                        "CPU or GPU (e.g. cpus_per_worker: 0.1)")

@@ -14,7 +14,7 @@ from rayrlhf.actors.batch import select_rows, split_rows
 from rayrlhf.algo.intervals import is_interval_key
 from rayrlhf.driver.controller import restore_fleet_size
 from rayrlhf.driver.fleet import get
-from rayrlhf.utils.fs import atomic_write_json, read_json
+from rayrlhf.utils.fs import CheckpointWriteError, atomic_write_json, read_json
 
 
 class Timer:
@@ -121,20 +121,30 @@ def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: d
                          summary: dict, timeout: float, files: dict | None = None) -> None:
     """Checkpoint ``step`` of a PPO or rejection-sampling loop, atomically: every trained group
     saves into the new folder, ``state`` (plus the fleet's worker count) goes to state.json,
-    each of ``files`` (name -> JSON value) to a file of its own; then the run's summary.json."""
+    each of ``files`` (name -> JSON value) to a file of its own, and ``summary`` (the histories
+    a resumed run goes on from) to summary.json in it; then a copy of that to the run's
+    summary.json. A resume reads the checkpoint's own copy (``load_loop_checkpoint``), so a
+    stop between the two writes loses nothing."""
     def fill(tmp):
         get([ref for group in trained for ref in group.call_async("save", tmp)], timeout,
             f"{'+'.join(g.role for g in trained)} in phase checkpoint")
-        for name, value in (files or {}).items():
+        for name, value in {**(files or {}), "summary.json": summary}.items():
             atomic_write_json(os.path.join(tmp, name), value)
 
     ckpt.write_checkpoint(run_dir, step, fill, {**state, "rollout_workers": fleet.target}, keep=keep)
-    atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        atomic_write_json(path, summary)
+    except OSError as e:
+        raise CheckpointWriteError(f"{path}: writing failed ({type(e).__name__}: {e}); the checkpoint of step "
+                                   f"{step} holds this summary; {ckpt.how_to_go_on(run_dir)}") from e
 
 
-def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> tuple[str, dict] | None:
-    """The latest checkpoint's (folder, state) after every trained group loaded it and the fleet
-    was asked for the worker count it had; None when the run has none."""
+def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> tuple[str, dict, dict] | None:
+    """The latest checkpoint's (folder, state, summary) after every trained group loaded it and
+    the fleet was asked for the worker count it had; None when the run has none. The summary is
+    the one saved with that checkpoint (the run's summary.json for checkpoints written before
+    checkpoints held one)."""
     found = ckpt.latest_checkpoint(run_dir)
     if not found:
         return None
@@ -146,4 +156,6 @@ def load_loop_checkpoint(run_dir: str, trained: list, fleet, timeout: float) -> 
             print(f"[rayrlhf] {group.role}: trains at the configured learning rate {changed['lr']:g} from "
                   f"here on; the checkpoint's optimizer state had {changed['checkpoint_lr']:g}", flush=True)
     restore_fleet_size(fleet, state)
-    return found, state
+    own = os.path.join(found, "summary.json")
+    summary = read_json(own if os.path.exists(own) else os.path.join(run_dir, "summary.json"))
+    return found, state, summary

@@ -92,7 +92,7 @@ class PPODriver:
         # Which prompts each iteration used: the record that no prompt is lost or used twice.
         self.ledger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None, tensorboard=False,
                                     echo=False, filename="rollouts.jsonl", publish=False)
-        summary = read_json(os.path.join(self.run_dir, "summary.json")) if resume and start else {}
+        summary = dict(self.resumed_summary) if resume and start else {}
         self.hacking.load(summary.get("hacking_history", {}))
         stopped = None
         if start == 0:
@@ -373,7 +373,7 @@ class PPODriver:
         loaded = load_loop_checkpoint(self.run_dir, self._trained_groups(), self.fleet, self.timeout)
         if not loaded:
             return 0, []
-        found, state = loaded
+        found, state, self.resumed_summary = loaded
         self.version = state["version"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters.update(state.get("counters", {}))

@@ -37,6 +37,10 @@ class Roles:
         wanted += ["reference"] if reference else []
         wanted += [f"reward/{r.name}" for r in cfg.rewards if not r.function]
         self.plan = plan_placement(res, roles=[r for r in res.roles() if r in wanted])
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        line, warning = thread_layout(res, [r for r in res.roles() if r in wanted],
+                                      int(nodes[0]["Resources"].get("CPU", 0)) if len(nodes) == 1 else None)
+        print(f"[rayrlhf] {line}" + (f"\n[rayrlhf] warning: {warning}" if warning else ""), flush=True)
         self.pgs = create_placement_groups(self.plan, run_name, timeout_s=timeout)
         self.run_name = run_name
         seed = cfg.run.seed
@@ -91,7 +95,8 @@ class Roles:
         self.fleet = RolloutFleet(
             lambda rank: self._rollout_factory(rank, dict(model_path=cfg.policy.name_or_path, cfg=rcfg,
                                                           trust_remote_code=cfg.policy.trust_remote_code,
-                                                          name=f"{run_name}/rollout/{rank}")),
+                                                          name=f"{run_name}/rollout/{rank}",
+                                                          threads=res.rollout.threads)),
             res.rollout.num_workers, rcfg.n_samples, seed, timeout, max_restarts, placement=self._rollout_factory)
         self.fleet.wait_ready()
         self._eval_seed = derive_seed(seed, 0xE7A1)
@@ -131,10 +136,33 @@ class Roles:
         self.pgs.remove()
 
 
+def thread_layout(res, roles: list[str], node_cpus: int | None) -> tuple[str, str | None]:
+    """The torch threads of each role's workers as one line, and a warning when the cluster is
+    one node (``node_cpus`` given), the roles' threads together exceed its cores and some worker
+    runs several (in async PPO every role can compute at once; one-thread workers only take
+    turns, while a team of OpenMP threads on shared cores waits at each barrier for its slowest)."""
+    per = {}
+    for role in roles:
+        r = res.roles()[role]
+        if role == "rollout":
+            n = r.threads or max(1, int(r.cpus_per_worker))
+        else:
+            n = _threads(res, {"trainer": "policy"}.get(role, role))
+        per[role] = (n, r.num_workers)
+    line = "torch threads per worker: " + ", ".join(
+        f"{role} {n}" + (f" (x{w} workers)" if w > 1 else "") for role, (n, w) in per.items())
+    total = sum(n * w for n, w in per.values())
+    if node_cpus and total > node_cpus and any(n > 1 for n, _ in per.values()):
+        return line, (f"{total} threads over this node's {node_cpus} cores: roles that compute at the same time "
+                      f"will wait for each other's threads; lower resources.<role>.threads (or cpus_per_worker)")
+    return line, None
+
+
 def _threads(res, role: str) -> int:
+    """A model worker's torch threads: ``resources.<role>.threads``, else its CPUs rounded (>= 1)."""
     section = res.rewards.get(role.split("/", 1)[1]) if role.startswith("reward/") else getattr(
         res, {"policy": "trainer"}.get(role, role))
-    return max(1, int(round(section.cpus_per_worker)))
+    return section.threads or max(1, int(round(section.cpus_per_worker)))
 
 
 def _join_group(group) -> None:

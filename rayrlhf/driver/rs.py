@@ -34,7 +34,7 @@ from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
 from rayrlhf.metrics import MetricsLogger
-from rayrlhf.utils.fs import atomic_write_json, atomic_write_text, read_json
+from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
 
 CURVE_PURPOSE = 0xC0
 
@@ -65,7 +65,7 @@ class RSDriver:
             self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=None if fresh else start, echo=not sys.stderr.isatty(),
                                wandb_project=self.cfg.run.wandb_project)
-        summary = {} if fresh else read_json(os.path.join(self.run_dir, "summary.json"))
+        summary = {} if fresh else dict(self.resumed_summary)
         self.history = {k: list(v) for k, v in summary.get("rounds_history", {}).items()}
         if fresh:
             if self.r.curve_k:
@@ -299,7 +299,7 @@ class RSDriver:
         loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy], self.fleet, self.timeout)
         if not loaded:
             return 0
-        found, state = loaded
+        found, state, self.resumed_summary = loaded
         self.version = state["version"]
         self._sync()
         print(f"[rayrlhf] resumed from {found} after round {state['step']}", flush=True)

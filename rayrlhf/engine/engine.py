@@ -124,21 +124,54 @@ class Engine:
         return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
 
     # -- forward and step --------------------------------------------------------------------------
+    @staticmethod
+    def _by_length(batch: dict) -> torch.Tensor | None:
+        """Row order longest first (stable) for right-padded token rows (a 2-D ``attention_mask``);
+        None for other layouts (lists of responses, no mask), which keep their order."""
+        mask = batch.get("attention_mask")
+        if not torch.is_tensor(mask) or mask.dim() != 2:
+            return None
+        return torch.sort(mask.sum(dim=1), descending=True, stable=True).indices
+
+    def _micro(self, batch: dict, sl: slice, order: torch.Tensor | None) -> dict:
+        """The micro-batch of rows ``sl`` (of ``order`` when given), cut to its longest row: a
+        short row pays for no column of another micro-batch's long rows."""
+        if order is None:
+            return self._rows(batch, sl)
+        from rayrlhf.actors.batch import select_rows
+
+        return select_rows(batch, order[sl])
+
     @torch.no_grad()
     def forward(self, batch: dict, fn, micro_batch_size: int | None = None) -> torch.Tensor:
-        """``fn(model, micro_batch) -> tensor`` over the rows, in eval mode; float32, on CPU."""
+        """``fn(model, micro_batch) -> tensor`` over the rows, in eval mode; float32, on CPU.
+
+        Right-padded token rows go into micro-batches by length, each cut to its longest row;
+        the outputs come back in the rows' order, zero-padded to the batch's width (per-token
+        outputs of shape (B, T-1) or (B, T); causal attention makes each row's values those of
+        the uncut batch, up to float rounding)."""
         was_training = self.model.training
         self.model.eval()
+        order = self._by_length(batch)
         outs = []
         try:
             with self._compute():
                 for sl, pad in self._chunks(self._n(batch), micro_batch_size or self.s.forward_micro_batch_size):
-                    out = fn(self.model, to_device(self._rows(batch, sl), self.device))
+                    mb = self._micro(batch, sl, order)
+                    out = fn(self.model, to_device(mb, self.device))
                     if not pad:
-                        outs.append(out.float().cpu())
+                        outs.append((out.float().cpu(), mb["attention_mask"].shape[1]))
         finally:
             self.model.train(was_training)
-        return torch.cat(outs, dim=0)
+        if order is None:
+            return torch.cat([o for o, _ in outs], dim=0)
+        # A micro-batch of width w gave (b, w - k, ...): pad column 1 to the batch's T - k.
+        full = batch["attention_mask"].shape[1]
+        cat = torch.cat([torch.nn.functional.pad(o.movedim(1, -1), (0, full - w)).movedim(-1, 1) if o.dim() > 1
+                         else o for o, w in outs], dim=0)
+        out = torch.empty_like(cat)
+        out[order] = cat
+        return out
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict, fn):
@@ -153,9 +186,12 @@ class Engine:
 
     def step(self, batch: dict, loss_fn) -> dict:
         """One optimizer step on this rank's rows of a global mini-batch, split into
-        micro-batches of ``micro_batch_size`` rows (see ``step_micro``)."""
+        micro-batches of ``micro_batch_size`` rows (see ``step_micro``). Right-padded token rows
+        are grouped by length, each micro-batch cut to its longest row: the loss is a sum over
+        tokens, so the grouping changes the step only by float rounding."""
         chunks = self._chunks(self._n(batch), self.s.micro_batch_size)
-        return self._step([(self._rows(batch, sl), pad) for sl, pad in chunks], loss_fn)
+        order = self._by_length(batch)
+        return self._step([(self._micro(batch, sl, order), pad) for sl, pad in chunks], loss_fn)
 
     def step_micro(self, micro_batches: list[dict], loss_fn) -> dict:
         """One optimizer step accumulated over ``micro_batches`` (made by the caller: every

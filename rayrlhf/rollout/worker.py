@@ -99,10 +99,10 @@ class RolloutWorker:
     """Ray concurrency groups of the actor (``ray.remote(concurrency_groups=...)``)."""
 
     def __init__(self, model_path: str, cfg: RolloutSection | dict, tokenizer_path: str | None = None,
-                 trust_remote_code: bool = False, name: str = "rollout/0"):
+                 trust_remote_code: bool = False, name: str = "rollout/0", threads: int | None = None):
         self.name = name
         cfg = RolloutSection(**cfg) if isinstance(cfg, dict) else cfg
-        threads = assigned_cpus()
+        threads = threads or assigned_cpus()  # resources.rollout.threads, else the reservation
         # Before the engine starts: vLLM's CPU worker forbids set_num_threads afterwards and
         # keeps an explicit OMP_NUM_THREADS instead of dropping to one thread.
         torch.set_num_threads(threads)

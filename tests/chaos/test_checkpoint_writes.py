@@ -83,3 +83,45 @@ def test_a_write_failure_leaves_the_previous_checkpoint_intact(tmp_path, monkeyp
     # Once the disk has room again, the same write goes through.
     assert ckpt.latest_checkpoint(run) == first and ckpt.write_checkpoint(run, 2, _fill, {"k": 2}).endswith("02")
     tally.failed_clearly()
+
+
+class _Group:
+    role = "policy"
+
+    def call_async(self, method, folder):
+        if method == "save":
+            _fill(folder)
+        return [None]  # load: the optimizer's learning rate unchanged
+
+
+def test_a_resume_takes_the_summary_saved_with_its_checkpoint(tmp_path, monkeypatch):
+    """A loop checkpoint holds the run's summary (histories a resume goes on from): when the
+    run-level copy fails to be written after the checkpoint landed, the error says so and names
+    the checkpoint, and the resume reads the checkpoint's own summary, not the stale copy."""
+    from types import SimpleNamespace
+
+    import rayrlhf.driver.common as common
+
+    monkeypatch.setattr(common, "get", lambda refs, timeout, what: refs)
+    monkeypatch.setattr(common, "restore_fleet_size", lambda fleet, state: None)
+    run, fleet = str(tmp_path), SimpleNamespace(target=1)
+    common.save_loop_checkpoint(run, 1, [_Group()], fleet, {"version": 1}, 3, {"history": [1]}, 1.0)
+    real = fs.atomic_write_json
+
+    def failing(path, value):
+        if os.path.dirname(path) == run:
+            _disk_full(path)
+        return real(path, value)
+
+    monkeypatch.setattr(common, "atomic_write_json", failing)
+    with pytest.raises(fs.CheckpointWriteError) as e:
+        common.save_loop_checkpoint(run, 2, [_Group()], fleet, {"version": 2}, 3, {"history": [1, 2]}, 1.0)
+    tally.injected()
+    tally.failed_clearly()
+    monkeypatch.setattr(common, "atomic_write_json", real)
+    second = os.path.join(run, "checkpoints", "step-00000002")
+    assert str(e.value).startswith(f"{os.path.join(run, 'summary.json')}: writing failed (OSError:")
+    assert f"the latest checkpoint {second} is intact" in str(e.value)
+    assert fs.read_json(os.path.join(run, "summary.json")) == {"history": [1]}  # the stale copy
+    found, state, summary = common.load_loop_checkpoint(run, [_Group()], fleet, 1.0)
+    assert (found, state["version"], summary) == (second, 2, {"history": [1, 2]})

@@ -353,3 +353,44 @@ def test_a_resumed_run_trains_at_its_configured_learning_rate(tiny_model_dir, tm
     r.optimizer.step()
     r.scheduler.step()
     assert r.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 5 / 5)
+
+
+def test_micro_batches_go_by_length_and_are_cut_to_their_longest_row(tiny_model_dir):
+    """Rows of very different lengths: with micro-batches of 2 the long rows share one and the
+    short rows another, each cut to its own width; logprobs, values and the step equal those
+    of the uncut whole batch (one micro-batch) up to float rounding."""
+    tok = load_tokenizer(tiny_model_dir)
+    lengths = [3, 30, 5, 28]
+    prompts = [tok("Where is the red key?", add_special_tokens=False).input_ids for _ in lengths]
+    responses = [[(7 * i + j) % 200 + 10 for j in range(n)] for i, n in enumerate(lengths)]
+    batch = build_batch(prompts, responses, tok.pad_token_id)
+    g = torch.Generator().manual_seed(1)
+    batch["advantages"] = torch.randn(batch["response_mask"].shape, generator=g) * batch["response_mask"]
+    batch["returns"] = torch.randn(batch["response_mask"].shape, generator=g) * batch["response_mask"]
+    n_tok, width = float(batch["response_mask"].sum()), batch["input_ids"].shape[1]
+    p = len(prompts[0])
+    for kind in ("policy", "critic"):
+        results = []
+        for mb in (4, 2):
+            w = _worker(kind, tiny_model_dir, 0, 1, 0, "ddp", mb=mb)
+            w.engine.s.forward_micro_batch_size = mb
+            seen = []
+            forward_fn = w._forward_fn(1.0)
+            w._forward_fn = lambda t, f=forward_fn: (lambda model, m: seen.append(m["input_ids"].shape[1]) or f(model, m))
+            out = w.forward(batch)
+            assert out.shape == batch["response_mask"].shape and torch.equal(out == 0, batch["response_mask"] == 0)
+            if kind == "policy":
+                part = dict(batch, old_logprobs=out)
+            else:
+                part = dict(batch, values=out)
+            loss = w._loss
+            w._loss = lambda model, m, *a, f=loss: seen.append(m["input_ids"].shape[1]) or f(model, m, *a)
+            stats = w.update([part], [n_tok])
+            results.append((out, stats, w.named_weights(), seen))
+        (out4, stats4, weights4, seen4), (out2, stats2, weights2, seen2) = results
+        assert seen4 == [width, width]  # one forward, one update micro-batch, the whole width
+        assert seen2 == [p + 30, p + 5, p + 30, p + 5]  # the two long rows, then the two short
+        assert torch.allclose(out2, out4, atol=1e-5)
+        assert stats2["loss"] == pytest.approx(stats4["loss"], abs=1e-6)
+        assert stats2["grad_norm"] == pytest.approx(stats4["grad_norm"], rel=1e-5)
+        _close(weights2, weights4)
