@@ -1,13 +1,16 @@
-"""rayrlhf PPO against TRL PPO on the same work, alternated in one run; JSON, a table and a plot.
+"""rayrlhf against TRL on the same work, alternated in one run; JSON, a table and a plot.
 
-    python benchmarks/peers/compare.py --trl-python PEERS/trl112/bin/python --out benchmarks/peers/results
+    python benchmarks/peers/compare.py --trl-python PEERS/trl112/bin/python \
+        --trl-grpo-python PEERS/trl116/bin/python --out benchmarks/peers/results
 
-Run by run.sh, in rayrlhf's virtualenv. Both sides load the same tiny Llama folder (a toyworld
-base model built here), take the same prompt token ids, samples per prompt, response length,
-PPO epochs and mini-batches, the same rule reward (reward.py), learning rate and KL coefficient,
-and the same cores. Each side runs as its own process tree; the tree's PSS is sampled every
-second (the peak is reported) and start-up is the time from launch until its first step ended.
-Medians are over the measured steps (after --warmup) of each run, then over runs.
+Run by run.sh, in rayrlhf's virtualenv. PPO settings (small, large) run against TRL 1.12's PPO
+(the last release with it), the GRPO setting against TRL 1.16's GRPOTrainer. Both sides load
+the same tiny Llama folder (a toyworld base model built here), take the same prompts (token ids;
+TRL's GRPO takes text, decoded from them), samples per prompt, response length, epochs and
+mini-batches, the same rule reward (reward.py), learning rate and KL coefficient, and the same
+cores. Each side runs as its own process tree; the tree's PSS is sampled every 5 s (the peak
+is reported) and start-up is the time from launch until its first step ended. Medians are over
+the measured steps (after --warmup) of each run, then over runs.
 """
 from __future__ import annotations
 
@@ -23,9 +26,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 SETTINGS = {
-    "small": dict(prompts_per_step=8, n_samples=1, max_new_tokens=32, ppo_epochs=4, mini_batch_size=8),
-    "large": dict(prompts_per_step=16, n_samples=2, max_new_tokens=32, ppo_epochs=4, mini_batch_size=16),
+    "small": dict(algo="ppo", prompts_per_step=8, n_samples=1, max_new_tokens=32, ppo_epochs=4, mini_batch_size=8),
+    "large": dict(algo="ppo", prompts_per_step=16, n_samples=2, max_new_tokens=32, ppo_epochs=4, mini_batch_size=16),
+    # GRPO as TRL runs it by default: one pass over each generation (num_iterations 1), one
+    # optimizer step per iteration, the KL to the reference as a k3 loss term.
+    "grpo": dict(algo="grpo", prompts_per_step=8, n_samples=4, max_new_tokens=32, ppo_epochs=1, mini_batch_size=32),
 }
+TRL = {"ppo": ("trl_ppo.py", "TRL 1.12"), "grpo": ("trl_grpo.py", "TRL 1.16")}
 
 
 def tree_pss_kib(root: int) -> int:
@@ -55,10 +62,12 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-PSS_EVERY = 1.0
+PSS_EVERY = 5.0
 """Seconds between PSS samples. Reading smaps_rollup walks each process's page tables: for
-rayrlhf's ~20 processes a sample costs ~50 ms of CPU, which at a 0.2 s period took a quarter
-of a core from the side being measured."""
+rayrlhf's ~20 processes (vLLM's maps ~11 GB) one sample costs ~0.15 s of CPU, so sampling each
+0.2 s took most of a core from the side measured, and each second still 14% of one. Memory is
+flat after the first step, so a 5 s period finds the same peak; each run reports what the
+sampling cost it (``sampler_cpu_share``, of one core)."""
 
 
 def run_measured(cmd: list[str], env: dict, log: str, first_step) -> dict:
@@ -99,7 +108,8 @@ def rayrlhf_side(world: str, setting: dict, steps: int, lr: float, kl: float, ru
                     "max_model_len": 96 + setting["max_new_tokens"], "temperature": 1.0},
         "ppo": {"total_steps": steps, "prompts_per_step": setting["prompts_per_step"],
                 "global_mini_batch_size": setting["mini_batch_size"], "ppo_epochs": setting["ppo_epochs"],
-                "actor_lr": lr, "critic_lr": lr, "kl_coef": kl, "eval_every": 10_000, "checkpoint_every": 10_000},
+                "actor_lr": lr, "critic_lr": lr, "kl_coef": kl, "eval_every": 10_000, "checkpoint_every": 10_000,
+                **({"advantage": "grpo", "kl_in": "loss"} if setting["algo"] == "grpo" else {})},
         # The layout rayrlhf bench uses on a 2-core machine: the trainer one core, generation the
         # other; critic and reference ride along with the trainer.
         "resources": {"trainer": {"cpus_per_worker": 1.0}, "critic": {"cpus_per_worker": 0.01},
@@ -143,7 +153,8 @@ def trl_side(trl_python: str, world: str, setting: dict, prompt_ids: list, steps
     with open(work_path, "w", encoding="utf-8") as f:
         json.dump(work, f)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    figures = run_measured([trl_python, os.path.join(HERE, "trl_ppo.py"), "--work", work_path, "--out", out_path],
+    script = os.path.join(HERE, TRL[setting["algo"]][0])
+    figures = run_measured([trl_python, script, "--work", work_path, "--out", out_path],
                            env, log, lambda: os.path.exists(os.path.join(run_dir, "first_step")))
     with open(out_path, encoding="utf-8") as f:
         return {**figures, **json.load(f)}
@@ -161,10 +172,12 @@ def table(results: dict) -> str:
     lines = ["| setting | side | s/step | samples/s | start-up s | peak PSS MiB | samples/s ratio |",
              "|---|---|---|---|---|---|---|"]
     for name, sides in results["settings"].items():
+        algo = sides["setting"]["algo"].upper()
         for side in ("rayrlhf", "trl"):
             m = sides[side]["median"]
             ratio = sides["ratio"]["samples_per_s"] if side == "rayrlhf" else 1.0
-            lines.append(f"| {name} | {side} | {m['seconds_per_step']:.2f} | {m['samples_per_s']:.2f} | "
+            who = f"rayrlhf {algo}" if side == "rayrlhf" else f"TRL {sides['trl']['runs'][0]['version']} {algo}"
+            lines.append(f"| {name} | {who} | {m['seconds_per_step']:.2f} | {m['samples_per_s']:.2f} | "
                          f"{m['startup_seconds']:.1f} | {m['peak_pss_mib']:.0f} | {ratio:.2f} |")
     return "\n".join(lines)
 
@@ -176,7 +189,7 @@ def plot(results: dict, path: str) -> None:
     top = max(b for _, b in bars) or 1.0
     w, h, bw = 120 * len(bars), 260, 70
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 40}">',
-             f'<text x="10" y="16" font-size="13">PPO samples/s ({results["machine"]})</text>']
+             f'<text x="10" y="16" font-size="13">samples/s ({results["machine"]})</text>']
     for i, (label, v) in enumerate(bars):
         bh = (h - 60) * v / top
         x = 20 + i * 120
@@ -191,10 +204,11 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trl-python", required=True, help="python of the virtualenv with TRL 1.12")
+    p.add_argument("--trl-python", required=True, help="python of the virtualenv with TRL 1.12 (PPO)")
+    p.add_argument("--trl-grpo-python", default=None, help="python of the virtualenv with TRL 1.16 (GRPO)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--settings", default="small,large")
-    p.add_argument("--steps", type=int, default=12, help="PPO steps per run, warm-up included")
+    p.add_argument("--settings", default="small,large,grpo", help=f"of {','.join(SETTINGS)}")
+    p.add_argument("--steps", type=int, default=12, help="iterations per run, warm-up included")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=2, help="runs per side and setting, alternated")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -230,8 +244,10 @@ def main(argv: list[str]) -> int:
                 if side == "rayrlhf":
                     r = rayrlhf_side(world, setting, a.steps, lr, kl, run_dir, log)
                 else:
-                    r = trl_side(a.trl_python, world, setting, prompt_ids, a.steps, lr, kl, run_dir, log,
-                                 a.threads, a.seed)
+                    python = a.trl_grpo_python if setting["algo"] == "grpo" else a.trl_python
+                    if not python:
+                        raise SystemExit(f"setting {name}: --trl-grpo-python is needed (TRL 1.16's GRPO)")
+                    r = trl_side(python, world, setting, prompt_ids, a.steps, lr, kl, run_dir, log, a.threads, a.seed)
                 r["summary"] = summarise(r, a.warmup)
                 runs[side].append(r)
         entry = {"setting": setting}

@@ -8,8 +8,6 @@ rayrlhf's prompt rendering so both sides see the same tokens) and the settings. 
 module only, it decodes the responses and scores them; the value model and everything else
 is TRL's own code. Generation is transformers `generate` (TRL's vLLM colocate mode fails on the
 CPU build of vLLM at its first weight sync). Step times are taken at each step's log call."""
-import argparse
-import json
 import os
 import sys
 import time
@@ -18,11 +16,11 @@ T0 = time.perf_counter()
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,  # noqa: E402
-                          AutoTokenizer, TrainerCallback)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reward import reward  # noqa: E402
+from trl_common import StepClock, load_work, write_result  # noqa: E402
 
 
 class RuleReward(torch.nn.Module):
@@ -51,29 +49,8 @@ def install_rule_reward(ppo_module):
     ppo_module.get_reward = rule_get_reward
 
 
-class StepClock(TrainerCallback):
-    """Each step's end time and mean score; the first step's end also leaves ``first_step`` in
-    the output folder, which compare.py watches to time start-up as it does rayrlhf's."""
-
-    def __init__(self, marker: str):
-        self.ends, self.marker = [], marker
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "objective/scores" in logs:
-            self.ends.append((time.perf_counter(), float(logs["objective/scores"])))
-            if len(self.ends) == 1:
-                open(self.marker, "w").close()
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--work", required=True)
-    parser.add_argument("--out", required=True)
-    a = parser.parse_args()
-    with open(a.work, encoding="utf-8") as f:
-        work = json.load(f)
-    torch.manual_seed(work["seed"])
-    torch.set_num_threads(work["threads"])
+    work, out = load_work()
     import trl.experimental.ppo.ppo_trainer as ppo_module
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -101,19 +78,13 @@ def main() -> int:
         total_episodes=per_step * steps, learning_rate=work["lr"], kl_coef=work["kl_coef"],
         stop_token="eos", missing_eos_penalty=None, num_sample_generations=0, logging_steps=1,
         save_strategy="no", seed=work["seed"], gradient_checkpointing=False)
-    clock = StepClock(os.path.join(work["out_dir"], "first_step"))
+    clock = StepClock(work["out_dir"], "objective/scores")
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref,
                          reward_model=RuleReward(tok), train_dataset=dataset, value_model=value,
                          callbacks=[clock])
     t_start = time.perf_counter()
     trainer.train()
-    ends = [t for t, _ in clock.ends]
-    step_seconds = [b - a for a, b in zip([t_start] + ends[:-1], ends)]
-    result = {"side": "trl", "version": __import__("trl").__version__, "generation": "transformers generate",
-              "setup_seconds": t_start - T0, "step_seconds": step_seconds, "samples_per_step": per_step,
-              "scores": [s for _, s in clock.ends]}
-    with open(a.out, "w", encoding="utf-8") as f:
-        json.dump(result, f)
+    write_result(out, T0, t_start, clock, per_step, scores=clock.values)
     return 0
 
 

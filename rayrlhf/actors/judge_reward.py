@@ -38,6 +38,9 @@ class JudgeRewardWorker:
         quiet_libraries()
         torch.set_num_threads(max(1, num_threads))
         self.name, self.reference_field = name, reference_field
+        from rayrlhf.utils.ray_init import note_restart
+
+        note_restart(self.name)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.device = resolve_device(wants_gpu, name, config_key, fake_gpus)
         self.model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=trust_remote_code)

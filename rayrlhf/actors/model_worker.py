@@ -44,6 +44,9 @@ class ModelWorker:
         torch.set_num_threads(max(1, num_threads))
         torch.manual_seed(seed)
         self.kind, self.rank, self.world, self.name = kind, rank, world, name or kind
+        from rayrlhf.utils.ray_init import note_restart
+
+        note_restart(self.name)
         self.settings, self.loss_cfg = engine, loss
         if kind == "policy" and not isinstance(loss, PolicyLoss):
             raise TypeError("a policy worker needs loss=PolicyLoss(...)")

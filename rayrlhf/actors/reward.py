@@ -27,6 +27,9 @@ class RewardModelWorker:
         quiet_libraries()
         torch.set_num_threads(max(1, num_threads))
         self.name, self.micro_batch, self.max_len = name, micro_batch, max_len
+        from rayrlhf.utils.ray_init import note_restart
+
+        note_restart(self.name)
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         from rayrlhf.engine.device import resolve_device
 

@@ -46,8 +46,12 @@ class Roles:
         seed = cfg.run.seed
 
         def group(role, cls, kwargs_of_rank):
+            # Frozen roles (reference, reward models) hold nothing a run changes: Ray restarts a
+            # dead one in its bundle and retries its calls, with the same answers.
+            frozen = role == "reference" or role.startswith("reward/")
             return RayActorGroup(cls, role, self.plan.roles[role], self.pgs[self.plan.group_of(role)],
-                                 run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=timeout)
+                                 run_name, kwargs_of_rank=kwargs_of_rank, timeout_s=timeout,
+                                 restarts=max_restarts if frozen else 0)
 
         def model_kwargs(kind, section, spec: RoleSpec, world):
             path = getattr(section, "name_or_path", None) or cfg.policy.name_or_path

@@ -155,7 +155,8 @@ class ActorFactory:
     """
 
     def __init__(self, cls: type, role: str, plan_role: RolePlan, placement_group, run_name: str,
-                 namespace: str | None = None, runtime_env: dict | None = None, args: tuple = ()):
+                 namespace: str | None = None, runtime_env: dict | None = None, args: tuple = (),
+                 restarts: int = 0):
         # A class that runs some methods beside others names its groups (RolloutWorker).
         groups = getattr(cls, "CONCURRENCY_GROUPS", None)
         self.remote_cls = (cls if isinstance(cls, ray.actor.ActorClass) else
@@ -163,6 +164,9 @@ class ActorFactory:
         self.accepts = _accepted_kwargs(cls)
         self.role, self.plan_role, self.placement_group, self.run_name = role, plan_role, placement_group, run_name
         self.namespace, self.runtime_env, self.args = namespace, runtime_env, args
+        self.restarts = restarts
+        """Times Ray restarts a dead actor in its bundle and retries its calls (frozen roles
+        only: a restarted actor is built again from its arguments, so its answers are the same)."""
         self.names: dict[int, str] = {}
         self._made: dict[int, int] = {}
         self._extra = None  # WorkerGroups for ranks beyond the plan, made on first request
@@ -182,6 +186,8 @@ class ActorFactory:
             options["namespace"] = self.namespace
         if self.runtime_env is not None:
             options["runtime_env"] = self.runtime_env
+        if self.restarts:
+            options.update(max_restarts=self.restarts, max_task_retries=self.restarts)
         while True:
             n = self._made.get(rank, 0)
             self._made[rank] = n + 1
@@ -240,14 +246,14 @@ class RayActorGroup:
     def __init__(self, cls: type, role: str, plan_role: RolePlan, placement_group,
                  run_name: str, actor_kwargs: dict | None = None, args: tuple = (),
                  namespace: str | None = None, kwargs_of_rank: Callable[[int], dict] | None = None,
-                 timeout_s: float = 600.0, runtime_env: dict | None = None):
+                 timeout_s: float = 600.0, runtime_env: dict | None = None, restarts: int = 0):
         self.role = role
         self.plan_role = plan_role
         self.run_name = run_name
         self.timeout_s = timeout_s
         """Seconds ``call`` and ``get`` wait before raising ActorCallTimeout."""
         make = ActorFactory(cls, role, plan_role, placement_group, run_name, namespace=namespace,
-                            runtime_env=runtime_env, args=args)
+                            runtime_env=runtime_env, args=args, restarts=restarts)
         self._actors = []
         for w in plan_role.workers:
             per_rank = kwargs_of_rank(w.rank) if kwargs_of_rank else {}

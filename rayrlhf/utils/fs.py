@@ -51,8 +51,8 @@ class CheckpointWriteError(RuntimeError):
 
 
 class ActorLostError(RuntimeError):
-    """An actor a run cannot replace (a trainer or critic rank, the reference, a reward model)
-    died; the message names it, the phase, the checkpoint that is intact and how to go on
+    """An actor a run cannot replace (a trainer or critic rank; the reference or a reward model
+    once Ray's restarts of it, ``ppo.max_worker_restarts``, are used up) died; the message names it, the phase, the checkpoint that is intact and how to go on
     (``rayrlhf.driver.ppo_stage.actor_lost``)."""
 
 

@@ -80,3 +80,22 @@ def bind_to_loopback() -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def note_restart(name: str) -> None:
+    """In an actor's constructor: say so when Ray is building it again after its process died
+    (a frozen role, restarted in its bundle; its model is loaded again from its folder)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        try:
+            again = ray.get_runtime_context().was_current_actor_reconstructed
+        except Exception:  # a driver or a plain process: no actor to have been restarted
+            return
+        if again:
+            print(f"[rayrlhf] {name}: restarted by Ray after its process died; its model was loaded again "
+                  f"and its unfinished calls are retried", flush=True)

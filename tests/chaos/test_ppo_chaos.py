@@ -1,6 +1,6 @@
 """Seeded faults in PPO (sync rollout, where a replaced worker or a resumed run is promised to be
-the uninterrupted run exactly): a rollout worker killed, a trainer rank killed, the driver
-stopped. Each case ends in the uninterrupted run's metrics, ledger and weights, or in an
+the uninterrupted run exactly): a rollout worker killed, the reference crashed (Ray restarts
+it), a trainer rank killed, the driver stopped. Each case ends in the uninterrupted run's metrics, ledger and weights, or in an
 ActorLostError naming what died and how to resume, then a resume that gets there."""
 import json
 import os
@@ -33,7 +33,8 @@ def step_of(call: int) -> int:
     return k // (PROMPTS * N) + 1 if k < 2 * PROMPTS * N else (k - EVAL * EVAL_N) // (PROMPTS * N) + 1
 
 
-CALLS = {c: [tally.pick(c, FIRST_TRAIN_CALL, LAST_TRAIN_CALL)] for c in ("rollout", "async", "trainer", "driver")}
+CALLS = {c: [tally.pick(c, FIRST_TRAIN_CALL, LAST_TRAIN_CALL)]
+         for c in ("rollout", "async", "trainer", "driver", "reference")}
 # And once after the first checkpoint, in steps 3 and 4: found dead at its next forward pass.
 CALLS["trainer"].append(tally.pick("trainer-after-checkpoint", EVAL * EVAL_N * 2 + 2 * PROMPTS * N + 1,
                                    LAST_TRAIN_CALL))
@@ -116,6 +117,19 @@ def test_async_a_killed_rollout_worker_is_replaced_without_losing_a_prompt(world
     assert summary["rollout/worker_restarts"] == 1 and summary["steps"] == STEPS
     assert _ledger(run_dir) == _ledger(full_run)
     assert all(r["rollout/samples"] == PROMPTS * N for r in read_metrics(run_dir)[1:])
+    tally.survived()
+
+
+@pytest.mark.parametrize("call", CALLS["reference"], ids=lambda c: f"reference-crashed-seed{tally.SEED}-call{c}")
+def test_a_crashed_reference_is_restarted_and_the_run_is_the_same(world, full_run, tmp_path, call):
+    """The reference (like a reward model) is frozen: Ray builds it again in its bundle and
+    retries its calls, and the run goes on to the uninterrupted run's results."""
+    run_dir = str(tmp_path / "rf")
+    faults.reset(kill_at=call, kill_actor="rf/reference/0", restart=True)
+    run_ppo(_cfg(world, run_dir))
+    tally.injected()
+    assert faults.STATE["restarted"]
+    _same_run(run_dir, full_run)
     tally.survived()
 
 

@@ -4,11 +4,12 @@ They run on the driver (function rewards do), so a test controls them through mo
 """
 import math
 
-STATE = {"calls": 0, "crash_at": None, "kill_at": None, "kill_actor": None, "nan": False}
+STATE = {"calls": 0, "crash_at": None, "kill_at": None, "kill_actor": None, "nan": False, "restart": False,
+         "restarted": False}
 
 
 def reset(**kw):
-    STATE.update(calls=0, crash_at=None, kill_at=None, kill_actor=None, nan=False)
+    STATE.update(calls=0, crash_at=None, kill_at=None, kill_actor=None, nan=False, restart=False, restarted=False)
     STATE.update(kw)
 
 
@@ -37,6 +38,29 @@ def kill_and_wait(actor, timeout: float = 60.0) -> None:
     wait_for(lambda: is_dead(actor), timeout, "the killed actor to be gone")
 
 
+def _pid(actor, timeout: float = 5.0):
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        return ray.get(actor.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=timeout)
+    except (GetTimeoutError, RayActorError):
+        return None
+
+
+def crash_and_wait_for_restart(actor, timeout: float = 120.0) -> None:
+    """Kill ``actor``'s process as a crash would (Ray may restart it), then wait until it answers
+    from a new process: the restart really happened before the run goes on."""
+    import ray
+
+    from tests.waiting import wait_for
+
+    before = _pid(actor)
+    ray.kill(actor, no_restart=False)
+    wait_for(lambda: _pid(actor) not in (None, before), timeout, "the killed actor to be restarted")
+    STATE["restarted"] = True
+
+
 def reward(prompt: str, response: str) -> float:
     """Deterministic: toyworld's gold helpfulness, with the faults a test asked for."""
     import ray
@@ -47,7 +71,11 @@ def reward(prompt: str, response: str) -> float:
     if STATE["crash_at"] is not None and STATE["calls"] == STATE["crash_at"]:
         raise RuntimeError("driver killed")
     if STATE["kill_at"] is not None and STATE["calls"] == STATE["kill_at"]:
-        kill_and_wait(ray.get_actor(STATE["kill_actor"]))
+        actor = ray.get_actor(STATE["kill_actor"])
+        if STATE["restart"]:
+            crash_and_wait_for_restart(actor)
+        else:
+            kill_and_wait(actor)
     if STATE["nan"]:
         return math.nan
     return gold_helpfulness(prompt, response) + 0.01 * len(response.split())
