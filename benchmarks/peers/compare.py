@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def main(argv: list[str]) -> int:
             order = ("rayrlhf", "trl") if i % 2 == 0 else ("trl", "rayrlhf")
             for side in order:
                 run_dir = os.path.join(work_dir, f"{name}_{side}_{i}")
+                shutil.rmtree(run_dir, ignore_errors=True)  # an earlier invocation's run of this slot
                 log = run_dir + ".log"
                 print(f"[peers] {name}: {side}, run {i + 1} of {a.runs}", flush=True)
                 if side == "rayrlhf":
