@@ -145,14 +145,8 @@ def thread_layout(res, roles: list[str], node_cpus: int | None) -> tuple[str, st
     one node (``node_cpus`` given), the roles' threads together exceed its cores and some worker
     runs several (in async PPO every role can compute at once; one-thread workers only take
     turns, while a team of OpenMP threads on shared cores waits at each barrier for its slowest)."""
-    per = {}
-    for role in roles:
-        r = res.roles()[role]
-        if role == "rollout":
-            n = r.threads or max(1, int(r.cpus_per_worker))
-        else:
-            n = _threads(res, {"trainer": "policy"}.get(role, role))
-        per[role] = (n, r.num_workers)
+    every = res.roles()
+    per = {role: (_threads(res, role), every[role].num_workers) for role in roles}
     line = "torch threads per worker: " + ", ".join(
         f"{role} {n}" + (f" (x{w} workers)" if w > 1 else "") for role, (n, w) in per.items())
     total = sum(n * w for n, w in per.values())
@@ -163,10 +157,13 @@ def thread_layout(res, roles: list[str], node_cpus: int | None) -> tuple[str, st
 
 
 def _threads(res, role: str) -> int:
-    """A model worker's torch threads: ``resources.<role>.threads``, else its CPUs rounded (>= 1)."""
+    """A worker's torch threads: ``resources.<role>.threads``, else its CPUs rounded (a rollout
+    worker: rounded down, as its Ray reservation gives them), at least 1. ``role`` is a
+    resources role or ``policy`` (the trainer)."""
     section = res.rewards.get(role.split("/", 1)[1]) if role.startswith("reward/") else getattr(
         res, {"policy": "trainer"}.get(role, role))
-    return section.threads or max(1, int(round(section.cpus_per_worker)))
+    cpus = int(section.cpus_per_worker) if role == "rollout" else int(round(section.cpus_per_worker))
+    return section.threads or max(1, cpus)
 
 
 def _join_group(group) -> None:
