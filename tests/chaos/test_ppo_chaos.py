@@ -2,12 +2,9 @@
 the uninterrupted run exactly): a rollout worker killed, the reference crashed (Ray restarts
 it), a trainer rank killed, the driver stopped. Each case ends in the uninterrupted run's metrics, ledger and weights, or in an
 ActorLostError naming what died and how to resume, then a resume that gets there."""
-import json
 import os
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from rayrlhf import checkpoint as ckpt
 from rayrlhf.config import load_config
@@ -15,7 +12,7 @@ from rayrlhf.config.ppo import PPOConfig
 from rayrlhf.driver.ppo_stage import run_ppo
 from rayrlhf.metrics import read_metrics
 from rayrlhf.utils.fs import ActorLostError
-from tests.chaos import tally
+from tests.chaos import runs, tally
 from tests.driver import faults
 from tests.driver.tiny import world_on_local_ray
 
@@ -45,7 +42,18 @@ def world(tmp_path_factory):
     yield from world_on_local_ray(tmp_path_factory, "chaos_ppo_world")
 
 
-def _cfg(world, run_dir, mode="sync"):
+def _resources(node_types: dict) -> dict:
+    res = {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},
+           "reference": {"cpus_per_worker": 0.25}, "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}}
+    for role, label in node_types.items():
+        res[role]["node_type"] = label
+    if "rollout" in node_types:
+        res["rollout"]["strategy"] = "SPREAD"
+    return res
+
+
+def _cfg(world, run_dir, mode="sync", node_types=None):
+    """``node_types``: role -> the custom resource of the nodes it may use (and rollout SPREAD)."""
     return load_config(PPOConfig, data={
         "policy": {"name_or_path": f"{world}/base_model"},
         "data": {"train": [f"{world}/data/prompts_train.jsonl"], "eval": [f"{world}/data/prompts_eval.jsonl"],
@@ -56,33 +64,9 @@ def _cfg(world, run_dir, mode="sync"):
                 "actor_lr": 1e-3, "critic_lr": 1e-3, "eval_every": 2, "checkpoint_every": 2, "rollout_mode": mode,
                 "max_staleness": 1, "call_timeout_s": 120},
         "eval": {"samples_per_prompt": EVAL_N},
-        "resources": {"trainer": {"num_workers": 2, "cpus_per_worker": 0.25}, "critic": {"cpus_per_worker": 0.25},
-                      "reference": {"cpus_per_worker": 0.25}, "rollout": {"num_workers": 2, "cpus_per_worker": 0.25}},
+        "resources": _resources(node_types or {}),
         "run": {"output_dir": os.path.dirname(run_dir), "name": os.path.basename(run_dir), "seed": 3},
     })
-
-
-def _comparable(run_dir):
-    return [{k: v for k, v in r.items() if not (k.startswith("timing/") or "seconds" in k or k == "sync/share_of_step"
-                                                or k == "rollout/worker_restarts")} for r in read_metrics(run_dir)]
-
-
-def _ledger(run_dir):
-    return [json.loads(x)["prompt_rows"] for x in open(os.path.join(run_dir, "rollouts.jsonl"))]
-
-
-def _weights(run_dir):
-    return load_file(os.path.join(run_dir, "export", "model.safetensors"))
-
-
-def _same_run(run_dir, full_dir):
-    ledger = _ledger(run_dir)
-    used = [r for rows in ledger for r in rows]
-    assert len(used) == STEPS * PROMPTS and len(set(used)) == len(used)  # no prompt lost or used twice
-    assert ledger == _ledger(full_dir)
-    assert _comparable(run_dir) == _comparable(full_dir)
-    a, b = _weights(run_dir), _weights(full_dir)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +85,7 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_is_the_same(world, full
     assert faults.STATE["calls"] >= call
     tally.injected()
     assert summary["rollout/worker_restarts"] == 1
-    _same_run(run_dir, full_run)
+    runs.same_run(run_dir, full_run, STEPS * PROMPTS)
     tally.survived()
 
 
@@ -115,7 +99,7 @@ def test_async_a_killed_rollout_worker_is_replaced_without_losing_a_prompt(world
     assert faults.STATE["calls"] >= call
     tally.injected()
     assert summary["rollout/worker_restarts"] == 1 and summary["steps"] == STEPS
-    assert _ledger(run_dir) == _ledger(full_run)
+    assert runs.prompt_use(run_dir) == runs.prompt_use(full_run)
     assert all(r["rollout/samples"] == PROMPTS * N for r in read_metrics(run_dir)[1:])
     tally.survived()
 
@@ -129,25 +113,13 @@ def test_a_crashed_reference_is_restarted_and_the_run_is_the_same(world, full_ru
     run_ppo(_cfg(world, run_dir))
     tally.injected()
     assert faults.STATE["restarted"]
-    _same_run(run_dir, full_run)
+    runs.same_run(run_dir, full_run, STEPS * PROMPTS)
     tally.survived()
 
 
 def _stop_then_resume(world, full_run, run_dir, call, expect, match):
-    with pytest.raises(expect) as e:
-        run_ppo(_cfg(world, run_dir))
-    assert faults.STATE["calls"] >= call
-    tally.injected()
-    latest = ckpt.latest_checkpoint(run_dir)
-    assert latest == (os.path.join(run_dir, "checkpoints", "step-00000002") if step_of(call) > 2 else None)
-    names = sorted(os.listdir(os.path.dirname(latest))) if latest else []
-    assert names == (["step-00000002"] if latest else [])  # intact, nothing half-written beside it
-    msg = str(e.value)
-    assert match in msg
-    faults.reset()
-    run_ppo(_cfg(world, run_dir), resume=True)
-    _same_run(run_dir, full_run)
-    return msg
+    return runs.stop_then_resume(run_ppo, _cfg(world, run_dir), run_dir, call, expect, match,
+                                 2 if step_of(call) > 2 else None, STEPS * PROMPTS, full_run)
 
 
 @pytest.mark.parametrize("call", CALLS["trainer"], ids=lambda c: f"trainer-rank-killed-seed{tally.SEED}-call{c}")

@@ -5,11 +5,12 @@ They run on the driver (function rewards do), so a test controls them through mo
 import math
 
 STATE = {"calls": 0, "crash_at": None, "kill_at": None, "kill_actor": None, "nan": False, "restart": False,
-         "restarted": False}
+         "restarted": False, "kill_with": None}
 
 
 def reset(**kw):
-    STATE.update(calls=0, crash_at=None, kill_at=None, kill_actor=None, nan=False, restart=False, restarted=False)
+    STATE.update(calls=0, crash_at=None, kill_at=None, kill_actor=None, nan=False, restart=False, restarted=False,
+                 kill_with=None)
     STATE.update(kw)
 
 
@@ -72,7 +73,9 @@ def reward(prompt: str, response: str) -> float:
         raise RuntimeError("driver killed")
     if STATE["kill_at"] is not None and STATE["calls"] == STATE["kill_at"]:
         actor = ray.get_actor(STATE["kill_actor"])
-        if STATE["restart"]:
+        if STATE["kill_with"] is not None:  # e.g. remove the actor's node
+            STATE["kill_with"](actor)
+        elif STATE["restart"]:
             crash_and_wait_for_restart(actor)
         else:
             kill_and_wait(actor)

@@ -23,3 +23,22 @@ def local_ray(tmp_path_factory, value=None):
 def world_on_local_ray(tmp_path_factory, name: str):
     """Module fixture body: a tiny world, then a 2-CPU local Ray cluster until the module ends."""
     yield from local_ray(tmp_path_factory, tiny_world(tmp_path_factory.mktemp(name)))
+
+
+def tiny_reward_model(world: str) -> str:
+    """``world``/rm: a reward model folder (the base model with a seeded, untrained scalar head),
+    loaded by the reward actors as any `rayrlhf rm` export is."""
+    import os
+
+    import torch
+
+    from rayrlhf.models.load import export_hf, load_scalar_model
+    from rayrlhf.models.tokenizer import load_tokenizer
+
+    out = os.path.join(world, "rm")
+    if not os.path.isdir(out):
+        tok = load_tokenizer(os.path.join(world, "base_model"))
+        torch.manual_seed(0)
+        export_hf(load_scalar_model(os.path.join(world, "base_model"), pad_token_id=tok.pad_token_id), tok, out,
+                  extra={"score_mean": 0.0, "score_std": 1.0})
+    return out
