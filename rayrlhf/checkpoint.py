@@ -67,7 +67,10 @@ def set_rng_state(state: dict) -> None:
 
 def save_rng(path: str) -> None:
     """This process's RNG state (tensors and numbers only)."""
-    torch.save(rng_state(), path)
+    try:
+        torch.save(rng_state(), path)
+    except (OSError, RuntimeError) as e:  # torch's I/O errors do not name the file
+        raise OSError(f"writing {path} failed: {e}") from e
 
 
 def load_rng(path: str) -> None:
@@ -101,10 +104,17 @@ def write_checkpoint(run_dir: str, step: int, fill, state: dict, keep: int = 2) 
             fill(tmp)
             atomic_write_json(os.path.join(tmp, "state.json"), dict(state, step=step))
     except Exception as e:
-        raise CheckpointWriteError(f"checkpoint {final}: writing failed ({type(e).__name__}: {e}); "
+        cause = _cause(e)
+        raise CheckpointWriteError(f"checkpoint {final}: writing failed ({type(cause).__name__}: {cause}); "
                                    f"{how_to_go_on(run_dir, 'previous')}") from e
     _retain(run_dir, keep)
     return final
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The error a worker raised, not Ray's wrapper of it with the remote traceback."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) and type(e).__name__.startswith("RayTaskError") else e
 
 
 def how_to_go_on(run_dir: str, which: str = "latest") -> str:

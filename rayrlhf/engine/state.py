@@ -20,7 +20,9 @@ import os
 import re
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from rayrlhf.utils.fs import save_safetensors
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -75,14 +77,14 @@ def save(engine, folder: str, prefix: str) -> None:
     state = {k: _local(v).detach().to("cpu").contiguous() for k, v in named.items()}
     # Which tensors are shards, with their full shapes: what gather_shards concatenates.
     shards = {k: list(v.shape) for k, v in named.items() if _local(v) is not v}
-    save_file(state, _model_file(folder, prefix, engine.rank, engine.world, sharded),
+    save_safetensors(state, _model_file(folder, prefix, engine.rank, engine.world, sharded),
               metadata={SHARDS_KEY: json.dumps(shards)})
     if engine.optimizer is None:
         return
     opt = engine.optimizer.state_dict()
     tensors = {f"{i}.{k}": _local(v).detach().to("cpu").contiguous()
                for i, st in opt["state"].items() for k, v in st.items() if torch.is_tensor(v)}
-    save_file(tensors, _model_file(folder, f"{prefix}-optim", engine.rank, engine.world, sharded))
+    save_safetensors(tensors, _model_file(folder, f"{prefix}-optim", engine.rank, engine.world, sharded))
     if engine.rank == 0:
         meta = {"param_groups": opt["param_groups"], "world": engine.world, "sharded": sharded,
                 "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None}

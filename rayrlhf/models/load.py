@@ -64,7 +64,7 @@ def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None, state_d
     adapter_config) of LoRA adapters, written to ``adapter/`` in peft's format
     (adapter_model.safetensors, adapter_config.json) beside the merged weights.
     """
-    from rayrlhf.utils.fs import atomic_dir
+    from rayrlhf.utils.fs import atomic_dir, save_safetensors
 
     model = unwrap(model)
     if state_dict is None:
@@ -77,11 +77,9 @@ def export_hf(model, tokenizer, out_dir: str, extra: dict | None = None, state_d
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if adapter is not None:
-            from safetensors.torch import save_file
-
             os.makedirs(os.path.join(tmp, "adapter"))
             tensors, config = adapter
-            save_file({k: v.contiguous() for k, v in tensors.items()},
+            save_safetensors({k: v.contiguous() for k, v in tensors.items()},
                       os.path.join(tmp, "adapter", "adapter_model.safetensors"), metadata={"format": "pt"})
             with open(os.path.join(tmp, "adapter", "adapter_config.json"), "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2, sort_keys=True)

@@ -44,6 +44,17 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file``, whose I/O errors do not name the file: here they do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(f"writing {path} failed: {e}") from e
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, quota, permissions, a worker's save failed);
     the message names the folder, the cause, the checkpoint that is intact and how to go on

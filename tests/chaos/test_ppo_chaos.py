@@ -144,3 +144,99 @@ def test_a_stopped_driver_resumes_to_the_same_run(world, full_run, tmp_path, cal
     faults.reset(crash_at=call)
     _stop_then_resume(world, full_run, str(tmp_path / "dk"), call, RuntimeError, "driver killed")
     tally.survived()
+
+
+# Each file of a PPO checkpoint (written by the trainer and critic ranks or by the driver), the
+# folder it goes in, the rename that completes it, and the run's summary.json copy after it.
+WORKER_FILES = ["critic-optim.json", "critic-optim.safetensors", "critic-rng-rank0.pt", "critic.safetensors",
+                "policy-optim.json", "policy-optim.safetensors", "policy-rng-rank0.pt", "policy-rng-rank1.pt",
+                "policy.safetensors"]
+DRIVER_FILES = ["inflight.json", "state.json", "summary.json"]
+CHECKPOINT_FILES = sorted(WORKER_FILES + DRIVER_FILES)
+WRITE_POINTS = ["folder", *CHECKPOINT_FILES, "rename", "run-summary"]
+FAILING = "step-00000004"  # the last checkpoint; step-00000002's stays
+# Every case resumes from the same intact checkpoint; these (a seeded file of each writer among
+# them) also run the resume and compare it with the uninterrupted run.
+RESUMED = {"folder", "rename", "run-summary",
+           WORKER_FILES[tally.pick("write-fails-resumed-worker-file", 0, len(WORKER_FILES) - 1)],
+           DRIVER_FILES[tally.pick("write-fails-resumed-driver-file", 0, len(DRIVER_FILES) - 1)]}
+
+
+def _write_fails_at(monkeypatch, run_dir, point):
+    """Disk full at ``point`` of the step-4 checkpoint. A file's write is made to fail where it
+    happens, in whichever process writes it: a directory stands at its path in the new folder."""
+    import errno
+    import tempfile
+
+    from rayrlhf.driver import common
+    from rayrlhf.utils import fs
+
+    real_mkdtemp, real_replace, real_write = tempfile.mkdtemp, fs.os.replace, common.atomic_write_json
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    def mkdtemp(*a, **k):
+        if not k.get("prefix", "").startswith(f".tmp-{FAILING}-"):
+            return real_mkdtemp(*a, **k)
+        if point == "folder":
+            full(k.get("dir"))
+        tmp = real_mkdtemp(*a, **k)
+        if point in CHECKPOINT_FILES:
+            os.makedirs(os.path.join(tmp, point, "in-the-way"))
+        return tmp
+
+    def replace(src, dst):
+        if point == "rename" and os.path.basename(str(dst)) == FAILING:
+            full(dst)
+        return real_replace(src, dst)
+
+    def write(path, value):
+        if point == "run-summary" and path == os.path.join(run_dir, "summary.json") and \
+                os.path.isdir(os.path.join(run_dir, "checkpoints", FAILING)):
+            full(path)
+        return real_write(path, value)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(fs.os, "replace", replace)
+    monkeypatch.setattr(common, "atomic_write_json", write)
+
+
+def test_the_write_points_are_those_of_a_real_checkpoint(full_run):
+    assert sorted(os.listdir(os.path.join(full_run, "checkpoints", FAILING))) == CHECKPOINT_FILES
+
+
+@pytest.mark.parametrize("point", WRITE_POINTS, ids=[f"write-fails-at-{p}" for p in WRITE_POINTS])
+def test_a_failed_checkpoint_write_in_a_run_stops_clearly_and_a_resume_is_the_same_run(
+        world, full_run, tmp_path, monkeypatch, point):
+    run_dir = str(tmp_path / "wf")
+    faults.reset()
+    cfg = _cfg(world, run_dir)
+    with monkeypatch.context() as m:
+        _write_fails_at(m, run_dir, point)
+        with pytest.raises(ckpt.CheckpointWriteError) as e:
+            run_ppo(cfg)
+    tally.injected()
+    msg, kept = str(e.value), os.path.join(run_dir, "checkpoints", "step-00000002")
+    if point == "run-summary":  # the checkpoint holds the summary: it is the one to go on from
+        kept = os.path.join(run_dir, "checkpoints", FAILING)
+        assert msg.startswith(f"{run_dir}/summary.json: writing failed (OSError: [Errno 28] No space left")
+        assert f"the latest checkpoint {kept} is intact" in msg
+    else:
+        assert msg.startswith(f"checkpoint {run_dir}/checkpoints/{FAILING}: writing failed (")
+        why = msg.split(";")[0]
+        if point in CHECKPOINT_FILES:  # the writer's own error (not Ray's wrapper), naming the file
+            assert "Is a directory" in why and f"{FAILING}-" in why and f"/{point}" in why
+        else:
+            assert "OSError: [Errno 28] No space left" in why
+        assert "\n" not in msg
+        assert f"the previous checkpoint {kept} is intact" in msg
+    assert "--resume" in msg
+    # Nothing half-written beside the intact checkpoint(s) (two are kept), whose files are complete.
+    left = ["step-00000002", FAILING] if point == "run-summary" else ["step-00000002"]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == left
+    assert sorted(os.listdir(kept)) == CHECKPOINT_FILES
+    tally.failed_clearly()
+    if point in RESUMED:
+        run_ppo(cfg, resume=True)
+        runs.same_run(run_dir, full_run, STEPS * PROMPTS)
