@@ -126,13 +126,15 @@ def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: d
     summary.json. A resume reads the checkpoint's own copy (``load_loop_checkpoint``), so a
     stop between the two writes loses nothing."""
     def fill(tmp):
-        import ray
-
         refs = [ref for group in trained for ref in group.call_async("save", tmp)]
-        # Every save has ended before a failed one is raised: none still writes into ``tmp``
-        # while the failed write's folder is removed.
-        ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        get(refs, timeout, f"{'+'.join(g.role for g in trained)} in phase checkpoint")
+        failed = []
+        for ref in refs:  # every save has ended before a failed one is raised: none still
+            try:          # writes into ``tmp`` while the failed write's folder is removed
+                get(ref, timeout, f"{'+'.join(g.role for g in trained)} in phase checkpoint")
+            except Exception as e:
+                failed.append(e)
+        if failed:
+            raise failed[0]
         for name, value in {**(files or {}), "summary.json": summary}.items():
             atomic_write_json(os.path.join(tmp, name), value)
 
