@@ -1,8 +1,10 @@
 """Run a function on N gloo ranks in spawned processes (no Ray): how FSDP2 and DDP are tested on CPU."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import sys
 import traceback
 
 import torch
@@ -27,10 +29,21 @@ def _entry(rank: int, world: int, port: int, fn, args, out_dir: str, init: bool)
     except BaseException:
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
-        raise
-    finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    # A clean end: no rank leaves while a peer is still in a collective, the sharded model and
+    # its groups are freed while the interpreter is whole, and the process ends without the
+    # interpreter's own teardown, where gloo's threads can still hold tensors and abort (SIGABRT,
+    # "terminate called without an active exception"). The result is already on disk.
+    del result
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(world: int, fn, *args, tmp_dir: str, init: bool = True) -> list:
