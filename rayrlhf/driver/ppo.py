@@ -25,7 +25,8 @@ from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
-from rayrlhf.driver.common import (PendingRows, PromptOrder, Timer, add_gains, load_loop_checkpoint,
+from rayrlhf.driver.common import (EVAL_PENDING, PendingRows, PromptOrder, Timer, add_gains, evaluate_or_keep,
+                                   load_loop_checkpoint, pending_evaluation,
                                    save_loop_checkpoint, submit_reference, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
@@ -69,6 +70,7 @@ class PPODriver:
         self.timeout = self.p.call_timeout_s
         self.order = PromptOrder(len(prompts), self.p.prompts_per_step, cfg.run.seed)
         self.hacking = HackingWatch(self.p.hacking)
+        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (common.EVAL_PENDING)
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt
@@ -107,7 +109,11 @@ class PPODriver:
         bar = progress(total=self.p.total_steps, initial=start, desc="ppo")
         try:
             self.scaling.start()
-            for step in range(start, self.p.total_steps):
+            if self.eval_pending:  # the evaluation a stopped run could not do: its step's training is in the checkpoint
+                metrics, stopped = self.eval_pending["metrics"], self.eval_pending.get("stopped")
+                metrics.update(self.evaluate())
+                self._end_step(start, metrics, summary, logger)
+            for step in range(start, self.p.total_steps if not stopped else start):
                 scaling = self.scaling.poll(step, self.version)  # add or remove rollout workers between iterations
                 metrics = self.train_step(step)
                 metrics.update(scaling)
@@ -120,14 +126,11 @@ class PPODriver:
                           + ("; stopping here (ppo.hacking.stop)" if stop else ""), flush=True)
                     stopped = done if stop else None
                 last = done == self.p.total_steps or stopped == done
-                if done % self.p.eval_every == 0 or last:
-                    metrics.update(self.evaluate())
-                logger.log(done, metrics)
-                summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
-                summary.update({f"last/{k}": v for k, v in metrics.items() if k.startswith(("kl/", "rollout/reward"))})
-                summary["hacking_history"] = self.hacking.state()
-                bar.update(1, metrics)
                 self.step = done
+                if done % self.p.eval_every == 0 or last:
+                    metrics.update(self._evaluate_or_keep(done, metrics, summary, stopped))
+                self._end_step(done, metrics, summary, logger)
+                bar.update(1, metrics)
                 if done % self.p.checkpoint_every == 0 or last:
                     self._checkpoint(done, summary)
                 if stopped:
@@ -146,6 +149,22 @@ class PPODriver:
         add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
+
+    def _end_step(self, done: int, metrics: dict, summary: dict, logger) -> None:
+        """Log iteration ``done`` and carry its held-out figures and histories into the summary."""
+        logger.log(done, metrics)
+        summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
+        summary.update({f"last/{k}": v for k, v in metrics.items() if k.startswith(("kl/", "rollout/reward"))})
+        summary["hacking_history"] = self.hacking.state()
+
+    def _evaluate_or_keep(self, done: int, metrics: dict, summary: dict, stopped: int | None) -> dict:
+        """The held-out evaluation of iteration ``done``; if it fails, the iteration's training is
+        checkpointed first, with the evaluation marked as still to do (``evaluate_or_keep``)."""
+        def save(pending):
+            pending["stopped"] = stopped
+            return self._checkpoint(done, {**summary, "hacking_history": self.hacking.state()}, pending)
+
+        return evaluate_or_keep(self.evaluate, done, metrics, save)
 
     def train_step(self, step: int) -> dict:
         t = Timer()
@@ -345,12 +364,13 @@ class PPODriver:
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _checkpoint(self, step: int, summary: dict) -> None:
+    def _checkpoint(self, step: int, summary: dict, eval_pending: dict | None = None) -> str:
         """Everything a resumed run needs to continue as this one does: the trained groups, the
         loop's state, and the generation in flight (async), collected and saved as it came out,
         since a resumed run no longer has the older weights that produced it. The fleet is
         brought to the trainer's version first (with sync_every > 1 it may lag), as a resumed
-        run's fleet starts at the checkpoint's weights."""
+        run's fleet starts at the checkpoint's weights. ``eval_pending``: the step's evaluation
+        failed; a resumed run does it first (``common.EVAL_PENDING``). Returns the folder."""
         if self.fleet.version != self.version:
             self._sync()
         for job in self.pending:
@@ -361,8 +381,9 @@ class PPODriver:
                      "samples": [dataclasses.asdict(x) for x in job.result[0]]} for job in self.pending]
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "counters": self.counters,
                  "bad_steps": self.bad_steps}
-        save_loop_checkpoint(self.run_dir, step, self._trained_groups(), self.fleet, state,
-                             self.p.keep_checkpoints, summary, self.timeout, files={INFLIGHT: inflight})
+        files = {INFLIGHT: inflight, **({EVAL_PENDING: eval_pending} if eval_pending else {})}
+        return save_loop_checkpoint(self.run_dir, step, self._trained_groups(), self.fleet, state,
+                                    self.p.keep_checkpoints, summary, self.timeout, files=files)
 
     def _trained_groups(self) -> list:
         """The groups a checkpoint holds: the policy, and the critic where there is one."""
@@ -374,6 +395,7 @@ class PPODriver:
         if not loaded:
             return 0, []
         found, state, self.resumed_summary = loaded
+        self.eval_pending = pending_evaluation(found)
         self.version = state["version"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters.update(state.get("counters", {}))
@@ -387,7 +409,8 @@ class PPODriver:
             g.result = ([Sample(**x) for x in job["samples"]], {})
             restored.append(g)
         print(f"[rayrlhf] resumed from {found} at step {state['step']}"
-              + (f" with {len(restored)} iterations of generation saved in flight" if restored else ""), flush=True)
+              + (f" with {len(restored)} iterations of generation saved in flight" if restored else "")
+              + (", whose held-out evaluation runs first" if self.eval_pending else ""), flush=True)
         return int(state["step"]), restored
 
 

@@ -28,7 +28,8 @@ from rayrlhf.actors.batch import as_lists, build_batch, select_rows, split_rows
 from rayrlhf.config.ppo import PROBE_ATOL, EvalSection
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval
-from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, reference_logprobs,
+from rayrlhf.driver.common import (EVAL_PENDING, PromptOrder, Timer, add_gains, evaluate_or_keep,
+                                   load_loop_checkpoint, pending_evaluation, reference_logprobs,
                                    save_loop_checkpoint, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
@@ -54,6 +55,7 @@ class RSDriver:
         self.version = 0
         self.samples: dict[str, list] = {}
         self.history: dict[str, list[float]] = {}
+        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (common.EVAL_PENDING)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -78,20 +80,19 @@ class RSDriver:
         scaling = ScalingControl(self.roles.run_name, self.fleet)  # `rayrlhf scale` reaches the fleet
         try:
             scaling.start()
+            if self.eval_pending:  # the evaluation a stopped run could not do: its round's training is in the checkpoint
+                metrics = self.eval_pending["metrics"]
+                metrics.update(self.evaluate())
+                self._end_round(start, metrics, summary, logger)
             for rnd in range(start, self.r.rounds):
                 fleet_metrics = scaling.poll(rnd, self.version)
                 metrics = self.round(rnd)
                 metrics.update(fleet_metrics)
                 done = rnd + 1
                 if done % self.r.eval_every == 0 or done == self.r.rounds:
-                    metrics.update(self.evaluate())
-                logger.log(done, metrics)
-                for key in ("rs/kept_reward", "rs/reward_mean", "rs/reward_max", "rs/kept_gold_reward",
-                            "eval/gold_reward", "eval/reward"):
-                    if key in metrics:
-                        self.history.setdefault(key, []).append(metrics[key])
-                summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
-                summary["rounds_history"] = self.history
+                    metrics.update(evaluate_or_keep(self.evaluate, done, metrics,
+                                                    lambda pending: self._checkpoint(done, summary, pending)))
+                self._end_round(done, metrics, summary, logger)
                 bar.update(1, {"rollout/reward_mean": metrics.get("rs/kept_reward", float("nan"))})
                 self._checkpoint(done, summary)
         finally:
@@ -277,6 +278,16 @@ class RSDriver:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
+    def _end_round(self, done: int, metrics: dict, summary: dict, logger) -> None:
+        """Log round ``done`` and carry its figures into the histories and the summary."""
+        logger.log(done, metrics)
+        for key in ("rs/kept_reward", "rs/reward_mean", "rs/reward_max", "rs/kept_gold_reward",
+                    "eval/gold_reward", "eval/reward"):
+            if key in metrics:
+                self.history.setdefault(key, []).append(metrics[key])
+        summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
+        summary["rounds_history"] = self.history
+
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         out, examples = evaluate(self.roles, self.cfg.combine, self.gold, self.eval_prompts, self.eval_ids,
@@ -291,18 +302,22 @@ class RSDriver:
                                self.cfg.eval)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _checkpoint(self, rnd: int, summary: dict) -> None:
-        save_loop_checkpoint(self.run_dir, rnd, [self.roles.policy], self.fleet, {"version": self.version},
-                             self.r.keep_checkpoints, summary, self.timeout)
+    def _checkpoint(self, rnd: int, summary: dict, eval_pending: dict | None = None) -> str:
+        """``eval_pending``: the round's evaluation failed; a resumed run does it first."""
+        return save_loop_checkpoint(self.run_dir, rnd, [self.roles.policy], self.fleet, {"version": self.version},
+                                    self.r.keep_checkpoints, summary, self.timeout,
+                                    files={EVAL_PENDING: eval_pending} if eval_pending else None)
 
     def _restore(self) -> int:
         loaded = load_loop_checkpoint(self.run_dir, [self.roles.policy], self.fleet, self.timeout)
         if not loaded:
             return 0
         found, state, self.resumed_summary = loaded
+        self.eval_pending = pending_evaluation(found)
         self.version = state["version"]
         self._sync()
-        print(f"[rayrlhf] resumed from {found} after round {state['step']}", flush=True)
+        print(f"[rayrlhf] resumed from {found} after round {state['step']}"
+              + (", whose held-out evaluation runs first" if self.eval_pending else ""), flush=True)
         return int(state["step"])
 
 

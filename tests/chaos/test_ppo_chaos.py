@@ -1,6 +1,7 @@
 """Seeded faults in PPO (sync rollout, where a replaced worker or a resumed run is promised to be
 the uninterrupted run exactly): a rollout worker killed, the reference crashed (Ray restarts
-it), a trainer rank killed, the driver stopped. Each case ends in the uninterrupted run's metrics, ledger and weights, or in an
+it), a trainer rank killed, the driver stopped, the held-out evaluation failed, a checkpoint
+write failed. Each case ends in the uninterrupted run's metrics, ledger and weights, or in an
 ActorLostError naming what died and how to resume, then a resume that gets there."""
 import os
 
@@ -11,7 +12,7 @@ from rayrlhf.config import load_config
 from rayrlhf.config.ppo import PPOConfig
 from rayrlhf.driver.ppo_stage import run_ppo
 from rayrlhf.metrics import read_metrics
-from rayrlhf.utils.fs import ActorLostError
+from rayrlhf.utils.fs import ActorLostError, read_json
 from tests.chaos import runs, tally
 from tests.driver import faults
 from tests.driver.tiny import world_on_local_ray
@@ -32,6 +33,9 @@ def step_of(call: int) -> int:
 
 CALLS = {c: [tally.pick(c, FIRST_TRAIN_CALL, LAST_TRAIN_CALL)]
          for c in ("rollout", "async", "trainer", "driver", "reference")}
+# The reward calls of step 2's evaluation (the first checkpoint, of step 2, comes after it).
+EVAL_2_CALLS = range(EVAL * EVAL_N + 2 * PROMPTS * N + 1, EVAL * EVAL_N * 2 + 2 * PROMPTS * N + 1)
+CALLS["eval"] = [tally.pick("eval", EVAL_2_CALLS[0], EVAL_2_CALLS[-1])]
 # And once after the first checkpoint, in steps 3 and 4: found dead at its next forward pass.
 CALLS["trainer"].append(tally.pick("trainer-after-checkpoint", EVAL * EVAL_N * 2 + 2 * PROMPTS * N + 1,
                                    LAST_TRAIN_CALL))
@@ -117,9 +121,9 @@ def test_a_crashed_reference_is_restarted_and_the_run_is_the_same(world, full_ru
     tally.survived()
 
 
-def _stop_then_resume(world, full_run, run_dir, call, expect, match):
+def _stop_then_resume(world, full_run, run_dir, call, expect, match, checkpoint_step):
     return runs.stop_then_resume(run_ppo, _cfg(world, run_dir), run_dir, call, expect, match,
-                                 2 if step_of(call) > 2 else None, STEPS * PROMPTS, full_run)
+                                 checkpoint_step, STEPS * PROMPTS, full_run)
 
 
 @pytest.mark.parametrize("call", CALLS["trainer"], ids=lambda c: f"trainer-rank-killed-seed{tally.SEED}-call{c}")
@@ -127,8 +131,9 @@ def test_a_killed_trainer_rank_stops_clearly_and_a_resume_is_the_same_run(world,
     run_dir = str(tmp_path / "tk")
     faults.reset(kill_at=call, kill_actor="tk/trainer/1")
     # Found dead at its next call: a forward or update (ActorLostError), or the checkpoint's save.
+    # Killed in step 2's evaluation, it is found dead by the checkpoint after it.
     msg = _stop_then_resume(world, full_run, run_dir, call, (ActorLostError, ckpt.CheckpointWriteError),
-                            "tk/trainer/1")
+                            "tk/trainer/1", 2 if step_of(call) > 2 else None)
     assert "tk/trainer/1 died (it was killed by" in msg or "writing failed (ActorDiedError" in msg
     if "died (it was killed by" in msg:
         assert "while the run waited on policy" in msg
@@ -142,8 +147,38 @@ def test_a_killed_trainer_rank_stops_clearly_and_a_resume_is_the_same_run(world,
 @pytest.mark.parametrize("call", CALLS["driver"], ids=lambda c: f"driver-stopped-seed{tally.SEED}-call{c}")
 def test_a_stopped_driver_resumes_to_the_same_run(world, full_run, tmp_path, call):
     faults.reset(crash_at=call)
-    _stop_then_resume(world, full_run, str(tmp_path / "dk"), call, RuntimeError, "driver killed")
+    # Stopped in step 2's evaluation, the driver has checkpointed step 2's training first.
+    _stop_then_resume(world, full_run, str(tmp_path / "dk"), call, RuntimeError, "driver killed",
+                      2 if call > EVAL_2_CALLS[0] - 1 else None)
     tally.survived()
+
+
+@pytest.mark.parametrize("call", CALLS["eval"], ids=lambda c: f"evaluation-failed-seed{tally.SEED}-call{c}")
+def test_a_failed_evaluation_keeps_its_steps_training_and_a_resume_is_the_same_run(world, full_run, tmp_path,
+                                                                                  capfd, call):
+    """A held-out evaluation that raises (here the gold reward, in step 2's evaluation; no
+    checkpoint was due before it) first checkpoints the step's training, marked as not yet
+    evaluated; the resume evaluates it and goes on to the uninterrupted run."""
+    run_dir = str(tmp_path / "ev")
+    faults.reset(crash_at=call)
+    with pytest.raises(RuntimeError, match="driver killed"):
+        run_ppo(_cfg(world, run_dir))
+    tally.injected()
+    latest = ckpt.latest_checkpoint(run_dir)
+    assert latest == os.path.join(run_dir, "checkpoints", "step-00000002")
+    assert sorted(os.listdir(os.path.dirname(latest))) == ["step-00000002"]
+    pending = read_json(os.path.join(latest, "eval_pending.json"))
+    full_row = read_metrics(full_run)[2]
+    assert pending["step"] == 2 and pending["stopped"] is None
+    assert not [k for k in pending["metrics"] if k.startswith("eval/")]
+    assert pending["metrics"]["rollout/samples"] == full_row["rollout/samples"] == PROMPTS * N
+    assert (f"step 2: the held-out evaluation failed (RuntimeError: driver killed); the step's training is kept "
+            f"in {latest}: once the cause is fixed, --resume evaluates step 2 and goes on") in capfd.readouterr().out
+    faults.reset()
+    run_ppo(_cfg(world, run_dir), resume=True)
+    assert "at step 2, whose held-out evaluation runs first" in capfd.readouterr().out
+    runs.same_run(run_dir, full_run, STEPS * PROMPTS)
+    tally.failed_clearly()
 
 
 # Each file of a PPO checkpoint (written by the trainer and critic ranks or by the driver), the

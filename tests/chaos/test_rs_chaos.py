@@ -1,6 +1,6 @@
 """Seeded faults in best-of-K rejection sampling, scored by a rule and a reward model: a rollout
 worker killed (replaced; the same run), the reward model crashed (Ray restarts it in its bundle
-and retries the call; the same run), a policy rank killed and the driver stopped (a clear error
+and retries the call; the same run), a policy rank killed, the driver stopped and the held-out evaluation failed (a clear error
 naming the checkpoint that is intact, then a resume that is the same run)."""
 import os
 
@@ -28,6 +28,16 @@ CALLS = {c: tally.pick(f"rs-{c}", FIRST_CALL, LAST_CALL) for c in ("rollout", "r
 def round_of(call: int) -> int:
     """The round (1-based) whose scoring or evaluation makes reward call ``call``."""
     return (call - FIRST_CALL) // PER_ROUND + 1
+
+
+def in_evaluation(call: int) -> bool:
+    """Whether reward call ``call`` is made by a round's evaluation (after its scoring)."""
+    return (call - FIRST_CALL) % PER_ROUND >= PROMPTS * K
+
+
+# A call of one of the rounds' evaluations.
+_EVAL_CALL = tally.pick("rs-eval", 0, ROUNDS * EVAL * EVAL_N - 1)
+CALLS["eval"] = FIRST_CALL + (_EVAL_CALL // (EVAL * EVAL_N)) * PER_ROUND + PROMPTS * K + _EVAL_CALL % (EVAL * EVAL_N)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +118,22 @@ def test_a_stopped_driver_resumes_to_the_same_rounds(world, full_run, tmp_path):
     call = CALLS["driver"]
     faults.reset(crash_at=call)
     run_dir = str(tmp_path / "dk")
+    # Stopped in a round's evaluation, the driver has checkpointed the round's training first.
     runs.stop_then_resume(run_rs, _cfg(world, run_dir), run_dir, call, RuntimeError, "driver killed",
-                          (round_of(call) - 1) or None, ROUNDS * PROMPTS, full_run)
+                          (round_of(call) - (0 if in_evaluation(call) else 1)) or None, ROUNDS * PROMPTS, full_run)
     tally.survived()
+
+
+def test_a_failed_evaluation_keeps_its_rounds_training_and_a_resume_is_the_same_run(world, full_run, tmp_path,
+                                                                                   capfd):
+    call = CALLS["eval"]
+    assert in_evaluation(call)
+    faults.reset(crash_at=call)
+    run_dir = str(tmp_path / "ev")
+    rnd = round_of(call)
+    runs.stop_then_resume(run_rs, _cfg(world, run_dir), run_dir, call, RuntimeError, "driver killed",
+                          rnd, ROUNDS * PROMPTS, full_run)
+    out = capfd.readouterr().out
+    assert f"step {rnd}: the held-out evaluation failed (RuntimeError: driver killed)" in out
+    assert f"after round {rnd}, whose held-out evaluation runs first" in out
+    tally.failed_clearly()
