@@ -17,7 +17,9 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespa
     """``ray.init`` only when not already connected, so one command runs locally and as a job.
 
     Inside ``ray job submit`` (or with RAY_ADDRESS set) this joins that cluster; otherwise it
-    starts a local one whose servers all listen on 127.0.0.1 only (``bind_to_loopback``). The
+    starts a local one whose servers all listen on 127.0.0.1 only (``bind_to_loopback``) and
+    whose processes all end when this driver does, even when it is killed
+    (``rayrlhf.utils.reaper``). The
     driver joins the Ray namespace ``run_namespace(namespace)``; a process already connected
     keeps its own.
     """
@@ -39,6 +41,9 @@ def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespa
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=namespace,
              dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
     make_token_private()
+    from rayrlhf.utils.reaper import start_for_local_cluster
+
+    start_for_local_cluster()  # no process of this cluster outlives this driver, however it ends
 
 
 def token_file() -> str:
