@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from rayrlhf.algo.hacking import HackingSection
+from rayrlhf.algo.hacking import HackingSection, check_agree_with
 from rayrlhf.config.resources import ResourcesSection
 from rayrlhf.config.schema import ModelSection, RunSection
 from rayrlhf.rollout.config import RolloutSection
@@ -359,6 +359,7 @@ class PPOConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        out += check_agree_with(self.ppo.hacking, [r.name for r in self.rewards], "ppo.hacking")
         if not self.policy.validate_trained():  # the critic inherits the policy's keys and problems
             out += [f"critic.{p}" for p in resolve_derived(self.critic, self.policy).validate_trained()]
         out += check_rollout_matches(self.policy, self.rollout, self.resources)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from rayrlhf.algo.hacking import HackingSection, check_agree_with
 from rayrlhf.config.ppo import (CombineSection, DerivedModelSection, EvalSection, PromptDataSection,
                                 RewardSourceSection, check_reward_sources, check_rollout_matches, reference_is_base)
 from rayrlhf.config.resources import ResourcesSection
@@ -58,6 +59,11 @@ class RSSection:
     """Times a dead rollout worker is replaced before the run gives up."""
     keep_checkpoints: int = 2
     """Checkpoints kept (one per round); the newest complete one is never deleted."""
+    hacking: HackingSection = field(default_factory=HackingSection)
+    """The reward-hacking alarm over rounds, as PPO's over iterations (``ppo.hacking``): hacking/*
+    metrics every round, a warning when it fires, and with ``stop: true`` the run ends there
+    (checkpoint, export, summary). Its windows count rounds: with the default window of 5 it
+    judges from round 10 on."""
 
     def validate(self) -> list[str]:
         out = []
@@ -123,6 +129,7 @@ class RSConfig:
 
     def validate(self) -> list[str]:
         out = check_reward_sources(self.rewards, self.combine, self.resources)
+        out += check_agree_with(self.rs.hacking, [r.name for r in self.rewards], "rs.hacking")
         out += check_rollout_matches(self.policy, self.rollout, self.resources)
         trainers = self.resources.trainer.num_workers
         if self.rs.global_batch_size % trainers:

@@ -33,7 +33,8 @@ def print_report(results: dict, out=sys.stdout) -> None:
             gold = f" ({g.replace('_', ' ')} {gold})" if gold else ""
             print(f"{name:>12}: {s.get('rounds')} rounds of {what}; best samples' reward by round "
                   f"{kept}{gold}; held-out {g.replace('_', ' ')} "
-                  f"{s.get('before/' + g, float('nan')):.3f} -> {s.get('eval/' + g, float('nan')):.3f}", file=out)
+                  f"{s.get('before/' + g, float('nan')):.3f} -> {s.get('eval/' + g, float('nan')):.3f}"
+                  f"{_alarm(s, 'round')}", file=out)
         elif kind == "label":
             print(f"{name:>12}: {s.get('label/pairs')} pairs labelled by the judge; agreement with the "
                   f"input labels {s.get('label/agreement_input', float('nan')):.1%}, with gold "
@@ -54,11 +55,17 @@ def print_report(results: dict, out=sys.stdout) -> None:
             gains = ", ".join(f"{k.split('/', 1)[1]} {s.get('before/' + k.split('/', 1)[1], float('nan')):.3f} -> "
                               f"{s[k]:.3f}" for k in sorted(s)
                               if (k.startswith("eval/gold") or k == "eval/reward") and "_ci_" not in k)
-            fired = s.get("hacking/fired_at")
-            alarm = "" if "hacking/fired_at" not in s else (
-                "; reward-hacking alarm quiet" if fired is None else f"; REWARD-HACKING ALARM at iteration {fired}"
-                + (" (stopped there)" if s.get("stopped_early_at") else ""))
+            alarm = _alarm(s, "iteration")
             print(f"{name:>12}: held-out {gains}; KL to the reference per response "
                   f"{s.get('last/kl/per_response', float('nan')):.3f} after {s.get('steps')} iterations{alarm}",
                   file=out)
     out.flush()
+
+
+def _alarm(s: dict, unit: str) -> str:
+    """The reward-hacking alarm's verdict for a PPO or rejection-sampling stage's summary."""
+    if "hacking/fired_at" not in s:
+        return ""
+    fired = s.get("hacking/fired_at")
+    return ("; reward-hacking alarm quiet" if fired is None else f"; REWARD-HACKING ALARM at {unit} {fired}"
+            + (" (stopped there)" if s.get("stopped_early_at") else ""))

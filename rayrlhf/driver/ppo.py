@@ -118,13 +118,8 @@ class PPODriver:
                 metrics = self.train_step(step)
                 metrics.update(scaling)
                 done = step + 1
-                fired_before = self.hacking.fired_at
-                metrics.update(self.hacking.update(done, metrics))
-                if self.hacking.fired_at is not None and fired_before is None:
-                    stop = self.p.hacking.stop
-                    print(f"[rayrlhf] step {done}: reward-hacking alarm: {self.hacking.reason(metrics)}"
-                          + ("; stopping here (ppo.hacking.stop)" if stop else ""), flush=True)
-                    stopped = done if stop else None
+                if self.hacking.observe(done, metrics, "step", "ppo"):
+                    stopped = done
                 last = done == self.p.total_steps or stopped == done
                 self.step = done
                 if done % self.p.eval_every == 0 or last:
@@ -292,7 +287,7 @@ class PPODriver:
     def score(self, prompts, texts, meta) -> tuple[torch.Tensor, dict]:
         """Every reward source's raw scores, then their combination (a pure function)."""
         scored = score_samples(self.roles, self.cfg.combine, self.gold, prompts, texts, meta, self.timeout)
-        return scored.combined, scored.metrics()
+        return scored.combined, scored.metrics(self.p.hacking.agree_with)
 
     # Policy and reference both under softmax(logits / T), the distribution the rollout sampled:
     # the KL is zero at step 0 whatever the temperature (the critic ignores T).

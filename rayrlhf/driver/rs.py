@@ -26,6 +26,7 @@ import torch
 
 from rayrlhf.actors.batch import as_lists, build_batch, select_rows, split_rows
 from rayrlhf.config.ppo import PROBE_ATOL, EvalSection
+from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval
 from rayrlhf.driver.common import (EVAL_PENDING, PromptOrder, Timer, add_gains, evaluate_or_keep,
@@ -56,6 +57,8 @@ class RSDriver:
         self.samples: dict[str, list] = {}
         self.history: dict[str, list[float]] = {}
         self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (common.EVAL_PENDING)
+        self.hacking = HackingWatch(self.r.hacking)
+        self.done = 0
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -69,6 +72,8 @@ class RSDriver:
                                wandb_project=self.cfg.run.wandb_project)
         summary = {} if fresh else dict(self.resumed_summary)
         self.history = {k: list(v) for k, v in summary.get("rounds_history", {}).items()}
+        self.hacking.load(summary.get("hacking_history", {}))
+        stopped, self.done = None, start
         if fresh:
             if self.r.curve_k:
                 summary.update(self.best_of_k_curve())
@@ -81,30 +86,37 @@ class RSDriver:
         try:
             scaling.start()
             if self.eval_pending:  # the evaluation a stopped run could not do: its round's training is in the checkpoint
-                metrics = self.eval_pending["metrics"]
+                metrics, stopped = self.eval_pending["metrics"], self.eval_pending.get("stopped")
                 metrics.update(self.evaluate())
                 self._end_round(start, metrics, summary, logger)
-            for rnd in range(start, self.r.rounds):
+            for rnd in range(start, self.r.rounds if not stopped else start):
                 fleet_metrics = scaling.poll(rnd, self.version)
                 metrics = self.round(rnd)
                 metrics.update(fleet_metrics)
-                done = rnd + 1
-                if done % self.r.eval_every == 0 or done == self.r.rounds:
-                    metrics.update(evaluate_or_keep(self.evaluate, done, metrics,
-                                                    lambda pending: self._checkpoint(done, summary, pending)))
+                done = self.done = rnd + 1
+                if self.hacking.observe(done, metrics, "round", "rs"):
+                    stopped = done
+                if done % self.r.eval_every == 0 or done == self.r.rounds or stopped:
+                    metrics.update(evaluate_or_keep(
+                        self.evaluate, done, metrics,
+                        lambda pending: self._checkpoint(done, {**summary, "hacking_history": self.hacking.state()},
+                                                         {**pending, "stopped": stopped})))
                 self._end_round(done, metrics, summary, logger)
                 bar.update(1, {"rollout/reward_mean": metrics.get("rs/kept_reward", float("nan"))})
                 self._checkpoint(done, summary)
+                if stopped:
+                    break
         finally:
             scaling.stop()
             bar.close()
             logger.close()
         get(self.roles.policy_leader.export.remote(os.path.join(self.run_dir, "export"),
                                                       {"stage": "rs", "objective": self.r.objective,
-                                                       "rounds": self.r.rounds}),
+                                                       "rounds": self.done}),
             self.timeout, "policy/0 in phase export")
-        summary.update({"rounds": self.r.rounds, "objective": self.r.objective, "k": self.r.k, "top_m": self.r.top_m,
-                        "rollout/worker_restarts": self.fleet.restarts})
+        summary.update({"rounds": self.done, "objective": self.r.objective, "k": self.r.k, "top_m": self.r.top_m,
+                        "rollout/worker_restarts": self.fleet.restarts, "hacking/fired_at": self.hacking.fired_at,
+                        "stopped_early_at": stopped})
         add_gains(summary)
         atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         return summary
@@ -157,7 +169,7 @@ class RSDriver:
             self.version += 1
             with t("sync"):
                 metrics.update(self._sync())
-        metrics.update({f"reward/{name}": float(v.mean()) for name, v in scored.raw.items()})
+        metrics.update(scored.metrics(self.r.hacking.agree_with))  # reward/*, rollout/reward_*, gold/*
         metrics.update({
             "rollout/samples": len(samples),
             "rollout/response_length": float(np.mean([len(s.response_ids) for s in samples])),
@@ -287,6 +299,7 @@ class RSDriver:
                 self.history.setdefault(key, []).append(metrics[key])
         summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
         summary["rounds_history"] = self.history
+        summary["hacking_history"] = self.hacking.state()
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rayrlhf.algo.hacking import agreement_metrics
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval, per_prompt_means
 from rayrlhf.algo.rewards import combine_rewards
 from rayrlhf.config.ppo import EvalSection
@@ -30,12 +31,17 @@ class Scored:
     raw: dict[str, torch.Tensor]  # source -> (B,) raw score of each source
     gold: dict[str, list[float]]  # gold name -> (B,) gold reward of each sample
 
-    def metrics(self) -> dict:
-        """Means over the batch: reward/<source>, rollout/reward_*, gold/<name>."""
+    def metrics(self, agree_with: list[str] = ()) -> dict:
+        """Means over the batch: reward/<source>, rollout/reward_*, gold/<name>; with
+        ``agree_with``, the proxy's rank agreement with those sources over the batch
+        (``hacking/agreement``, ``rayrlhf.algo.hacking.agreement_metrics``)."""
         out = {f"reward/{k}": float(v.mean()) for k, v in self.raw.items()}
         out["rollout/reward_mean"] = float(self.combined.mean())
         out["rollout/reward_std"] = float(self.combined.std()) if len(self.combined) > 1 else 0.0
         out.update({f"gold/{k}": float(np.mean(v)) for k, v in self.gold.items()})
+        if agree_with:
+            out.update(agreement_metrics(self.combined.tolist(), {k: v.tolist() for k, v in self.raw.items()},
+                                         list(agree_with)))
         return out
 
 

@@ -207,6 +207,9 @@ def _rejection_sampling(run: dict, plots: dict) -> list:
         rows = [[str(r["step"]), _num(r.get("rs/k"), ".0f")] + [_fig(r.get(k), interval_of(r, k)) for k in keys[1:]]
                 for r in s["steps"]]
         out.append(("table", header, rows) if rows else ("p", "No rounds were logged (no metrics.jsonl lines)."))
+        said = _hacking(s["summary"], "round", "rs", "rounds")
+        if said:
+            out.append(("p", said))
     return out
 
 
@@ -283,18 +286,20 @@ def _ppo(run: dict, plots: dict) -> list:
     return out
 
 
-def _hacking(summary: dict) -> str | None:
-    """What the reward-hacking alarm (ppo.hacking, rayrlhf.algo.hacking) said over the run."""
+def _hacking(summary: dict, unit: str = "iteration", section: str = "ppo", count: str = "steps") -> str | None:
+    """What the reward-hacking alarm (``<section>.hacking``, rayrlhf.algo.hacking) said over the run."""
     if "hacking/fired_at" not in summary:
         return None  # a run from before the alarm existed
     fired, stopped = summary.get("hacking/fired_at"), summary.get("stopped_early_at")
     if fired is None:
-        return (f"Reward-hacking alarm: quiet over the {summary.get('steps')} iterations (the proxy reward never "
-                "rose while the watched signal fell beyond its noise or the response length drifted).")
-    return (f"Reward-hacking alarm: fired at iteration {fired}: the proxy reward kept rising while the watched "
-            "signal fell beyond its noise, or the response length drifted (the hacking/* metrics say which)."
-            + (" Training stopped there (ppo.hacking.stop)." if stopped else " Training went on (ppo.hacking.stop "
-               "is off); the policy after that iteration may be gaming the reward."))
+        return (f"Reward-hacking alarm: quiet over the {summary.get(count)} {unit}s (the proxy reward never rose "
+                "while the watched signal or the reward models' agreement fell beyond its noise or the response "
+                "length drifted).")
+    return (f"Reward-hacking alarm: fired at {unit} {fired}: the proxy reward kept rising while the watched "
+            "signal or the reward models' agreement fell beyond its noise, or the response length drifted (the "
+            "hacking/* metrics say which)."
+            + (f" Training stopped there ({section}.hacking.stop)." if stopped else f" Training went on ({section}."
+               f"hacking.stop is off); the policy after that {unit} may be gaming the reward."))
 
 
 def _samples(run: dict) -> list:

@@ -247,8 +247,8 @@ def test_ppo_and_samples_escaped(full_report):
     run, _, page = full_report
     assert "KL to the reference at the last iteration: 0.800 nats per response." in page
     assert ("Reward-hacking alarm: fired at iteration 3: the proxy reward kept rising while the watched signal "
-            "fell beyond its noise, or the response length drifted (the hacking/* metrics say which). Training "
-            "went on (ppo.hacking.stop is off)") in page
+            "or the reward models' agreement fell beyond its noise, or the response length drifted (the "
+            "hacking/* metrics say which). Training went on (ppo.hacking.stop is off)") in page
     assert _row(page, "4", after="<th>iteration</th>") == ["4", "0.620 [0.620, 0.620]", "0.450", "0.950", "0.700",
                                                             "0.750", "0.700", "14.000"]
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -316,3 +316,8 @@ def test_the_hacking_alarm_line_reads_each_outcome():
         "Reward-hacking alarm: quiet over the 20 iterations")
     assert _hacking({"steps": 7, "hacking/fired_at": 7, "stopped_early_at": 7}).endswith(
         "Training stopped there (ppo.hacking.stop).")
+    # rejection sampling counts rounds, under rs.hacking
+    assert _hacking({"rounds": 12, "hacking/fired_at": None}, "round", "rs", "rounds").startswith(
+        "Reward-hacking alarm: quiet over the 12 rounds")
+    assert _hacking({"rounds": 12, "hacking/fired_at": 11, "stopped_early_at": None}, "round", "rs", "rounds").endswith(
+        "Training went on (rs.hacking.stop is off); the policy after that round may be gaming the reward.")
