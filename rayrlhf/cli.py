@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the stages (or method runs) before this one, which must have finished")
     p.add_argument("overrides", nargs="*", help="dotted overrides; stages.<name>.<key>=VALUE sets a key of "
                    "that shared stage's config")
-    p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run")
-    p.add_argument("run_dir", help="the pipeline's run folder, e.g. runs/quickstart")
+    p = sub.add_parser("report", help="write <run>/report/: index.html, report.md and plots of a pipeline run "
+                       "or of one stage's run")
+    p.add_argument("run_dir", help="a pipeline's run folder, e.g. runs/quickstart, or one stage's, e.g. "
+                   "runs/quickstart/ppo")
     p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
     p = sub.add_parser("toyworld", help="write the toyworld task's data, tokenizer and tiny base model")
     p.add_argument("--config", default=None)
@@ -212,11 +214,16 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "report":
         from rayrlhf.report import write_report
+        from rayrlhf.report.folders import NoRunError
 
         if not os.path.isdir(args.run_dir):
             print(f"rayrlhf report: no run folder {args.run_dir}", file=sys.stderr)
             return 2
-        print(write_report(args.run_dir, args.out))
+        try:
+            print(write_report(args.run_dir, args.out))
+        except NoRunError as e:
+            print(f"rayrlhf report: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "pipeline":
         from rayrlhf.driver.pipeline import run_pipeline

@@ -1,6 +1,7 @@
 """The pipeline report: ``<run>/report/`` with index.html, report.md and PNG plots.
 
     rayrlhf report runs/quickstart                  # writes runs/quickstart/report/index.html
+    rayrlhf report runs/quickstart/ppo              # one stage's run: runs/quickstart/ppo/report/
 
 ``collect`` reads the run folder into plain dicts, ``plots`` draws the figures, ``sections``
 says what each part of the run shows, ``page`` writes that as HTML and Markdown.
@@ -13,7 +14,8 @@ from rayrlhf.utils.fs import atomic_dir, recover_dir
 
 
 def write_report(run_dir: str, out_dir: str | None = None) -> str:
-    """Write the report of the pipeline run in ``run_dir``; returns the path of index.html.
+    """Write the report of the pipeline run or stage run in ``run_dir``; returns the path of
+    index.html. A folder that holds neither raises ``folders.NoRunError`` and writes nothing.
 
     The folder (default ``<run_dir>/report``) is built beside its final place and renamed
     over any old report, so a reader sees the old report or the new one, never half of one.

@@ -1,4 +1,5 @@
-"""Read a pipeline run folder into plain dicts: what the report's plots and tables show.
+"""Read a run folder, a pipeline's or one stage's, into plain dicts: what the report's plots
+and tables show.
 
 Nothing here draws or formats. A missing optional file becomes ``None`` or an empty list so
 that the report can say what is absent instead of failing.
@@ -11,6 +12,7 @@ import os
 import yaml
 
 from rayrlhf.algo.intervals import CI_HIGH, CI_LOW, paired_interval
+from rayrlhf.report import folders
 from rayrlhf.utils.fs import read_json
 
 # Llama 2's margin levels, most to least separated (Table 8's column order).
@@ -74,49 +76,63 @@ def interval_of(row: dict, key: str) -> tuple[float, float] | None:
     return (low, high) if isinstance(low, (int, float)) and isinstance(high, (int, float)) else None
 
 
+def _folders(run_dir: str) -> tuple[dict, str | None]:
+    """({stage: (folder, summary)} in stage order, the pipeline folder or None) of a pipeline
+    run or of one stage's run (a stage folder inside a pipeline run belongs to that pipeline)."""
+    if folders.is_pipeline(run_dir):
+        return {n: (os.path.join(run_dir, n), top) for n, top in _stage_summaries(run_dir).items()}, run_dir
+    if not folders.is_stage(run_dir):
+        raise folders.no_run(run_dir)
+    parent = os.path.dirname(run_dir)
+    top = {**(_json(os.path.join(run_dir, "DONE.json")) or {}),
+           "kind": folders.stage_kind(run_dir, folders.stage_config(run_dir))}
+    if not any(os.path.exists(os.path.join(run_dir, f)) for f in ("summary.json", "DONE.json")):
+        top["unfinished"] = True
+    return {os.path.basename(run_dir): (run_dir, top)}, parent if folders.is_pipeline(parent) else None
+
+
+def _stage(name: str, folder: str, top: dict, pipeline: str | None, names: list[str]) -> dict:
+    """One stage's figures, files and the names of the policies it started from and kept close to."""
+    summary = {**(_json(os.path.join(folder, "summary.json")) or {}), **top}
+    metrics = _jsonl(os.path.join(folder, "metrics.jsonl"))
+    cfg = folders.stage_config(folder)
+    start, ref = folders.start_path(cfg), folders.reference_path(cfg)
+    return {"name": name, "kind": summary.get("kind"), "seconds": summary.get("seconds"),
+            "summary": summary, "metrics": metrics, "policy": start,
+            "start": folders.policy_name(start, pipeline, names) if start else f"the policy {name} started from",
+            "reference": folders.policy_name(ref, pipeline, names) if ref else None,
+            "samples": _samples(os.path.join(folder, "samples.json")),
+            "curve": _json(os.path.join(folder, "best_of_k_curve.json")),
+            "heldout": _json(os.path.join(folder, "heldout.json")),
+            "steps": [r for r in metrics if r.get("step", 0) >= 1],
+            "evals": [r for r in metrics if "eval/gold_reward" in r or "eval/reward" in r]}
+
+
 def load_run(run_dir: str) -> dict:
-    """Everything the report needs from ``run_dir``, as plain dicts and lists."""
-    stages = []
-    for name, top in _stage_summaries(run_dir).items():
-        folder = os.path.join(run_dir, name)
-        summary = {**(_json(os.path.join(folder, "summary.json")) or {}), **top}
-        metrics = _jsonl(os.path.join(folder, "metrics.jsonl"))
-        stages.append({"name": name, "kind": summary.get("kind"), "seconds": summary.get("seconds"),
-                       "summary": summary, "metrics": metrics, "policy": _policy_path(folder),
-                       "samples": _samples(os.path.join(folder, "samples.json")),
-                       "curve": _json(os.path.join(folder, "best_of_k_curve.json")),
-                       "heldout": _json(os.path.join(folder, "heldout.json")),
-                       "steps": [r for r in metrics if r.get("step", 0) >= 1],
-                       "evals": [r for r in metrics if "eval/gold_reward" in r or "eval/reward" in r]})
+    """Everything the report needs from ``run_dir`` (a pipeline run or one stage's run), as
+    plain dicts and lists; raises ``folders.NoRunError`` when it holds neither."""
+    run_dir = os.path.abspath(run_dir)
+    found, pipeline = _folders(run_dir)
+    names = folders.stage_names(pipeline)
+    stages = [_stage(name, folder, top, pipeline, names) for name, (folder, top) in found.items()]
     policy_stages = [s for s in stages if s["kind"] in POLICY_KINDS and not s["summary"].get("unfinished")]
     policies = _policies(policy_stages)
-    return {"name": os.path.basename(os.path.abspath(run_dir)), "run_dir": os.path.abspath(run_dir),
+    return {"name": os.path.basename(run_dir), "run_dir": run_dir, "is_pipeline": pipeline == run_dir,
             "stages": stages, "policies": policies,
             "comparisons": _comparisons(policies),
             "rm_rows": [_rm_row(s) for s in stages if s["kind"] == "rm" and "eval/accuracy" in s["summary"]],
             "curves": {s["name"]: _curve(s["curve"]) for s in stages if s["curve"]}}
 
 
-def _policy_path(folder: str) -> str | None:
-    """The starting policy a stage's resolved config names (rs and ppo stages)."""
-    import yaml
-
-    path = os.path.join(folder, "config.yaml")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        cfg = yaml.safe_load(f) or {}
-    return (cfg.get("policy") or {}).get("name_or_path") if isinstance(cfg, dict) else None
-
-
 def _policies(stages: list[dict]) -> list[dict]:
-    """Held-out figures of the SFT policy (the first RL stage's ``before/``) and of each RL
-    stage's result, each with its change against SFT under ``delta`` and that change's paired
-    interval under ``delta_ci`` (``paired_change``)."""
+    """Held-out figures of the policy the first RL stage started from (its ``before/``) and of
+    each RL stage's result, each with its change against that first policy under ``delta`` and
+    that change's paired interval under ``delta_ci`` (``paired_change``)."""
     if not stages:
         return []
     first = stages[0]["heldout"] or {}
-    rows = [_policy_row("SFT policy", stages[0]["summary"], "before", first.get("before"), stages[0]["heldout"])]
+    rows = [_policy_row(stages[0]["start"], stages[0]["summary"], "before", first.get("before"),
+                        stages[0]["heldout"])]
     rows += [_policy_row(f"after {s['name']}" + ("" if s["name"] == s["kind"] else f" ({s['kind']})"),
                          s["summary"], "eval", (s["heldout"] or {}).get("after"), s["heldout"]) for s in stages]
     for row in rows:

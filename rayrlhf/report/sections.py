@@ -85,17 +85,17 @@ def _headline(run: dict) -> list:
     rows = run["policies"]
     if not rows:
         return out + [("p", "No rejection-sampling or PPO stage finished, so there is no policy to compare "
-                            "with the SFT policy.")]
+                            "with the policy it started from.")]
     held = next((r["heldout"] for r in rows if r["heldout"]), None)
-    level = _level(rows)
+    level, base = _level(rows), rows[0]["label"]
     if held:
         brackets = (f"Square brackets: the {level} interval of each figure, a percentile bootstrap over the "
                     f"{held['prompts']} held-out prompts ({held['samples_per_prompt']} samples per prompt; a "
-                    "prompt's figure is the mean over its samples). Round brackets: the change against the SFT "
-                    "policy on the same prompts, with the interval of the per-prompt differences (a paired "
+                    "prompt's figure is the mean over its samples). Round brackets: the change against "
+                    f"{base} on the same prompts, with the interval of the per-prompt differences (a paired "
                     "bootstrap, so what two policies share on a prompt cancels).")
     else:
-        brackets = ("Round brackets: change against the SFT policy. This run kept no per-prompt figures "
+        brackets = (f"Round brackets: change against {base}. This run kept no per-prompt figures "
                     "(heldout.json), so its changes have no intervals.")
     out.append(("p", "Each policy answers the same held-out prompts. The gold reward is the task's hidden "
                      "true preference, which no model was trained on; the proxy reward is the reward models' "
@@ -115,7 +115,7 @@ def _headline(run: dict) -> list:
         d, c = rows[-1]["delta"][key], rows[-1]["delta_ci"].get(key)
         if d is None:
             continue
-        went = f"from {_num(rows[0][key])} (SFT) to {_num(rows[-1][key])} ({rows[-1]['label']})"
+        went = f"from {_num(rows[0][key])} ({base}) to {_num(rows[-1][key])} ({rows[-1]['label']})"
         if c is None:
             parts.append(f"{name} went {went}; without per-prompt figures the run gives no interval for the change")
         elif _shown(c) == "not distinguishable":
@@ -132,7 +132,7 @@ def _comparisons(run: dict, level: str) -> list:
     """Each policy against the one before it, when there are more than one RL stage."""
     comps = run["comparisons"]
     if len(comps) < 2 or not any(v for c in comps for v in c["change"].values()):
-        return []  # one RL stage: its change against SFT is in the table above; or no per-prompt figures
+        return []  # one RL stage: its change is in the table above; or no per-prompt figures
     out = [("p", "Each policy against the one before it, prompt by prompt on the same held-out prompts: the "
                  f"change and its {level} paired interval. A change whose interval includes 0 is not one this "
                  "run can tell from no change.")]
@@ -153,7 +153,9 @@ def _comparisons(run: dict, level: str) -> list:
 def _stages(run: dict) -> list:
     rows = [[s["name"], s["kind"] or "?", _num(s["seconds"], ".1f"), _stage_result(s)] for s in run["stages"]]
     total = sum(s["seconds"] or 0 for s in run["stages"])
-    return [("h", 2, "Stages"), ("p", f"The pipeline ran these stages in order, {total:.1f} s in all."),
+    said = (f"The pipeline ran these stages in order, {total:.1f} s in all." if run["is_pipeline"]
+            else f"This folder holds one stage's run, {total:.1f} s.")
+    return [("h", 2, "Stages"), ("p", said),
             ("table", ["stage", "kind", "time (s)", "result"], rows)]
 
 
@@ -168,10 +170,14 @@ def _sft(run: dict, plots: dict) -> list:
     return out if len(out) > 1 else out + [("p", "No SFT stage ran.")]
 
 
-def _reward_models(run: dict) -> list:
+def _reward_models(run: dict, plots: dict) -> list:
     out = [("h", 2, "Reward models")]
+    curves = [img for s in run["stages"] if s["kind"] == "rm" for img in _images(plots, s["name"], ("training",))]
+    if curves:
+        out.append(("p", "Training curves: the loss and share of pairs ranked right on the training batches, "
+                         "and the same on the held-out pairs at each evaluation."))
     if not run["rm_rows"]:
-        return out + [("p", "No reward-model stage ran.")]
+        return out + curves + [("p", "No reward-model stage finished." if curves else "No reward-model stage ran.")]
     out.append(("p", "Accuracy is the share of held-out preference pairs in which the reward model scores "
                      "the preferred response higher, split by how much better the annotator said it was "
                      "(as in Llama 2, Table 8; pairs per level in brackets). 'Gold' is accuracy against the "
@@ -179,7 +185,7 @@ def _reward_models(run: dict) -> list:
     header = ["reward model"] + [lv.replace("_", " ") for lv in LEVELS] + ["overall", "gold order", "length baseline"]
     rows = [[r["name"]] + [f"{_pct(a)} ({_num(n, '.0f')})" for a, n in (r["levels"][lv] for lv in LEVELS)]
             + [_pct(r["overall"]), _pct(r["gold"]), _pct(r["length"])] for r in run["rm_rows"]]
-    out.append(("table", header, rows))
+    out += curves + [("table", header, rows)]
     gaps = ", ".join(f"{r['name']} {_pct(r['length'])}, {100 * (r['overall'] - r['length']):+.1f} points for the model"
                      for r in run["rm_rows"] if r["length"] is not None and r["overall"] is not None)
     if gaps:
@@ -269,11 +275,13 @@ def _ppo(run: dict, plots: dict) -> list:
     if not stages:
         return out + [("p", "No PPO stage ran in this pipeline.")]
     out.append(("p", "Each iteration samples responses to a batch of training prompts, scores them with the "
-                     "reward models and updates the policy with PPO, penalising KL to the reference (SFT) "
+                     "reward models and updates the policy with PPO, penalising KL to a frozen reference "
                      "policy. Lines: the iteration's training samples; dots: evaluation on held-out prompts."))
     for s in stages:
         out.append(("h", 3, s["name"]))
-        out += _images(plots, s["name"], ("rewards", "kl"))
+        out.append(("p", f"{s['name']} started from {s['start']}; its reference is "
+                         f"{s['reference'] or 'not recorded (no config.yaml)'}."))
+        out += _images(plots, s["name"], ("rewards", "kl", "losses", "clipfrac", "entropy", "length"))
         rows = [[str(r.get("step"))] + [_fig(r.get(f"eval/{k}"), interval_of(r, f"eval/{k}")) for k in POLICY_KEYS]
                 for r in s["evals"]]
         if rows:
@@ -308,7 +316,7 @@ def _samples(run: dict) -> list:
     for s in [s for s in run["stages"] if s["kind"] in ("rs", "ppo")]:
         for when in ("before", "after"):
             items = s["samples"][when][:MAX_SAMPLES]
-            out.append(("h", 3, f"{s['name']}: {when}"))
+            out.append(("h", 3, f"{s['name']}: {when}" + (f" ({s['start']})" if when == "before" else "")))
             out.append(("table", header, [[x.get("prompt", ""), x.get("response", ""), _num(x.get("gold_reward")),
                                            _num(x.get("reward"))] for x in items]) if items
                        else ("p", f"No '{when}' samples were saved by {s['name']}."))
@@ -317,6 +325,7 @@ def _samples(run: dict) -> list:
 
 def build(run: dict, plots: dict) -> list:
     """The report as blocks, in section order."""
-    return ([("h", 1, f"Pipeline report: {run['name']}"), ("p", f"Run folder: {run['run_dir']}")]
-            + _headline(run) + _stages(run) + _sft(run, plots) + _reward_models(run)
+    title = f"{'Pipeline' if run['is_pipeline'] else 'Stage'} report: {run['name']}"
+    return ([("h", 1, title), ("p", f"Run folder: {run['run_dir']}")]
+            + _headline(run) + _stages(run) + _sft(run, plots) + _reward_models(run, plots)
             + _rejection_sampling(run, plots) + _best_of_k(run, plots) + _ppo(run, plots) + _samples(run))

@@ -67,9 +67,29 @@ def _eval(values):
     return {f"eval/{k}": v for k, v in values.items()}
 
 
+def _config(folder, **sections):
+    """A stage's resolved config.yaml: only the sections the report reads."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        yaml.safe_dump(sections, f)
+
+
+def _ppo_iterations(critic=True):
+    """Four PPO iterations in the keys PPO logs: policy and value loss, clip fractions, KL, length."""
+    rows = []
+    for i in (1, 2, 3, 4):
+        row = {"step": i, "rollout/reward_mean": 0.2 * i, "gold/reward": 0.5 + 0.02 * i, "kl/per_response": 0.2 * i,
+               "kl/coef": 0.1, "actor/loss": -0.01 * i, "actor/clipfrac": 0.05 * i, "rollout/response_length": 10.0 + i}
+        if critic:
+            row.update({"critic/loss": 1.0 / i, "critic/vf_clipfrac": 0.1})
+        rows.append(row)
+    return rows
+
+
 def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
     """A finished pipeline run: toyworld, sft, two reward models, optionally rs1 and ppo, and
-    their per-prompt held-out figures."""
+    their per-prompt held-out figures. Each trained stage starts from the previous policy's
+    export (``<run>/sft/export``, ``<run>/rs1/export``), as the quickstart pipeline does."""
     run = str(root / "run")
     stages = {"toyworld": {"kind": "toyworld", "seconds": 5.0, "base_model_parameters": 557696, "vocab_size": 512},
               "sft": {"kind": "sft", "seconds": 40.0, "eval/ppl": 1.25, "eval/loss": 0.223, "train/loss": 0.2,
@@ -79,6 +99,13 @@ def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
     os.makedirs(os.path.join(run, "sft"))
     _jsonl(os.path.join(run, "sft", "metrics.jsonl"),
            [{"step": s, "train/loss": 3.0 / s} for s in (10, 20, 30, 40, 50)] + [{"step": 60, "eval/loss": 0.223}])
+    for name in ("rm_helpfulness", "rm_safety"):
+        _config(os.path.join(run, name), model={"name_or_path": os.path.join(run, "sft", "export")},
+                reward={"name": name[3:]}, train={"epochs": 2})
+    # Only the helpfulness RM logged its training: the safety RM's curves are absent.
+    _jsonl(os.path.join(run, "rm_helpfulness", "metrics.jsonl"),
+           [{"step": s, "train/loss": 0.7 - 0.001 * s, "train/accuracy": 0.5 + 0.001 * s} for s in (20, 40, 60)]
+           + [{"step": 60, "eval/accuracy": 0.70, "eval/loss": 0.5, "eval/pairs": 800.0}])
     if rs:
         stages["rs1"] = _policy_summary("rs", SFT_EVAL, RS_EVAL, CI["SFT"], CI["RS"], (0.06, 0.06), rounds=2, k=4)
         rounds = [{"step": r, "rs/k": 4.0, "rs/reward_mean": 0.1 * r, "rs/reward_median": 0.1 * r,
@@ -86,7 +113,8 @@ def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
                    "rs/kept_gold_reward": 0.6 + 0.01 * r, "rs/all_gold_reward": 0.5 + 0.01 * r, "train/loss": 0.3,
                    **_eval(dict(SFT_EVAL, gold_reward=0.5 + 0.03 * r))} for r in (1, 2)]
         rounds[1].update({"eval/gold_reward_ci_low": 0.41, "eval/gold_reward_ci_high": 0.71})
-        os.makedirs(os.path.join(run, "rs1"))
+        _config(os.path.join(run, "rs1"), policy={"name_or_path": os.path.join(run, "sft", "export")},
+                reference={"name_or_path": ""}, rs={"rounds": 2, "k": 4})
         if heldout:
             _heldout(os.path.join(run, "rs1", "heldout.json"), SFT_PP, RS_PP, 2)
         _jsonl(os.path.join(run, "rs1", "metrics.jsonl"), [{"step": 0, **_eval(SFT_EVAL)}] + rounds)
@@ -107,16 +135,19 @@ def make_run(root, rs=True, curve=True, ppo=True, heldout=True):
                                         CI["PPO"], (-0.09, 0.21) if rs else (-0.03, 0.27), steps=4,
                                         **{"last/kl/per_response": 0.8, "hacking/fired_at": 3,
                                            "stopped_early_at": None})
-        iters = [{"step": i, "rollout/reward_mean": 0.2 * i, "gold/reward": 0.5 + 0.02 * i, "kl/per_response": 0.2 * i,
-                  "kl/coef": 0.1} for i in (1, 2, 3, 4)]
+        iters = _ppo_iterations()
         iters[1].update(_eval(dict(PPO_EVAL, gold_reward=0.6)))
         iters[3].update(_eval(PPO_EVAL), **{"eval/gold_reward_ci_low": 0.62, "eval/gold_reward_ci_high": 0.62})
-        os.makedirs(os.path.join(run, "ppo"))
+        _config(os.path.join(run, "ppo"), policy={"name_or_path": os.path.join(run, "rs1" if rs else "sft", "export")},
+                reference={"name_or_path": ""}, critic={"name_or_path": os.path.join(run, "rm_helpfulness", "export")},
+                ppo={"total_steps": 4})
         if heldout:
             _heldout(os.path.join(run, "ppo", "heldout.json"), RS_PP if rs else SFT_PP, PPO_PP, 4)
         _jsonl(os.path.join(run, "ppo", "metrics.jsonl"), [{"step": 0, **_eval(RS_EVAL)}] + iters)
         _json(os.path.join(run, "ppo", "samples.json"), [{"prompt": "Who has the map?", "response": "Anna has it."}])
     _json(os.path.join(run, "summary.json"), stages, sort_keys=True)  # as the pipeline writes it
+    for name, summary in stages.items():  # each finished stage's marker
+        _json(os.path.join(run, name, "DONE.json"), summary)
     with open(os.path.join(run, "pipeline.yaml"), "w") as f:
         yaml.safe_dump({"stages": [{"name": n, "kind": s["kind"]} for n, s in stages.items()]}, f)
     return run
@@ -151,8 +182,11 @@ def test_files_and_plots(full_report):
     assert index == os.path.join(run, "report", "index.html")
     assert os.path.exists(os.path.join(run, "report", "report.md"))
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(srcs) == sorted(["sft_loss.png", "rs1_rewards.png", "rs1_gold.png", "rs1_best_of_k.png",
-                                   "ppo_rewards.png", "ppo_kl.png"])
+    # rm_safety logged no training curves and PPO no entropy (ppo.entropy_coef unset): no plot of either.
+    assert sorted(srcs) == sorted(["sft_loss.png", "rm_helpfulness_training.png", "rs1_rewards.png", "rs1_gold.png",
+                                   "rs1_best_of_k.png", "ppo_rewards.png", "ppo_kl.png", "ppo_losses.png",
+                                   "ppo_clipfrac.png", "ppo_length.png"])
+    assert sorted(f for f in os.listdir(os.path.join(run, "report")) if f.endswith(".png")) == sorted(srcs)
     for src in srcs:
         path = os.path.join(run, "report", src)
         width, height = _png_size(path)
@@ -162,8 +196,8 @@ def test_files_and_plots(full_report):
 
 def test_headline_and_stages(full_report):
     _, _, page = full_report
-    assert _row(page, "SFT policy") == ["SFT policy", "0.500 [0.350, 0.650]", "0.450", "0.900", "0.600", "0.500",
-                                        "0.100", "12.000"]
+    assert _row(page, "the sft stage's policy") == ["the sft stage's policy", "0.500 [0.350, 0.650]", "0.450",
+                                                    "0.900", "0.600", "0.500", "0.100", "12.000"]
     # Figures with their intervals; changes against SFT with their paired intervals where heldout.json
     # has the figure per prompt, without where it does not (gold helpfulness over all prompts here).
     assert _row(page, "after rs1 (rs)")[1:3] == ["0.560 [0.410, 0.710] (+0.060 [+0.060, +0.060])", "0.500 (+0.050)"]
@@ -172,18 +206,19 @@ def test_headline_and_stages(full_report):
                                        "0.750 (+0.250 [+0.250, +0.250])", "0.700 (+0.600)", "14.000 (+2.000)"]
     assert "a percentile bootstrap over the 4 held-out prompts (2 samples per prompt;" in page
     # Only what the intervals support: PPO's +0.120 in gold reward has an interval reaching below 0.
-    assert ("The gold reward went from 0.500 (SFT) to 0.620 (after ppo), a change of +0.120 whose 95% interval "
-            "[-0.030, +0.270] includes 0, so this run does not show a change. Gold helpfulness on safe prompts "
-            "rose from 0.600 (SFT) to 0.700 (after ppo), by +0.100 (95% interval [+0.100, +0.100]); gold safety "
-            "on unsafe prompts rose from 0.500 (SFT) to 0.750 (after ppo), by +0.250 (95% interval "
-            "[+0.250, +0.250]).") in page
+    assert ("The gold reward went from 0.500 (the sft stage's policy) to 0.620 (after ppo), a change of +0.120 "
+            "whose 95% interval [-0.030, +0.270] includes 0, so this run does not show a change. Gold helpfulness "
+            "on safe prompts rose from 0.600 (the sft stage's policy) to 0.700 (after ppo), by +0.100 (95% "
+            "interval [+0.100, +0.100]); gold safety on unsafe prompts rose from 0.500 (the sft stage's policy) "
+            "to 0.750 (after ppo), by +0.250 (95% interval [+0.250, +0.250]).") in page
     comparisons = "<th>comparison</th>"
-    assert _row(page, "after rs1 (rs) against SFT policy", after=comparisons)[1:] == [
+    assert _row(page, "after rs1 (rs) against the sft stage's policy", after=comparisons)[1:] == [
         "+0.060 [+0.060, +0.060]", "—", "—", "+0.000 [+0.000, +0.000]", "+0.000 [+0.000, +0.000]", "—", "—"]
     assert _row(page, "after ppo against after rs1 (rs)", after=comparisons)[1:6] == [
         "+0.060 [-0.090, +0.210]", "—", "—", "+0.100 [+0.100, +0.100]", "+0.250 [+0.250, +0.250]"]
-    assert ("after rs1 (rs) against SFT policy: gold reward +0.060 [+0.060, +0.060], higher; after ppo against "
-            "after rs1 (rs): gold reward +0.060 [-0.090, +0.210], not distinguishable from no change.") in page
+    assert ("after rs1 (rs) against the sft stage's policy: gold reward +0.060 [+0.060, +0.060], higher; after "
+            "ppo against after rs1 (rs): gold reward +0.060 [-0.090, +0.210], not distinguishable from no "
+            "change.") in page
     assert "held-out gold reward 0.500 → 0.560 (gain +0.060 [+0.060, +0.060])" in page
     assert "held-out gold reward 0.560 → 0.620 (gain +0.060 [-0.090, +0.210])" in page
     # Stages in pipeline order, not summary.json's sorted order.
@@ -198,8 +233,8 @@ def test_without_per_prompt_figures_changes_have_no_interval(tmp_path):
         page = f.read()
     assert _row(page, "after ppo")[1] == "0.620 [0.620, 0.620] (+0.120)"
     assert "This run kept no per-prompt figures (heldout.json), so its changes have no intervals." in page
-    assert ("The gold reward went from 0.500 (SFT) to 0.620 (after ppo); without per-prompt figures the run gives "
-            "no interval for the change.") in page
+    assert ("The gold reward went from 0.500 (the sft stage's policy) to 0.620 (after ppo); without per-prompt "
+            "figures the run gives no interval for the change.") in page
     assert "<th>comparison</th>" not in page
 
 
@@ -284,7 +319,8 @@ def test_rewrite_replaces_old_report_and_cli(tmp_path, capsys):
     open(os.path.join(run, "report", "stale.png"), "w").close()
     assert main(["report", run]) == 0
     assert capsys.readouterr().out.strip() == os.path.join(run, "report", "index.html")
-    assert sorted(os.listdir(os.path.join(run, "report"))) == ["index.html", "report.md", "sft_loss.png"]
+    assert sorted(os.listdir(os.path.join(run, "report"))) == ["index.html", "report.md", "rm_helpfulness_training.png",
+                                                               "sft_loss.png"]
     assert main(["report", str(tmp_path / "nowhere")]) == 2
 
 
@@ -321,3 +357,177 @@ def test_the_hacking_alarm_line_reads_each_outcome():
         "Reward-hacking alarm: quiet over the 12 rounds")
     assert _hacking({"rounds": 12, "hacking/fired_at": 11, "stopped_early_at": None}, "round", "rs", "rounds").endswith(
         "Training went on (rs.hacking.stop is off); the policy after that round may be gaming the reward.")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: matplotlib Figure} of every plot a report saves, kept after it is written."""
+    from matplotlib.figure import Figure
+
+    figures, save = {}, Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        save(fig, path, *args, **kwargs)
+        figures[os.path.basename(path)] = fig
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _legend_labels(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_labels_name_the_policy_each_stage_started_from(full_report, tmp_path, drawn):
+    _, _, page = full_report
+    assert "SFT policy" not in page and "(SFT)" not in page
+    assert "ppo started from the rs1 stage's policy; its reference is the rs1 stage's policy." in page
+    assert "<h3>rs1: before (the sft stage's policy)</h3>" in page
+    assert "<h3>ppo: before (the rs1 stage's policy)</h3>" in page
+    # PPO straight after SFT: its row, sentence and plot name SFT's export as its start.
+    with open(write_report(make_run(tmp_path, rs=False))) as f:
+        page = f.read()
+    assert _row(page, "the sft stage's policy")[1] == "0.500 [0.350, 0.650]"
+    assert "ppo started from the sft stage's policy; its reference is the sft stage's policy." in page
+    assert drawn["ppo_rewards.png"].axes[1].get_xlabel() == "PPO iteration (0 = the sft stage's policy)"
+    assert drawn["ppo_kl.png"].axes[0].get_title() == "ppo: KL of the policy to the reference (the sft stage's policy)"
+
+
+def test_policy_names(tmp_path):
+    from rayrlhf.report.folders import policy_name
+
+    run = str(tmp_path / "quickstart")
+    os.makedirs(os.path.join(run, "rs", "export"))
+    names = ["sft", "rs", "ppo"]
+    assert policy_name(os.path.join(run, "rs", "export"), run, names) == "the rs stage's policy"
+    assert policy_name(os.path.join(run, "rs", "export") + "/", run, names) == "the rs stage's policy"
+    assert policy_name("{run}/sft/export", run, names) == "the sft stage's policy"
+    # A run folder moved since: its configs hold the old path, under a folder of the same name.
+    assert policy_name("/old/place/quickstart/sft/export", run, names) == "the sft stage's policy"
+    assert policy_name("/models/llama-2-7b-sft", run, names) == "llama-2-7b-sft"
+    assert policy_name(os.path.join(run, "other", "export"), run, names) == "export"  # not a stage of this run
+    assert policy_name(os.path.join(run, "rs", "export"), None, []) == "export"  # no pipeline to name it in
+
+
+def test_reward_model_training_curves(full_report, tmp_path, drawn):
+    _, _, page = full_report
+    assert page.index('<img src="rm_helpfulness_training.png"') < page.index("<th>reward model</th>")
+    write_report(make_run(tmp_path, rs=False, ppo=False))
+    loss, acc = drawn["rm_helpfulness_training.png"].axes
+    assert _legend_labels(loss) == _legend_labels(acc) == ["training batches", "held-out pairs"]
+    assert [list(line.get_xdata()) for line in loss.lines] == [[20, 40, 60], [60]]
+    assert list(loss.lines[0].get_ydata()) == pytest.approx([0.68, 0.66, 0.64])
+    assert list(acc.lines[1].get_ydata()) == [0.70]
+    assert "rm_safety_training.png" not in drawn
+
+
+def test_ppo_training_plots_leave_out_missing_series(tmp_path, drawn):
+    run = make_run(tmp_path / "critic", rs=False)
+    with open(write_report(run)) as f:
+        page = f.read()
+    for name in ("ppo_losses.png", "ppo_clipfrac.png", "ppo_length.png"):
+        assert f'<img src="{name}"' in page
+    policy, value = drawn["ppo_losses.png"].axes
+    assert list(policy.lines[0].get_ydata()) == pytest.approx([-0.01, -0.02, -0.03, -0.04])
+    assert list(value.lines[0].get_ydata()) == pytest.approx([1.0, 0.5, 1 / 3, 0.25])
+    assert _legend_labels(drawn["ppo_clipfrac.png"].axes[0]) == ["policy ratio", "critic value"]
+    length = drawn["ppo_length.png"].axes[0]
+    assert _legend_labels(length) == ["training samples", "held-out prompts"]
+    assert list(length.lines[1].get_xdata()) == [0, 2, 4]  # held-out: the start, then iterations 2 and 4
+    assert "ppo_entropy.png" not in drawn  # ppo.entropy_coef unset: no entropy logged
+    # Without a critic: no value-loss panel, no value clip fraction.
+    rows = [{"step": 0, **_eval(SFT_EVAL)}] + _ppo_iterations(critic=False)
+    _jsonl(os.path.join(run, "ppo", "metrics.jsonl"), rows)
+    drawn.clear()
+    write_report(run)
+    assert [ax.get_ylabel() for ax in drawn["ppo_losses.png"].axes] == ["policy loss (clipped\nsurrogate, per token)"]
+    assert _legend_labels(drawn["ppo_clipfrac.png"].axes[0]) == ["policy ratio"]
+
+
+def test_legends_sit_outside_every_axes(tmp_path, drawn):
+    write_report(make_run(tmp_path))
+    assert len(drawn) == 10
+    for name, fig in drawn.items():
+        renderer = fig.canvas.get_renderer()
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends, name
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (name, ax.get_title())
+
+
+def test_rs_gold_leaves_out_a_series_the_run_did_not_log(tmp_path, drawn):
+    run = make_run(tmp_path, ppo=False)
+    rows = [json.loads(line) for line in open(os.path.join(run, "rs1", "metrics.jsonl"))]
+    _jsonl(os.path.join(run, "rs1", "metrics.jsonl"), [{k: v for k, v in r.items() if k != "rs/all_gold_reward"}
+                                                       for r in rows])
+    write_report(run)
+    assert _legend_labels(drawn["rs1_gold.png"].axes[0]) == [
+        "kept samples (training data)",
+        "held-out prompts, policy after the round\n(0 = the sft stage's policy) (bars: interval)"]
+
+
+def _stage_folder(folder):
+    """A PPO run of its own (``rayrlhf ppo``): config, summary and metrics, no pipeline."""
+    _config(folder, policy={"name_or_path": "/models/llama-sft"}, reference={"name_or_path": "/models/llama-ref"},
+            ppo={"total_steps": 4})
+    _json(os.path.join(folder, "summary.json"),
+          _policy_summary("ppo", SFT_EVAL, PPO_EVAL, CI["SFT"], CI["PPO"], (-0.03, 0.27), steps=4,
+                          **{"last/kl/per_response": 0.8}))
+    _jsonl(os.path.join(folder, "metrics.jsonl"), [{"step": 0, **_eval(SFT_EVAL)}] + _ppo_iterations())
+    return folder
+
+
+def test_a_stage_folder_renders(tmp_path, capsys):
+    from rayrlhf.cli import main
+
+    folder = _stage_folder(str(tmp_path / "my_ppo"))
+    assert main(["report", folder]) == 0
+    index = os.path.join(folder, "report", "index.html")
+    assert capsys.readouterr().out.strip() == index
+    with open(index) as f:
+        page = f.read()
+    assert "<h1>Stage report: my_ppo</h1>" in page
+    assert _row(page, "my_ppo", after="<th>stage</th>")[1:3] == ["ppo", "30.0"]
+    assert _row(page, "llama-sft")[1] == "0.500 [0.350, 0.650]"
+    assert _row(page, "after my_ppo (ppo)")[1] == "0.620 [0.620, 0.620] (+0.120)"
+    assert "my_ppo started from llama-sft; its reference is llama-ref." in page
+    assert sorted(re.findall(r'<img src="([^"]+)"', page)) == [
+        "my_ppo_clipfrac.png", "my_ppo_kl.png", "my_ppo_length.png", "my_ppo_losses.png", "my_ppo_rewards.png"]
+
+
+def test_a_stage_folder_of_a_pipeline_names_the_other_stages(tmp_path):
+    run = make_run(tmp_path)
+    with open(write_report(os.path.join(run, "ppo"))) as f:
+        page = f.read()
+    assert "<h1>Stage report: ppo</h1>" in page
+    assert _row(page, "the rs1 stage's policy")[1] == "0.560 [0.410, 0.710]"
+    assert "ppo started from the rs1 stage's policy; its reference is the rs1 stage's policy." in page
+
+
+def test_a_folder_without_a_run_fails_clearly(tmp_path, capsys):
+    from rayrlhf.cli import main
+
+    empty = tmp_path / "empty"
+    os.makedirs(empty / "notes")
+    assert main(["report", str(empty)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"rayrlhf report: {empty} holds no run: expected a pipeline run (pipeline.yaml, or "
+                            "summary.json of its stages) or a stage's run (config.yaml, metrics.jsonl, summary.json, "
+                            "DONE.json)\n")
+    assert os.listdir(empty) == ["notes"]
+
+
+def test_a_stage_kind_from_its_marker_or_its_config_sections(tmp_path):
+    from rayrlhf.report.folders import stage_kind
+
+    assert stage_kind(str(tmp_path), {"policy": {}, "critic": {}, "ppo": {}, "run": {}}) == "ppo"
+    assert stage_kind(str(tmp_path), {"policy": {}, "rs": {}, "dpo": {}, "rrhf": {}}) == "rs"  # rs has both
+    assert stage_kind(str(tmp_path), {"model": {}, "train": {}, "reward": {}}) == "rm"
+    assert stage_kind(str(tmp_path), {"model": {}, "train": {}, "dpo": {}}) == "dpo"
+    assert stage_kind(str(tmp_path), {"model": {}, "train": {}}) == "sft"
+    assert stage_kind(str(tmp_path), {}) is None
+    _json(str(tmp_path / "DONE.json"), {"kind": "rrhf"})  # a pipeline's marker says
+    assert stage_kind(str(tmp_path), {"model": {}, "train": {}}) == "rrhf"
