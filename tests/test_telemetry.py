@@ -142,7 +142,8 @@ def test_wandb_gets_each_steps_numbers(tmp_path, monkeypatch):
     logger = MetricsLogger(str(tmp_path / "r"), tensorboard=False, echo=False, wandb_project="proj")
     logger.log(3, {"train/loss": 0.5, "eval/examples": ["a"], "note": "x"})
     logger.close()
-    assert calls == [("init", {"project": "proj", "name": "r", "dir": str(tmp_path / "r")}),
+    assert calls == [("init", {"project": "proj", "name": "r", "dir": str(tmp_path / "r"), "config": None,
+                               "job_type": None, "entity": None, "group": None}),
                      ("log", {"train/loss": 0.5}, 3), ("finish",)]
 
 

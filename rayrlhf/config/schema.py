@@ -25,6 +25,12 @@ class RunSection:
     wandb_project: Optional[str] = None
     """A Weights & Biases project to log every step's metrics to as well (needs
     `pip install wandb`); unset, metrics go to the run folder and the Ray dashboard only."""
+    wandb_entity: Optional[str] = None
+    """The W&B team or user the run is logged under (with wandb_project); unset, your default
+    entity."""
+    wandb_group: Optional[str] = None
+    """The W&B group of the run; a pipeline sets it to its own run.name for each stage, so
+    its stages show as one group. Unset in a stand-alone run: no group."""
 
     def validate(self) -> list[str]:
         problems = [] if self.output_dir else ["output_dir: must not be empty"]

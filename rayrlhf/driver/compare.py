@@ -372,7 +372,6 @@ def write_compare_report(out_dir: str, frontier: dict, gold_names: list[str]) ->
     key = "gold_reward" if "reward" in gold_names else f"gold_{gold_names[0]}"
     recover_dir(out_dir)
     with atomic_dir(out_dir) as tmp:
-        os.chmod(tmp, 0o755)
         atomic_write_json(os.path.join(tmp, "frontier.json"), frontier)
         plot_frontier(frontier, key, os.path.join(tmp, "frontier.png"))
         head, rows = table(frontier, gold_names)

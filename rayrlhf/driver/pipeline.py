@@ -98,8 +98,11 @@ def _substitute(obj, folders: dict[str, str]):
     return obj
 
 
-def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, str], wandb_project: str | None = None):
-    """The typed config of one stage, with references resolved and its folder fixed."""
+def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, str], wandb_project: str | None = None,
+                 wandb_entity: str | None = None, wandb_group: str | None = None):
+    """The typed config of one stage, with references resolved and its folder fixed; the
+    pipeline's W&B project and entity are its defaults, and its W&B group is the pipeline's
+    (``wandb_group``, by default the pipeline's run folder name)."""
     from rayrlhf.driver.toyworld_stage import ToyworldConfig
     from rayrlhf.driver.train_stage import STAGES
 
@@ -113,6 +116,9 @@ def stage_config(spec: StageSpec, run_dir: str, seed: int, folders: dict[str, st
     run.setdefault("seed", seed)
     if wandb_project:
         run.setdefault("wandb_project", wandb_project)
+    if wandb_entity:
+        run.setdefault("wandb_entity", wandb_entity)
+    run.setdefault("wandb_group", wandb_group or os.path.basename(run_dir))
     data["run"] = run
     if spec.kind == "ppo":
         from rayrlhf.config.ppo import PPOConfig
@@ -146,7 +152,8 @@ def resolve_pipeline(cfg: PipelineConfig, source: str | None = None) -> tuple[Pi
     problems, configs = [], []
     for i, spec in enumerate(cfg.stages):
         try:
-            configs.append(stage_config(spec, run_dir, cfg.run.seed, folders, cfg.run.wandb_project))
+            configs.append(stage_config(spec, run_dir, cfg.run.seed, folders, cfg.run.wandb_project,
+                                        cfg.run.wandb_entity, cfg.run.wandb_group))
         except ConfigError as e:
             problems.extend(f"stages[{i}] ({spec.name}).config.{p}" for p in e.problems)
     if problems:
@@ -173,7 +180,7 @@ def check_pipeline_memory(cfg, run_dir: str, configs: list) -> None:
 
 
 NOT_RESULTS = frozenset({
-    "run.wandb_project", "train.log_every", "ppo.call_timeout_s", "rs.call_timeout_s",
+    "run.wandb_project", "run.wandb_entity", "run.wandb_group", "train.log_every", "ppo.call_timeout_s", "rs.call_timeout_s",
     "ppo.max_worker_restarts", "rs.max_worker_restarts", "ppo.max_bad_steps", "ppo.keep_checkpoints",
 })
 """Dotted keys of a stage's config that cannot change what it computes; an edit to them lets a

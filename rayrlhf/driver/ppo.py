@@ -33,7 +33,7 @@ from rayrlhf.driver.fleet import GenJob, get
 from rayrlhf.driver.ppo_math import (behaviour_for_rows, behaviour_tensor, compute_advantages, engine_mismatch_kl,
                                      loss_divisor)
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
-from rayrlhf.metrics import MetricsLogger
+from rayrlhf.metrics import MetricsLogger, run_settings
 from rayrlhf.rollout.types import Sample
 from rayrlhf.utils.fs import atomic_write_json, read_json
 
@@ -90,7 +90,7 @@ class PPODriver:
         if start == 0:
             self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None,
-                               echo=not sys.stderr.isatty(), wandb_project=self.cfg.run.wandb_project)
+                               echo=not sys.stderr.isatty(), **run_settings(self.cfg, "ppo"))
         # Which prompts each iteration used: the record that no prompt is lost or used twice.
         self.ledger = MetricsLogger(self.run_dir, resume_step=start if resume and start else None, tensorboard=False,
                                     echo=False, filename="rollouts.jsonl", publish=False)
@@ -102,6 +102,7 @@ class PPODriver:
             self.samples["before"] = self.samples.pop("after", [])
             summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
             logger.log(0, before)
+            logger.log_samples(0, self.samples["before"])
         self.step = start
         # Generation saved with the checkpoint: the jobs that were in flight, as they came out.
         self.pending = collections.deque(restored)
@@ -148,6 +149,8 @@ class PPODriver:
     def _end_step(self, done: int, metrics: dict, summary: dict, logger) -> None:
         """Log iteration ``done`` and carry its held-out figures and histories into the summary."""
         logger.log(done, metrics)
+        if any(k.startswith("eval/") for k in metrics):
+            logger.log_samples(done, self.samples.get("after", []))
         summary.update({k: v for k, v in metrics.items() if k.startswith("eval/")})
         summary.update({f"last/{k}": v for k, v in metrics.items() if k.startswith(("kl/", "rollout/reward"))})
         summary["hacking_history"] = self.hacking.state()

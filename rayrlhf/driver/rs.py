@@ -35,7 +35,7 @@ from rayrlhf.driver.common import (EVAL_PENDING, PromptOrder, Timer, add_gains, 
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
 from rayrlhf.driver.scoring import evaluate, resolve_gold, score_samples
-from rayrlhf.metrics import MetricsLogger
+from rayrlhf.metrics import MetricsLogger, run_settings
 from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
 
 CURVE_PURPOSE = 0xC0
@@ -69,7 +69,7 @@ class RSDriver:
         if fresh:
             self._sync()
         logger = MetricsLogger(self.run_dir, resume_step=None if fresh else start, echo=not sys.stderr.isatty(),
-                               wandb_project=self.cfg.run.wandb_project)
+                               **run_settings(self.cfg, "rs"))
         summary = {} if fresh else dict(self.resumed_summary)
         self.history = {k: list(v) for k, v in summary.get("rounds_history", {}).items()}
         self.hacking.load(summary.get("hacking_history", {}))
@@ -81,6 +81,7 @@ class RSDriver:
             self.samples["before"] = self.samples.pop("after", [])
             summary.update({f"before/{k.split('/', 1)[1]}": v for k, v in before.items()})
             logger.log(0, before)
+            logger.log_samples(0, self.samples["before"])
         bar = progress(total=self.r.rounds, initial=start, desc="rejection sampling")
         scaling = ScalingControl(self.roles.run_name, self.fleet)  # `rayrlhf scale` reaches the fleet
         try:
@@ -293,6 +294,8 @@ class RSDriver:
     def _end_round(self, done: int, metrics: dict, summary: dict, logger) -> None:
         """Log round ``done`` and carry its figures into the histories and the summary."""
         logger.log(done, metrics)
+        if any(k.startswith("eval/") for k in metrics):
+            logger.log_samples(done, self.samples.get("after", []))
         for key in ("rs/kept_reward", "rs/reward_mean", "rs/reward_max", "rs/kept_gold_reward",
                     "eval/gold_reward", "eval/reward"):
             if key in metrics:

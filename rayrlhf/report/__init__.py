@@ -26,7 +26,6 @@ def write_report(run_dir: str, out_dir: str | None = None) -> str:
     run = collect.load_run(run_dir)
     recover_dir(out_dir)
     with atomic_dir(out_dir) as tmp:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is meant to be shared
         blocks = sections.build(run, plots.make_plots(run, tmp))
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write(page.to_html(blocks))

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from rayrlhf import checkpoint as ckpt
 from rayrlhf.engine import Engine, EngineSettings
-from rayrlhf.metrics import MetricsLogger
+from rayrlhf.metrics import MetricsLogger, run_settings
 from rayrlhf.trainer.optim import build_scheduler
 from rayrlhf.utils.fs import atomic_write_json, read_json
 from rayrlhf.utils.progress import actor_progress
@@ -122,7 +122,7 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
     skipped = int(best.get("train/skipped_steps", 0))  # logged at every checkpoint step
 
     logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,
-                           wandb_project=cfg.run.wandb_project) if info.rank == 0 else None
+                           **run_settings(cfg, task.name)) if info.rank == 0 else None
     bar = actor_progress(total_steps, start_step, os.path.basename(run_dir), enabled=progress and info.rank == 0)
     if logger and found:
         print(f"resumed from {found} at step {start_step}/{total_steps}", flush=True)
