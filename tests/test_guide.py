@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.test_jobs import REPO, VENV_BIN, clean_env, head  # noqa: F401  (head: the module's Ray head fixture)
+from tests.test_jobs import REPO, clean_env, head  # noqa: F401  (head: the module's Ray head fixture)
 
 GUIDE = os.path.join(REPO, "docs", "your-own-run.md")
 BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
