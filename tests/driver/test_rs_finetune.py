@@ -59,10 +59,12 @@ def test_fewer_kept_rows_than_ranks_still_fine_tune_as_one_worker_would(tiny_mod
 def test_a_skipped_fine_tuning_keeps_the_version_and_does_not_sync(tiny_model_dir, monkeypatch, tmp_path, capfd):
     from rayrlhf.models import load_tokenizer
 
+    from rayrlhf.algo.hacking import HackingSection
+
     tok = load_tokenizer(tiny_model_dir)
     k = 2
     d = rs_driver.RSDriver.__new__(rs_driver.RSDriver)
-    d.r = SimpleNamespace(k=k, top_m=1, min_reward=None, objective="sft")
+    d.r = SimpleNamespace(k=k, top_m=1, min_reward=None, objective="sft", hacking=HackingSection())
     d.cfg, d.gold, d.timeout, d.run_dir, d.tokenizer, d.version = SimpleNamespace(combine=None), {}, 60.0, \
         str(tmp_path), tok, 0
     d.prompts = [SimpleNamespace(prompt=[{"role": "user", "content": "Where is Anna?"}], meta={})]
