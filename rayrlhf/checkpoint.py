@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 import torch
 
-from rayrlhf.utils.fs import CheckpointWriteError, atomic_dir
+from rayrlhf.utils.fs import CheckpointWriteError, atomic_dir, read_json
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
@@ -130,3 +130,39 @@ def _retain(run_dir: str, keep: int) -> None:
     found = list_checkpoints(run_dir)
     for old in found[: max(0, len(found) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+EVAL_PENDING = "eval_pending.json"
+"""A checkpoint's file for a step whose held-out evaluation failed: the step's metrics so far
+(and whether the run was to stop there); a resumed run evaluates that step first."""
+
+
+def evaluate_or_keep(evaluate, step: int, metrics: dict, save, announce: bool = True) -> dict:
+    """``evaluate()``; when it raises, ``save(pending)`` first writes the step's checkpoint, with
+    ``pending`` (the step's ``metrics`` so far) as its ``EVAL_PENDING`` file, and returns its
+    folder: a failed held-out evaluation loses none of the training before it. The run stops
+    with the evaluation's own error; ``--resume`` evaluates that step (``pending_evaluation``)
+    and goes on as the uninterrupted run would. ``announce``: print what happened (one rank of
+    several prints)."""
+    try:
+        return evaluate()
+    except Exception as e:
+        pending = {"step": step, "metrics": {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}}
+        try:
+            path = save(pending)
+        except Exception as c:
+            if announce:
+                print(f"[rayrlhf] step {step}: the held-out evaluation failed ({type(e).__name__}: {e}), and "
+                      f"writing the step's checkpoint failed too ({type(c).__name__}: {c})", flush=True)
+            raise e from c
+        if announce:
+            print(f"[rayrlhf] step {step}: the held-out evaluation failed ({type(e).__name__}: {e}); the step's "
+                  f"training is kept in {path}: once the cause is fixed, --resume evaluates step {step} and goes on",
+                  flush=True)
+        raise
+
+
+def pending_evaluation(folder: str) -> dict | None:
+    """The ``EVAL_PENDING`` file of checkpoint ``folder``: None when its step was evaluated."""
+    path = os.path.join(folder, EVAL_PENDING)
+    return read_json(path) if os.path.exists(path) else None

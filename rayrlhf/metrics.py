@@ -16,6 +16,7 @@ import os
 import sys
 
 from rayrlhf.telemetry import RayMetrics, as_number
+from rayrlhf.utils.ray_init import run_name_of
 
 
 def _clean(v):
@@ -39,7 +40,7 @@ class MetricsLogger:
         ``config`` is also written to TensorBoard as hyper-parameters, once, when the run starts
         (not on resume). ``run_settings(cfg, kind)`` gives these keywords from a config."""
         os.makedirs(run_dir, exist_ok=True)
-        self.run_name = run_name or os.path.basename(os.path.normpath(run_dir))
+        self.run_name = run_name or run_name_of(run_dir)
         self._wandb = start_wandb(wandb_project, self.run_name, run_dir, config=config, job_type=job_type,
                                   entity=wandb_entity, group=wandb_group) if wandb_project else None
         self._ray = RayMetrics(self.run_name) if publish else None

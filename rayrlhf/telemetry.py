@@ -101,8 +101,11 @@ def mirror(metrics: dict) -> list[tuple[Series, float]]:
 
 
 def worker_tags(name: str) -> dict[str, str]:
-    """Tags of an actor named ``<run>/<role>/<rank>`` (``<run>/reward/<source>/<rank>``)."""
-    return {"run": name.split("/", 1)[0] if name.count("/") >= 2 else "", "worker": name}
+    """Tags of an actor named ``<run>/<role>/<rank>`` (``<run>/reward/<source>/<rank>``), where
+    the run's own name may hold a slash (``<pipeline>/<stage>``)."""
+    parts = name.split("/")
+    role_at = -3 if len(parts) >= 4 and parts[-3] == "reward" else -2
+    return {"run": "/".join(parts[:role_at]) if len(parts) >= 3 else "", "worker": name}
 
 
 def prometheus_name(name: str) -> str:

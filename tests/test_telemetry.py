@@ -69,6 +69,9 @@ def test_worker_tags_take_the_run_from_the_actor_name():
     assert worker_tags("r1/rollout/3") == {"run": "r1", "worker": "r1/rollout/3"}
     assert worker_tags("r1/reward/safety/0") == {"run": "r1", "worker": "r1/reward/safety/0"}
     assert worker_tags("rollout/0") == {"run": "", "worker": "rollout/0"}
+    # a pipeline's stage: the run is <pipeline>/<stage>
+    assert worker_tags("quickstart/ppo/rollout/3")["run"] == "quickstart/ppo"
+    assert worker_tags("quickstart/ppo/reward/safety/0")["run"] == "quickstart/ppo"
 
 
 def test_outside_ray_publishing_does_nothing(tmp_path):

@@ -117,39 +117,6 @@ def add_gains(summary: dict) -> dict:
     return summary
 
 
-EVAL_PENDING = "eval_pending.json"
-"""A checkpoint's file for a step whose held-out evaluation failed: the step's metrics so far
-(and whether the run was to stop there); a resumed run evaluates that step first."""
-
-
-def evaluate_or_keep(evaluate, step: int, metrics: dict, save) -> dict:
-    """``evaluate()``; when it raises, ``save(pending)`` first writes the step's checkpoint, with
-    ``pending`` (the step's ``metrics`` so far) as its ``EVAL_PENDING`` file, and returns its
-    folder: a failed held-out evaluation loses none of the training before it. The run stops
-    with the evaluation's own error; ``--resume`` evaluates that step (``pending_evaluation``)
-    and goes on as the uninterrupted run would."""
-    try:
-        return evaluate()
-    except Exception as e:
-        pending = {"step": step, "metrics": {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}}
-        try:
-            path = save(pending)
-        except Exception as c:
-            print(f"[rayrlhf] step {step}: the held-out evaluation failed ({type(e).__name__}: {e}), and writing "
-                  f"the step's checkpoint failed too ({type(c).__name__}: {c})", flush=True)
-            raise e from c
-        print(f"[rayrlhf] step {step}: the held-out evaluation failed ({type(e).__name__}: {e}); the step's "
-              f"training is kept in {path}: once the cause is fixed, --resume evaluates step {step} and goes on",
-              flush=True)
-        raise
-
-
-def pending_evaluation(folder: str) -> dict | None:
-    """The ``EVAL_PENDING`` file of checkpoint ``folder``: None when its step was evaluated."""
-    path = os.path.join(folder, EVAL_PENDING)
-    return read_json(path) if os.path.exists(path) else None
-
-
 def save_loop_checkpoint(run_dir: str, step: int, trained: list, fleet, state: dict, keep: int,
                          summary: dict, timeout: float, files: dict | None = None) -> str:
     """Checkpoint ``step`` of a PPO or rejection-sampling loop, atomically: every trained group

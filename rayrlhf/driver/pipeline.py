@@ -354,12 +354,12 @@ def run_stages(cfg: PipelineConfig, run_dir: str, configs: list, out=sys.stdout,
     """Run a resolved pipeline (``resolve_pipeline``): plan, check memory, run or skip each stage,
     then the summary and the report. ``only`` / ``start``: --only / --from (``plan_stages``)."""
     from rayrlhf.config import save_config
-    from rayrlhf.utils.ray_init import ensure_ray
+    from rayrlhf.utils.ray_init import PIPELINE_FILE, ensure_ray
 
     plans = plan_stages(cfg, run_dir, configs, rerun, only=only, start=start)
     check_pipeline_memory(cfg, run_dir, configs)
     os.makedirs(run_dir, exist_ok=True)
-    save_config(cfg, os.path.join(run_dir, "pipeline.yaml"))
+    save_config(cfg, os.path.join(run_dir, PIPELINE_FILE))  # its stages' runs go by <pipeline>/<stage> (run_name_of)
     results = {}
     for spec, stage_cfg, plan in zip(cfg.stages, configs, plans):
         folder = os.path.join(run_dir, spec.name)

@@ -25,8 +25,8 @@ from rayrlhf.actors.batch import build_batch, select_rows, split_rows
 from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.kl import make_kl_controller
 from rayrlhf.config.ppo import probe_atol
-from rayrlhf.driver.common import (EVAL_PENDING, PendingRows, PromptOrder, Timer, add_gains, evaluate_or_keep,
-                                   load_loop_checkpoint, pending_evaluation,
+from rayrlhf.checkpoint import EVAL_PENDING, evaluate_or_keep, pending_evaluation
+from rayrlhf.driver.common import (PendingRows, PromptOrder, Timer, add_gains, load_loop_checkpoint,
                                    save_loop_checkpoint, submit_reference, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import GenJob, get
@@ -70,7 +70,7 @@ class PPODriver:
         self.timeout = self.p.call_timeout_s
         self.order = PromptOrder(len(prompts), self.p.prompts_per_step, cfg.run.seed)
         self.hacking = HackingWatch(self.p.hacking)
-        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (common.EVAL_PENDING)
+        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (checkpoint.EVAL_PENDING)
 
     def _render(self, messages):
         from rayrlhf.data.tokenize import render_prompt
@@ -368,7 +368,7 @@ class PPODriver:
         since a resumed run no longer has the older weights that produced it. The fleet is
         brought to the trainer's version first (with sync_every > 1 it may lag), as a resumed
         run's fleet starts at the checkpoint's weights. ``eval_pending``: the step's evaluation
-        failed; a resumed run does it first (``common.EVAL_PENDING``). Returns the folder."""
+        failed; a resumed run does it first (``checkpoint.EVAL_PENDING``). Returns the folder."""
         if self.fleet.version != self.version:
             self._sync()
         for job in self.pending:

@@ -6,6 +6,7 @@ import os
 from rayrlhf.config import save_config
 from rayrlhf.data.validate import read_splits
 from rayrlhf.utils.fs import atomic_write_json
+from rayrlhf.utils.ray_init import run_name_of
 
 
 def read_prompts(cfg, tokenizer) -> tuple[list, list, dict]:
@@ -50,7 +51,7 @@ def run_policy_stage(cfg, resume: bool, default_name: str, build_roles, driver_c
 
     run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, resume, default_name)
     ensure_ray()
-    roles = build_roles(cfg, os.path.basename(run_dir))
+    roles = build_roles(cfg, run_name_of(run_dir))
     from ray.exceptions import RayActorError
 
     try:

@@ -29,8 +29,8 @@ from rayrlhf.config.ppo import PROBE_ATOL, EvalSection
 from rayrlhf.algo.hacking import HackingWatch
 from rayrlhf.algo.best_of_k import analytic_best_of_k_kl, best_of_k_stats, expected_best_of_k, select_best_of_k
 from rayrlhf.algo.intervals import interval, interval_keys, paired_interval
-from rayrlhf.driver.common import (EVAL_PENDING, PromptOrder, Timer, add_gains, evaluate_or_keep,
-                                   load_loop_checkpoint, pending_evaluation, reference_logprobs,
+from rayrlhf.checkpoint import EVAL_PENDING, evaluate_or_keep, pending_evaluation
+from rayrlhf.driver.common import (PromptOrder, Timer, add_gains, load_loop_checkpoint, reference_logprobs,
                                    save_loop_checkpoint, sync_policy)
 from rayrlhf.driver.controller import ScalingControl
 from rayrlhf.driver.fleet import get
@@ -56,7 +56,7 @@ class RSDriver:
         self.version = 0
         self.samples: dict[str, list] = {}
         self.history: dict[str, list[float]] = {}
-        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (common.EVAL_PENDING)
+        self.eval_pending: dict | None = None  # a resumed run's evaluation still to do (checkpoint.EVAL_PENDING)
         self.hacking = HackingWatch(self.r.hacking)
         self.done = 0
 

@@ -6,6 +6,7 @@ import os
 
 from rayrlhf.driver.ppo_stage import prepare_run, run_policy_stage
 from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
+from rayrlhf.utils.ray_init import run_name_of
 
 
 def run_rs(cfg, resume: bool = False) -> dict:
@@ -31,7 +32,7 @@ def run_best_of_k(cfg) -> dict:
     run_dir, tokenizer, prompts, eval_prompts = prepare_run(cfg, True, "best_of_k")
     k, gold = cfg.rs.k, resolve_gold(cfg.gold)
     ensure_ray()
-    roles = build_rs_roles(cfg, os.path.basename(run_dir), train=False)
+    roles = build_rs_roles(cfg, run_name_of(run_dir), train=False)
     try:
         ids = [render_prompt(tokenizer, r.prompt) for r in prompts]
         parts = roles.eval_generate(ids, n=k)

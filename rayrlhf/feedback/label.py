@@ -25,6 +25,7 @@ from rayrlhf.algo.judging import position_stats
 from rayrlhf.data.schema import MARGIN_LEVELS
 from rayrlhf.feedback.judge import Judge, Labels
 from rayrlhf.utils.fs import atomic_write_json, atomic_write_text
+from rayrlhf.utils.ray_init import run_name_of
 
 
 def read_pairs(data) -> list:
@@ -191,7 +192,7 @@ def run_label(cfg, resume: bool = False) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     ensure_ray()
-    roles = Roles(cfg, os.path.basename(run_dir), policy=None, critic=None, reference=None,
+    roles = Roles(cfg, run_name_of(run_dir), policy=None, critic=None, reference=None,
                   timeout=cfg.label.call_timeout_s, max_restarts=cfg.label.max_worker_restarts)
     try:
         judge = Judge(template, tokenizer, roles.fleet.choice_logprobs,

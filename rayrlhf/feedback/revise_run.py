@@ -94,7 +94,9 @@ def _start(cfg, run_dir: str):
     from rayrlhf.config.revise import JudgeFleetView
     from rayrlhf.driver.roles import Roles
 
-    name, rv = os.path.basename(run_dir), cfg.revise
+    from rayrlhf.utils.ray_init import run_name_of
+
+    name, rv = run_name_of(run_dir), cfg.revise
     kw = dict(policy=None, critic=None, reference=None, timeout=rv.call_timeout_s, max_restarts=rv.max_worker_restarts)
     roles = Roles(cfg, name, **kw)
     if not cfg.separate_judge:

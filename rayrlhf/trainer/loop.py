@@ -109,28 +109,38 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
                                        t_cfg.min_lr_ratio)
     if hasattr(task, "prepare_reference"):  # from the starting weights, so before a checkpoint loads
         task.prepare_reference(engine, info, train_examples, eval_examples)
-    start_step, best = 0, {}
+    start_step, best, pending = 0, {}, None
     found = ckpt.latest_checkpoint(run_dir) if resume else None
     if found:
         old_lr = engine.load(found, "model")
         ckpt.load_rng(os.path.join(found, f"rng-rank{info.rank}.pt"))
         state = read_json(os.path.join(found, "state.json"))
         start_step, best = state["step"], state.get("summary", {})
+        pending = ckpt.pending_evaluation(found)  # the step's evaluation failed: it runs first
         if old_lr is not None and info.rank == 0:
             print(f"[rayrlhf] train.lr is {t_cfg.lr:g}, the checkpoint's was {old_lr:g}: the steps from "
                   f"{start_step} on follow the schedule at the new peak", flush=True)
     skipped = int(best.get("train/skipped_steps", 0))  # logged at every checkpoint step
+    skipped = int(pending.get("skipped", skipped)) if pending else skipped
 
     logger = MetricsLogger(run_dir, resume_step=start_step if found else None, echo=not progress,
                            **run_settings(cfg, task.name)) if info.rank == 0 else None
     bar = actor_progress(total_steps, start_step, os.path.basename(run_dir), enabled=progress and info.rank == 0)
     if logger and found:
-        print(f"resumed from {found} at step {start_step}/{total_steps}", flush=True)
+        print(f"resumed from {found} at step {start_step}/{total_steps}"
+              + (", whose held-out evaluation runs first" if pending else ""), flush=True)
     eval_every = t_cfg.eval_every or steps_per_epoch
     ckpt_every = t_cfg.checkpoint_every or steps_per_epoch
     log_every = max(1, t_cfg.log_every)
-    acc: dict[str, float] = {}
+    acc: dict[str, float] = dict((pending or {}).get("acc", {}))  # sums since the last logged step
     t_last = time.perf_counter()
+    if pending:
+        metrics = {**pending["metrics"], **evaluate(task, engine, eval_examples, info, mb)}
+        if logger:
+            logger.log(start_step, metrics)
+        best = _summary_update(best, metrics)
+        if start_step % ckpt_every == 0 or start_step == total_steps:  # the checkpoint that step writes
+            _save(run_dir, start_step, engine, info, best, t_cfg.keep_checkpoints)
     for step in range(start_step, total_steps):
         batch_idx = global_batch_indices(len(train_examples), step, G, seed)
         global_examples = [train_examples[i] for i in batch_idx]
@@ -159,7 +169,11 @@ def train(task, cfg, train_examples: list, eval_examples: list, run_dir: str, in
                             "timing/step": (now - t_last) / log_every})
             acc, t_last = {}, now
         if done % eval_every == 0 or done == total_steps:
-            metrics.update(evaluate(task, engine, eval_examples, info, mb))
+            # A failed evaluation checkpoints the step's training first (checkpoint.evaluate_or_keep).
+            metrics.update(ckpt.evaluate_or_keep(
+                lambda: evaluate(task, engine, eval_examples, info, mb), done, metrics,
+                lambda p: _save(run_dir, done, engine, info, best, t_cfg.keep_checkpoints, {**p, "acc": acc, "skipped": skipped}),
+                announce=info.rank == 0))
         if logger and metrics:
             logger.log(done, metrics)
         bar.update(1, metrics)
@@ -199,23 +213,29 @@ def evaluate(task, engine: Engine, examples: list, info: WorkerInfo, mb: int) ->
     return task.eval_metrics(info.all_reduce(sums))
 
 
-def _save(run_dir, step, engine: Engine, info: WorkerInfo, summary, keep):
+def _save(run_dir, step, engine: Engine, info: WorkerInfo, summary, keep, eval_pending: dict | None = None):
     """Every rank writes its part (the whole model on rank 0 under ddp, its shards under fsdp)
-    into rank 0's temporary folder, which becomes the checkpoint once all are done."""
+    into rank 0's temporary folder, which becomes the checkpoint once all are done; returns it
+    (on rank 0). ``eval_pending``: the step's evaluation failed (its metrics so far and the
+    sums not yet logged), as ``checkpoint.EVAL_PENDING``; a resumed run evaluates it first."""
     def write(tmp):
         engine.save(tmp, "model")
         ckpt.save_rng(os.path.join(tmp, f"rng-rank{info.rank}.pt"))
         info.barrier()
 
+    folder = None
     if info.rank == 0:
         def fill(tmp):
             info.broadcast(tmp)
             write(tmp)
+            if eval_pending is not None:
+                atomic_write_json(os.path.join(tmp, ckpt.EVAL_PENDING), eval_pending)
 
-        ckpt.write_checkpoint(run_dir, step, fill, {"summary": summary}, keep=keep)
+        folder = ckpt.write_checkpoint(run_dir, step, fill, {"summary": summary}, keep=keep)
     else:
         write(info.broadcast(None))
     info.barrier()
+    return folder
 
 
 def _summary_update(summary: dict, metrics: dict) -> dict:

@@ -13,6 +13,23 @@ def run_namespace(namespace: str | None = None) -> str:
     return namespace or os.environ.get("RAYRLHF_NAMESPACE") or DEFAULT_NAMESPACE
 
 
+PIPELINE_FILE = "pipeline.yaml"
+"""What `rayrlhf pipeline` writes into its run folder before its first stage starts."""
+
+
+def run_name_of(run_dir: str) -> str:
+    """The name a run goes by in Ray (actor, placement-group and controller names, so
+    `rayrlhf scale --run`), in metrics and in W&B: ``<pipeline>/<stage>`` for a stage of a
+    pipeline (its folder sits in a folder holding ``PIPELINE_FILE``), so the stages of two
+    pipelines never share a name; else the run folder's name."""
+    run_dir = os.path.normpath(os.path.abspath(run_dir))
+    parent = os.path.dirname(run_dir)
+    name = os.path.basename(run_dir)
+    if os.path.exists(os.path.join(parent, PIPELINE_FILE)):
+        return f"{os.path.basename(parent)}/{name}"
+    return name
+
+
 def ensure_ray(num_cpus: int | None = None, num_gpus: int | None = None, namespace: str | None = None) -> None:
     """``ray.init`` only when not already connected, so one command runs locally and as a job.
 

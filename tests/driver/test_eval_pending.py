@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rayrlhf.driver.common import EVAL_PENDING, evaluate_or_keep, pending_evaluation
+from rayrlhf.checkpoint import EVAL_PENDING, evaluate_or_keep, pending_evaluation
 
 
 def test_a_passing_evaluation_saves_nothing():

@@ -365,3 +365,18 @@ def test_a_resumed_run_asks_for_the_worker_count_of_its_checkpoint(capsys):
     restore_fleet_size(fleet, {"version": 3, "rollout_workers": 3})
     assert fleet.target == 3
     assert "rollout workers: 1 -> 3 (the count at the checkpoint)" in capsys.readouterr().out
+
+
+def test_the_same_stage_of_two_pipelines_goes_by_two_names_in_one_cluster(cluster, tmp_path, capsys):
+    from rayrlhf.utils.ray_init import PIPELINE_FILE, run_name_of
+
+    for pipeline in ("nightly", "ablation"):
+        (tmp_path / pipeline / "ppo").mkdir(parents=True)
+        (tmp_path / pipeline / PIPELINE_FILE).write_text("stages: []\n")
+    (tmp_path / "alone").mkdir()
+    names = [run_name_of(str(tmp_path / p / "ppo")) for p in ("nightly", "ablation")]
+    assert names == ["nightly/ppo", "ablation/ppo"] and run_name_of(str(tmp_path / "alone")) == "alone"
+    with ScalingControl(names[0], CountingFleet()), ScalingControl(names[1], CountingFleet()) as second:
+        assert main(["scale", "--run", "ablation/ppo", "--rollout-workers", "2"]) == 0
+        assert "run ablation/ppo: rollout workers wanted 2" in capsys.readouterr().out
+        assert second.poll(step=1, version=1)["rollout/workers_target"] == 2.0

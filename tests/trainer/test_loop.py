@@ -229,3 +229,44 @@ def test_a_non_finite_step_is_skipped_whole_said_and_counted(world, tmp_path, ca
     # The skipped step's sums stay out of the logged loss, which stays finite.
     assert all(isinstance(r.get("train/loss"), float) and math.isfinite(r["train/loss"]) for r in rows)
     assert "step 3: skipped the optimizer step: non-finite loss or gradient norm" in capfd.readouterr().out
+
+
+class FailEvaluation:
+    """Delegates to a task, but its ``n``-th held-out evaluation raises (a broken eval batch)."""
+
+    def __init__(self, task, n):
+        self.task, self.n, self.done = task, n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def eval_sums(self, *args):
+        if self.done + 1 == self.n:
+            raise RuntimeError("evaluation broke")
+        return self.task.eval_sums(*args)
+
+    def eval_metrics(self, sums):
+        self.done += 1
+        return self.task.eval_metrics(sums)
+
+
+def test_a_failed_evaluation_keeps_its_steps_training_and_a_resume_is_the_same_run(world, tmp_path, capfd):
+    from rayrlhf.checkpoint import EVAL_PENDING
+
+    settings = dict(eval_every=3, log_every=4, checkpoint_every=5)
+    full = _sft_cfg(world, str(tmp_path / "full"), **settings)
+    _run(full)
+    broken = _sft_cfg(world, str(tmp_path / "broken"), **settings)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        _run(broken, task=FailEvaluation(SFTTask(broken), n=2))  # step 6's, after the step-5 checkpoint
+    kept = ckpt.latest_checkpoint(str(tmp_path / "broken"))
+    assert os.path.basename(kept) == "step-00000006"
+    pending = json.load(open(os.path.join(kept, EVAL_PENDING)))
+    assert pending["step"] == 6 and set(pending["acc"]) and "eval/loss" not in pending["metrics"]
+    assert (f"step 6: the held-out evaluation failed (RuntimeError: evaluation broke); the step's training is "
+            f"kept in {kept}: once the cause is fixed, --resume evaluates step 6 and goes on") in capfd.readouterr().out
+    _run(broken, resume=True)
+    assert _comparable(read_metrics(str(tmp_path / "broken"))) == _comparable(read_metrics(str(tmp_path / "full")))
+    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
